@@ -1,0 +1,270 @@
+"""The LLC estimator: a traceable core (``sample_llc``) and its validating shell (``estimate_llc``).
+
+    λ̂_c = nβ · ( mean_t L_B(w_t^c) − L_n(w*) )          per chain c, over the kept draws t
+    λ̂   = mean_c λ̂_c,   std = across-chain std (ddof=1)   over the chains that did not diverge
+
+with w_t^c the draws of SGLD (or another kernel) on the localized tempered posterior
+p(w) ∝ exp(−nβ·L_n(w) − γ/2·||w − w*||²), burn-in excluded, and L_n(w*) the full-data loss at
+the checkpoint, computed in chunks.
+
+Divergence policy: a chain whose minibatch loss becomes NaN/inf is flagged (``diverged``, with
+the first bad step in ``divergence_step``) and excluded from ``llc_mean``/``llc_std``; its own
+``llc_per_chain`` entry is NaN. ``estimate_llc`` warns when some chains diverged and raises when
+all did, so a NaN is never returned silently.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxslt import validation
+from jaxslt.chains import data_size, run_chains
+from jaxslt.kernels import make_kernel
+from jaxslt.posterior import default_nbeta, full_data_loss, localized_posterior
+
+PyTree = Any
+
+
+class LLCResult(NamedTuple):
+    """An LLC estimate. A NamedTuple of arrays, hence a pytree that can leave ``jit``/``vmap``.
+
+    Fields: ``llc_mean``, ``llc_std`` (ddof=1; NaN with fewer than two healthy chains),
+    ``llc_per_chain`` (num_chains,), ``loss_trace`` (num_chains, num_draws) of minibatch losses
+    at the kept draws, ``burnin_loss_trace`` (num_chains, num_burnin), ``init_loss`` (full-data
+    L_n(w*)), ``nbeta``, ``localization``, ``step_size``, ``diverged`` (num_chains,) and
+    ``divergence_step`` (num_chains,; −1 where the chain stayed finite).
+    """
+
+    llc_mean: jax.Array
+    llc_std: jax.Array
+    llc_per_chain: jax.Array
+    loss_trace: jax.Array
+    burnin_loss_trace: jax.Array
+    init_loss: jax.Array
+    nbeta: jax.Array
+    localization: jax.Array
+    step_size: jax.Array
+    diverged: jax.Array
+    divergence_step: jax.Array
+
+    def running_llc(self) -> jax.Array:
+        """nβ·(cumsum_t L(w_t)/t − L_n(w*)) per chain, shape (num_chains, num_draws)."""
+        t = jnp.arange(1, self.loss_trace.shape[-1] + 1)
+        running = jnp.cumsum(self.loss_trace, axis=-1) / t
+        return self.nbeta[..., None, None] * (running - self.init_loss[..., None, None])
+
+    def summary(self) -> str:
+        """A few readable lines: the estimate, its spread, the settings, the chains' health."""
+        if np.ndim(self.llc_mean) != 0:
+            return f"LLCResult(batched: llc_mean shape {np.shape(self.llc_mean)})"
+        diverged = np.asarray(self.diverged)
+        per_chain = ", ".join(f"{v:.4g}" for v in np.asarray(self.llc_per_chain))
+        lines = [
+            f"LLC = {float(self.llc_mean):.4g} ± {float(self.llc_std):.2g} (std across "
+            f"{int((~diverged).sum())} chains)",
+            f"  per chain: [{per_chain}]",
+            f"  nβ = {float(self.nbeta):.6g}, γ = {float(self.localization):.4g}, "
+            f"ε = {float(self.step_size):.3g}, L_n(w*) = {float(self.init_loss):.6g}",
+            f"  draws: {self.loss_trace.shape[-1]} kept per chain after "
+            f"{self.burnin_loss_trace.shape[-1]} burn-in steps",
+        ]
+        if diverged.any():
+            steps = np.asarray(self.divergence_step)[diverged].tolist()
+            lines.append(
+                f"  DIVERGED: {int(diverged.sum())} chain(s), first bad step(s) {steps}; "
+                "excluded from the estimate (lower step_size)"
+            )
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+
+def sample_llc(
+    loss_fn: Callable[[PyTree, PyTree], jax.Array],
+    params: PyTree,
+    data: PyTree,
+    key: jax.Array,
+    *,
+    step_size: float | jax.Array,
+    nbeta: float | jax.Array | None = None,
+    localization: float | jax.Array = 100.0,
+    num_chains: int = 4,
+    num_draws: int = 1000,
+    num_burnin: int = 500,
+    thinning: int = 1,
+    batch_size: int = 256,
+    sampler: str | Callable = "sgld",
+    eval_batch_size: int | None = None,
+    progress_every: int = 0,
+) -> LLCResult:
+    """Traceable core of ``estimate_llc``: no validation, no printing; jit and vmap it freely.
+
+    Integer settings, ``sampler`` and ``loss_fn`` shape the program (static under ``jit``);
+    ``params``, ``data``, ``key``, ``step_size``, ``nbeta`` and ``localization`` may be traced.
+    ``nbeta=None`` means n / log n with n the leading-axis length of ``data``.
+    """
+    n = data_size(data)
+    nbeta = default_nbeta(n) if nbeta is None else nbeta
+    init_loss = full_data_loss(loss_fn, params, data, eval_batch_size or batch_size)
+    posterior = localized_posterior(loss_fn, params, nbeta=nbeta, localization=localization)
+    kernel = make_kernel(sampler, loss_fn, posterior)
+    trace = run_chains(
+        kernel,
+        params,
+        data,
+        key,
+        step_size=step_size,
+        num_chains=num_chains,
+        num_draws=num_draws,
+        num_burnin=num_burnin,
+        thinning=thinning,
+        batch_size=min(batch_size, n),
+        progress_every=progress_every,
+    )
+    loss_trace = trace.loss_trace.astype(init_loss.dtype)
+    nbeta = jnp.asarray(nbeta, init_loss.dtype)
+    per_chain = nbeta * (jnp.mean(loss_trace, axis=1) - init_loss)
+    diverged = trace.divergence_step >= 0
+    healthy = ~diverged
+    count = jnp.sum(healthy)
+    safe = jnp.where(healthy, per_chain, 0.0)
+    mean = jnp.where(count > 0, jnp.sum(safe) / jnp.maximum(count, 1), jnp.nan)
+    var = jnp.sum(jnp.where(healthy, (per_chain - mean) ** 2, 0.0)) / jnp.maximum(count - 1, 1)
+    std = jnp.where(count > 1, jnp.sqrt(var), jnp.nan)
+    return LLCResult(
+        llc_mean=mean,
+        llc_std=std,
+        llc_per_chain=jnp.where(healthy, per_chain, jnp.nan),
+        loss_trace=loss_trace,
+        burnin_loss_trace=trace.burnin_loss_trace,
+        init_loss=init_loss,
+        nbeta=nbeta,
+        localization=jnp.asarray(localization, init_loss.dtype),
+        step_size=jnp.asarray(step_size, init_loss.dtype),
+        diverged=diverged,
+        divergence_step=trace.divergence_step,
+    )
+
+
+_STATIC = (
+    "num_chains",
+    "num_draws",
+    "num_burnin",
+    "thinning",
+    "batch_size",
+    "sampler",
+    "eval_batch_size",
+    "progress_every",
+)
+_sample_llc_jit = jax.jit(sample_llc, static_argnums=(0,), static_argnames=_STATIC)
+
+
+def estimate_llc(
+    loss_fn: Callable[[PyTree, PyTree], jax.Array],
+    params: PyTree,
+    data: PyTree,
+    *,
+    key: jax.Array,
+    step_size: float,
+    num_chains: int = 4,
+    num_draws: int = 1000,
+    num_burnin: int = 500,
+    thinning: int = 1,
+    batch_size: int = 256,
+    nbeta: float | None = None,
+    localization: float = 100.0,
+    sampler: str | Callable = "sgld",
+    eval_batch_size: int | None = None,
+    progress: bool | None = None,
+) -> LLCResult:
+    """Estimate the local learning coefficient λ(w*) of ``params`` = w* under ``loss_fn``.
+
+    Samples p(w) ∝ exp(−nβ·L_n(w) − γ/2·||w − w*||²) with ``num_chains`` chains (vmapped, steps
+    scanned, one compiled program) and returns λ̂ = nβ·(E[L_B(w_t)] − L_n(w*)) averaged over the
+    ``num_draws`` kept draws of each chain (every ``thinning``-th step after ``num_burnin``
+    burn-in steps) and over the chains that did not diverge.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar`` mean loss over the batch. Keep the same
+        function object across calls to reuse the compiled program.
+      params: w*, any pytree of float arrays (Flax Linen variables, NNX State, plain dicts, ...).
+      data: a pytree of arrays sharing a leading axis of length n.
+      key: a PRNG key; it fully determines the result.
+      step_size: ε, the noise variance of the SGLD step w ← w + (ε/2)∇log p + N(0, ε).
+      nbeta: nβ, the weight on the mean loss; ``None`` means n / log n (n = len(data)).
+      localization: γ ≥ 0.
+      batch_size: minibatch size (drawn i.i.d. with replacement per chain and step; ``n`` means
+        full-batch).
+      sampler: ``"sgld"`` (jaxslt's, per-leaf noise), ``"blackjax_sgld"``, ``"blackjax_sghmc"``,
+        ``"blackjax_sgnht"``, or a factory ``(loss_fn, posterior) -> SamplingKernel``.
+      eval_batch_size: chunk size for the full-data L_n(w*) (default ``batch_size``).
+      progress: show a progress bar; ``None`` shows one on a terminal only.
+
+    Raises ValueError/TypeError for bad arguments (before anything compiles) and
+    FloatingPointError if every chain diverged. Warns when some chains diverged.
+    """
+    n = validation.check_data(data)
+    validation.check_params(params)
+    validation.check_key(key)
+    validation.check_settings(
+        n=n,
+        step_size=step_size,
+        num_chains=num_chains,
+        num_draws=num_draws,
+        num_burnin=num_burnin,
+        thinning=thinning,
+        batch_size=batch_size,
+        nbeta=nbeta,
+        localization=localization,
+        eval_batch_size=eval_batch_size,
+    )
+    validation.check_sampler(sampler)
+    validation.check_loss_fn(loss_fn, params, data, batch_size)
+    total = num_burnin + num_draws * thinning
+    show = progress if progress is not None else (total >= 2000 and sys.stderr.isatty())
+    run = functools.partial(
+        _sample_llc_jit,
+        loss_fn,
+        params,
+        data,
+        key,
+        step_size=jnp.float32(step_size),
+        nbeta=jnp.float32(default_nbeta(n) if nbeta is None else nbeta),
+        localization=jnp.float32(localization),
+        num_chains=num_chains,
+        num_draws=num_draws,
+        num_burnin=num_burnin,
+        thinning=thinning,
+        batch_size=batch_size,
+        sampler=sampler,
+        eval_batch_size=eval_batch_size,
+    )
+    if show:
+        with progress.progress_bar(total, f"LLC ({num_chains} chains)"):
+            result = jax.block_until_ready(run(progress_every=max(1, total // 100)))
+    else:
+        result = jax.block_until_ready(run(progress_every=0))
+    diverged = np.asarray(result.diverged)
+    if diverged.all():
+        raise FloatingPointError(
+            f"all {num_chains} chains diverged (first non-finite loss at steps "
+            f"{np.asarray(result.divergence_step).tolist()}); lower step_size (now {step_size}) "
+            "or check the loss for NaN at w*"
+        )
+    if diverged.any():
+        warnings.warn(
+            f"{int(diverged.sum())} of {num_chains} chains diverged and were excluded from the "
+            f"estimate; lower step_size (now {step_size})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return result

@@ -1,0 +1,186 @@
+"""Exact learning coefficients (ground truths) for testing LLC estimators.
+
+Every function returns ``LearningCoefficient(llc, multiplicity)``: the real log canonical
+threshold λ as an exact ``fractions.Fraction`` and its multiplicity m, so that the free energy
+behaves as F_n = nL_n + λ log n − (m − 1) log log n + O_p(1). Pure Python, no JAX.
+
+These are *global* values: λ is the minimum over the whole set of true parameters. The local
+coefficient at a particular true parameter w* can be larger; test estimators at a most-singular
+point (for deep linear networks: w* = 0 when r = 0, otherwise every layer the zero-padded
+identity block [[I_r, 0], [0, 0]]).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from fractions import Fraction
+from typing import NamedTuple
+
+__all__ = [
+    "LearningCoefficient",
+    "deep_linear_network",
+    "normal_crossing",
+    "reduced_rank_regression",
+    "regular",
+    "tanh_one_hidden",
+]
+
+
+class LearningCoefficient(NamedTuple):
+    """Exact learning coefficient λ (``llc``) and its multiplicity m (``multiplicity``)."""
+
+    llc: Fraction
+    multiplicity: int
+
+
+def _int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got bool {value!r}")
+    try:
+        out = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an integer, got {type(value).__name__} {value!r}; pass e.g. int(x)"
+        ) from None
+    if out < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {out}")
+    return out
+
+
+def _ints(name: str, values: object, minimum: int, min_len: int) -> list[int]:
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a sequence of integers, got {type(values).__name__}")
+    if len(values) < min_len:
+        raise ValueError(f"{name} must have at least {min_len} entries, got {len(values)}")
+    return [_int(f"{name}[{i}]", v, minimum) for i, v in enumerate(values)]
+
+
+def _rank(rank: object, widths: Sequence[int], what: str) -> int:
+    r = _int("rank", rank, 0)
+    if r > min(widths):
+        raise ValueError(
+            f"rank={r} exceeds the narrowest width {min(widths)} of {what}; "
+            f"the true map has rank at most {min(widths)}"
+        )
+    return r
+
+
+def regular(d: int) -> LearningCoefficient:
+    """Regular (identifiable, positive-definite Fisher information) model with d parameters.
+
+    λ = d/2, m = 1.
+    """
+    d = _int("d", d, 1)
+    return LearningCoefficient(Fraction(d, 2), 1)
+
+
+def normal_crossing(k: Sequence[int], h: Sequence[int] | None = None) -> LearningCoefficient:
+    """Normal crossing K(w) = Π_i w_i^(2 k_i) at w = 0 with prior ∝ Π_i |w_i|^(h_i).
+
+    λ = min_i (h_i + 1)/(2 k_i) over the indices with k_i > 0; m = number of indices attaining
+    the minimum. ``h`` defaults to zeros (a prior positive at the origin).
+
+    Indices with k_i = 0 do not appear in K: their factor of the zeta function
+    ∫ |w_i|^(h_i) dw_i is a positive constant with no pole, so they change neither λ nor m
+    (whatever h_i is). At least one k_i must be positive, otherwise K ≡ 1 has no zero at all.
+    """
+    ks = _ints("k", k, 0, 1)
+    hs = [0] * len(ks) if h is None else _ints("h", h, 0, 0)
+    if len(hs) != len(ks):
+        raise ValueError(
+            f"h must have one entry per entry of k: len(h)={len(hs)} != len(k)={len(ks)}"
+        )
+    ratios = [Fraction(hi + 1, 2 * ki) for ki, hi in zip(ks, hs, strict=True) if ki > 0]
+    if not ratios:
+        raise ValueError("k must have at least one positive entry: K = Π w_i^0 = 1 never vanishes")
+    lam = min(ratios)
+    return LearningCoefficient(lam, ratios.count(lam))
+
+
+def reduced_rank_regression(M: int, H: int, N: int, rank: int) -> LearningCoefficient:
+    """Reduced-rank regression y = B A x, A: H×M, B: N×H, true product of rank r.
+
+    Aoyagi & Watanabe, Neural Networks 18:924 (2005), Theorem 1. M = input, H = hidden,
+    N = output dimension.
+
+    - If N + r ≤ M + H, M + r ≤ N + H and H + r ≤ M + N:
+      λ = [2(H + r)(M + N) − (M − N)² − (H + r)²]/8, m = 1, when M + H + N + r is even;
+      λ = [2(H + r)(M + N) − (M − N)² − (H + r)² + 1]/8, m = 2, when it is odd.
+    - If M + H < N + r: λ = (HM − Hr + Nr)/2, m = 1.
+    - If N + H < M + r: λ = (HN − Hr + Mr)/2, m = 1.
+    - If M + N < H + r: λ = MN/2, m = 1.
+
+    (At most one of the last three conditions can hold since r ≤ min(M, H, N).)
+    """
+    M, H, N = _int("M", M, 1), _int("H", H, 1), _int("N", N, 1)
+    r = _rank(rank, [M, H, N], f"M={M}, H={H}, N={N}")
+    if M + H < N + r:
+        return LearningCoefficient(Fraction(H * M - H * r + N * r, 2), 1)
+    if N + H < M + r:
+        return LearningCoefficient(Fraction(H * N - H * r + M * r, 2), 1)
+    if M + N < H + r:
+        return LearningCoefficient(Fraction(M * N, 2), 1)
+    odd = (M + H + N + r) % 2
+    num = 2 * (H + r) * (M + N) - (M - N) ** 2 - (H + r) ** 2 + odd
+    return LearningCoefficient(Fraction(num, 8), 1 + odd)
+
+
+def deep_linear_network(widths: Sequence[int], rank: int) -> LearningCoefficient:
+    """Deep linear network f(x) = W_L ⋯ W_1 x, widths H_0 (input), …, H_L (output), true rank r.
+
+    Aoyagi, Neural Networks 172:106132 (2024). With deficiencies Δ_s = H_s − r (s = 0..L), let
+    Σ be the unique index set with ℓ = |Σ| − 1 ≥ 1 such that
+
+    (i) max_{s∈Σ} Δ_s < min_{k∉Σ} Δ_k, (ii) Σ_{s∈Σ} Δ_s ≥ ℓ max_{s∈Σ} Δ_s,
+    (iii) Σ_{s∈Σ} Δ_s < ℓ min_{k∉Σ} Δ_k (empty min = +∞).
+
+    By (i), Σ is a prefix of the ascending-sorted Δ's that does not split ties. With
+    S = Σ_{s∈Σ} Δ_s, M = ⌈S/ℓ⌉ and a = S − (M − 1)ℓ:
+
+    λ = (−r² + r(H_0 + H_L))/2 + a(ℓ − a)/(4ℓ) − (ℓ(ℓ − 1)/4)(S/ℓ)² + ½ Σ_{i<j∈Σ} Δ_i Δ_j,
+    m = a(ℓ − a) + 1.
+
+    With two weight matrices (three widths) this equals ``reduced_rank_regression`` with
+    M = H_0, H = H_1, N = H_2. With one weight matrix (two widths) it gives H_0 H_1 / 2, m = 1:
+    a single linear layer is a regular model.
+    """
+    hs = _ints("widths", widths, 1, 2)
+    r = _rank(rank, hs, f"widths={hs}")
+    deltas = sorted(h - r for h in hs)
+    found = []
+    for size in range(2, len(deltas) + 1):
+        sigma, rest = deltas[:size], deltas[size:]
+        ell, s = size - 1, sum(sigma)
+        nxt = rest[0] if rest else math.inf
+        if sigma[-1] < nxt and s >= ell * sigma[-1] and s < ell * nxt:
+            found.append((sigma, ell, s))
+    if len(found) != 1:  # pragma: no cover - Aoyagi's theorem guarantees exactly one
+        raise RuntimeError(f"expected exactly one index set Σ, found {len(found)} for {hs}")
+    sigma, ell, s = found[0]
+    big_m = -(-s // ell)  # ceil(S/ℓ)
+    a = s - (big_m - 1) * ell
+    pairs = (s * s - sum(x * x for x in sigma)) // 2  # Σ_{i<j} Δ_i Δ_j
+    lam = (
+        Fraction(-r * r + r * (hs[0] + hs[-1]), 2)
+        + Fraction(a * (ell - a), 4 * ell)
+        - Fraction(ell * (ell - 1), 4) * Fraction(s, ell) ** 2
+        + Fraction(pairs, 2)
+    )
+    return LearningCoefficient(lam, a * (ell - a) + 1)
+
+
+def tanh_one_hidden(H: int) -> LearningCoefficient:
+    """One-hidden-layer tanh network f(x) = Σ_{j≤H} a_j tanh(b_j x), scalar x, true f = 0.
+
+    λ = (H + k² + k)/(4k + 2) with k = ⌊√H⌋ (H = 1..5: 1/2, 2/3, 5/6, 1, 11/10); Watanabe,
+    Algebraic Geometry and Statistical Learning Theory (2009), from K(a, b) =
+    Σ_p (Σ_j a_j b_j^(2p−1))². Multiplicity: m = 2 when H = k² and m = 1 otherwise, as stated
+    there. H = 1 checks it directly: K = a² E[tanh²(bx)] = a² b² · (positive unit), the normal
+    crossing (1, 1), so λ = 1/2 and m = 2. The m for perfect squares H ≥ 4 is taken from the
+    literature and not re-derived here.
+    """
+    H = _int("H", H, 1)
+    k = math.isqrt(H)
+    return LearningCoefficient(Fraction(H + k * k + k, 4 * k + 2), 2 if k * k == H else 1)

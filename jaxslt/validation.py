@@ -1,0 +1,173 @@
+"""Argument checks run before anything compiles; each error names the argument and the fix."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from numbers import Integral, Real
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxslt.kernels import SAMPLERS
+
+PyTree = Any
+
+
+def _shapes(tree: PyTree) -> str:
+    return str(jax.tree.map(lambda x: f"{np.dtype(x.dtype).name}{list(np.shape(x))}", tree))
+
+
+def check_data(data: PyTree) -> int:
+    """Return n, the shared leading-axis length of every leaf of ``data``."""
+    leaves = jax.tree.leaves(data)
+    if not leaves:
+        raise ValueError(
+            "data is empty: pass a pytree of arrays sharing a leading axis of length n"
+        )
+    lengths = []
+    for leaf in leaves:
+        if not hasattr(leaf, "shape") or np.ndim(leaf) < 1:
+            raise TypeError(
+                f"data leaves must be arrays with a leading example axis; got {type(leaf).__name__} "
+                f"of shape {np.shape(leaf)}: wrap scalars as arrays of shape (n, ...)"
+            )
+        lengths.append(leaf.shape[0])
+    if len(set(lengths)) > 1:
+        raise ValueError(
+            f"data leaves have different leading lengths {sorted(set(lengths))} "
+            f"(shapes {_shapes(data)}); every leaf needs the same number of examples n"
+        )
+    if lengths[0] == 0:
+        raise ValueError(
+            "data has zero examples (leading axis length 0); pass a non-empty data set"
+        )
+    return int(lengths[0])
+
+
+def check_params(params: PyTree) -> None:
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError("params is an empty pytree: pass the checkpoint w* whose LLC to estimate")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        where = jax.tree_util.keystr(path) or "params"
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"params leaf {where} has dtype {dtype or type(leaf).__name__}; every leaf must be "
+                "a float array (cast with jax.tree.map(lambda x: x.astype(jnp.float32), params), or "
+                "close over integer constants in loss_fn)"
+            )
+        if not bool(jnp.all(jnp.isfinite(leaf))):
+            raise ValueError(
+                f"params leaf {where} contains NaN or inf; the checkpoint must be finite"
+            )
+
+
+def check_key(key: Any) -> None:
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape == ():
+            return
+    elif isinstance(key, (jax.Array, np.ndarray)) and key.shape == (2,) and key.dtype == np.uint32:
+        return
+    raise TypeError(
+        f"key must be one PRNG key, e.g. jax.random.key(0); got {type(key).__name__} "
+        f"with shape {np.shape(key)}"
+    )
+
+
+def _int(name: str, value: Any, low: int, hint: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an int; got {value!r} ({type(value).__name__})")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}; got {value}. {hint}")
+
+
+def _real(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
+        if not (isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) == 0):
+            raise TypeError(f"{name} must be a number; got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite; got {value}")
+    return value
+
+
+def check_settings(
+    *,
+    n: int,
+    step_size: Any,
+    num_chains: Any,
+    num_draws: Any,
+    num_burnin: Any,
+    thinning: Any,
+    batch_size: Any,
+    nbeta: Any,
+    localization: Any,
+    eval_batch_size: Any,
+) -> None:
+    if _real("step_size", step_size) <= 0:
+        raise ValueError(
+            f"step_size must be > 0 (it is ε, the SGLD noise variance); got {step_size}. "
+            "Typical values are 1e-6 to 1e-3"
+        )
+    _int("num_chains", num_chains, 1, "Use at least 1 chain (4 or more for a spread).")
+    _int("num_draws", num_draws, 1, "Keep at least 1 draw per chain.")
+    _int("num_burnin", num_burnin, 0, "Use 0 for no burn-in.")
+    _int("thinning", thinning, 1, "Use 1 to keep every step.")
+    _int("batch_size", batch_size, 1, f"Use a minibatch size between 1 and n={n}.")
+    if batch_size > n:
+        raise ValueError(
+            f"batch_size={batch_size} exceeds the number of examples n={n}; use batch_size <= {n} "
+            f"(batch_size={n} is full-batch)"
+        )
+    if eval_batch_size is not None:
+        _int("eval_batch_size", eval_batch_size, 1, "It is the chunk size for L_n(w*).")
+    if nbeta is not None and _real("nbeta", nbeta) <= 0:
+        raise ValueError(f"nbeta must be > 0 (or None for n/log n); got {nbeta}")
+    if nbeta is None and n < 2:
+        raise ValueError(f"nbeta=None means n/log n, undefined for n={n}; pass nbeta explicitly")
+    if _real("localization", localization) < 0:
+        raise ValueError(f"localization (γ) must be >= 0; got {localization}. Use 0 for none")
+
+
+def check_sampler(sampler: Any) -> None:
+    if isinstance(sampler, str):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler={sampler!r} is unknown; choose one of {sorted(SAMPLERS)}")
+    elif not callable(sampler):
+        raise TypeError(
+            "sampler must be a name or a factory (loss_fn, posterior) -> SamplingKernel; "
+            f"got {type(sampler).__name__}"
+        )
+
+
+def check_loss_fn(loss_fn: Callable, params: PyTree, data: PyTree, batch_size: int) -> None:
+    """Trace ``loss_fn`` abstractly (``jax.eval_shape``: no compile, no compute) on one batch."""
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(params, batch); got {loss_fn!r}")
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype), data)
+    try:
+        out = jax.eval_shape(loss_fn, params, batch)
+    except Exception as err:
+        raise ValueError(
+            f"loss_fn(params, batch) failed with params {_shapes(params)} and a batch of "
+            f"{_shapes(batch)}: {type(err).__name__}: {err}"
+        ) from err
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
+        got = _shapes(out) if jax.tree.leaves(out) else repr(out)
+        raise ValueError(
+            f"loss_fn must return a scalar (the mean loss over the batch); got {got}. "
+            "Reduce with jnp.mean, and return auxiliary outputs separately"
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"loss_fn must return a float scalar; got dtype {out.dtype}")
+    try:
+        jax.eval_shape(jax.grad(loss_fn), params, batch)
+    except Exception as err:
+        raise ValueError(
+            f"loss_fn is not differentiable in params ({type(err).__name__}: {err}); "
+            "SGLD needs jax.grad(loss_fn)"
+        ) from err
