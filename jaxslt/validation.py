@@ -31,8 +31,9 @@ def check_data(data: PyTree) -> int:
     for leaf in leaves:
         if not hasattr(leaf, "shape") or np.ndim(leaf) < 1:
             raise TypeError(
-                f"data leaves must be arrays with a leading example axis; got {type(leaf).__name__} "
-                f"of shape {np.shape(leaf)}: wrap scalars as arrays of shape (n, ...)"
+                "data leaves must be arrays with a leading example axis; got "
+                f"{type(leaf).__name__} of shape {np.shape(leaf)}: "
+                "wrap scalars as arrays of shape (n, ...)"
             )
         lengths.append(leaf.shape[0])
     if len(set(lengths)) > 1:
@@ -56,9 +57,9 @@ def check_params(params: PyTree) -> None:
         dtype = getattr(leaf, "dtype", None)
         if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(
-                f"params leaf {where} has dtype {dtype or type(leaf).__name__}; every leaf must be "
-                "a float array (cast with jax.tree.map(lambda x: x.astype(jnp.float32), params), or "
-                "close over integer constants in loss_fn)"
+                f"params leaf {where} has dtype {dtype or type(leaf).__name__}; every leaf must "
+                "be a float array (cast with jax.tree.map(lambda x: x.astype(jnp.float32), "
+                "params), or close over integer constants in loss_fn)"
             )
         if not bool(jnp.all(jnp.isfinite(leaf))):
             raise ValueError(
