@@ -29,6 +29,7 @@ from jaxslt import validation
 from jaxslt.chains import data_size, run_chains
 from jaxslt.kernels import make_kernel
 from jaxslt.posterior import default_nbeta, full_data_loss, localized_posterior
+from jaxslt.progress import progress_bar
 
 PyTree = Any
 
@@ -249,7 +250,7 @@ def estimate_llc(
         eval_batch_size=eval_batch_size,
     )
     if show:
-        with progress.progress_bar(total, f"LLC ({num_chains} chains)"):
+        with progress_bar(total, f"LLC ({num_chains} chains)"):
             result = jax.block_until_ready(run(progress_every=max(1, total // 100)))
     else:
         result = jax.block_until_ready(run(progress_every=0))

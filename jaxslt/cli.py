@@ -1,0 +1,80 @@
+"""The ``jaxslt`` command line: ``jaxslt demo`` estimates a deep linear network's LLC."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from collections.abc import Sequence
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        return [int(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"widths must look like 6,4,4,6; got {text!r}") from None
+
+
+def demo(args: argparse.Namespace) -> int:
+    import jax
+
+    from jaxslt import estimate_llc, problems
+
+    problem = problems.deep_linear_network(
+        args.widths, args.rank, key=jax.random.key(args.seed + 1), num_examples=args.num_examples
+    )
+    num_params = sum(a * b for a, b in itertools.pairwise(args.widths))
+    print(
+        f"Deep linear network {'→'.join(map(str, args.widths))} ({num_params} parameters), "
+        f"teacher rank {args.rank}, w* = identity blocks (a most-singular point), "
+        f"n = {args.num_examples} noise-free examples"
+    )
+    start = time.perf_counter()
+    result = estimate_llc(
+        problem.loss_fn,
+        problem.params,
+        problem.data,
+        key=jax.random.key(args.seed),
+        step_size=args.step_size,
+        localization=args.localization,
+        num_chains=args.chains,
+        num_draws=args.draws,
+        num_burnin=args.burnin,
+        batch_size=args.batch_size,
+        progress=True,
+    )
+    elapsed = time.perf_counter() - start
+    llc, multiplicity = problem.truth
+    print(result.summary())
+    print(f"estimated LLC: {float(result.llc_mean):.3f} ± {float(result.llc_std):.3f}")
+    print(
+        f"true LLC (Aoyagi 2024): {llc} = {float(llc):.3f}, multiplicity {multiplicity}; "
+        f"relative error {float(result.llc_mean) / float(llc) - 1:+.1%}"
+    )
+    print(f"wall time {elapsed:.1f} s including compilation, on {jax.devices()[0].platform}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jaxslt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="estimate a small deep linear network's LLC vs its true value")
+    d.add_argument("--widths", type=_widths, default=[6, 4, 4, 6], help="input,...,output")
+    d.add_argument("--rank", type=int, default=2, help="rank of the teacher")
+    d.add_argument("--num-examples", type=int, default=10_000)
+    d.add_argument("--step-size", type=float, default=1e-4, help="ε, the SGLD noise variance")
+    d.add_argument("--localization", type=float, default=10.0, help="γ")
+    d.add_argument("--chains", type=int, default=4)
+    d.add_argument("--draws", type=int, default=10_000)
+    d.add_argument("--burnin", type=int, default=5_000)
+    d.add_argument("--batch-size", type=int, default=256)
+    d.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        return demo(args)
+    except (ValueError, TypeError) as err:
+        parser.exit(2, f"jaxslt {args.command}: error: {err}\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
