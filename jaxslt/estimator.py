@@ -32,6 +32,7 @@ from jaxslt.posterior import default_nbeta, full_data_loss, localized_posterior
 from jaxslt.progress import progress_bar
 
 PyTree = Any
+DEFAULT_BATCH_SIZE = 256
 
 
 class LLCResult(NamedTuple):
@@ -102,7 +103,7 @@ def sample_llc(
     num_draws: int = 1000,
     num_burnin: int = 500,
     thinning: int = 1,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     sampler: str | Callable = "sgld",
     eval_batch_size: int | None = None,
     progress_every: int = 0,
@@ -114,6 +115,7 @@ def sample_llc(
     ``nbeta=None`` means n / log n with n the leading-axis length of ``data``.
     """
     n = data_size(data)
+    batch_size = min(n, DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
     nbeta = default_nbeta(n) if nbeta is None else nbeta
     init_loss = full_data_loss(loss_fn, params, data, eval_batch_size or batch_size)
     posterior = localized_posterior(loss_fn, params, nbeta=nbeta, localization=localization)
@@ -128,7 +130,7 @@ def sample_llc(
         num_draws=num_draws,
         num_burnin=num_burnin,
         thinning=thinning,
-        batch_size=min(batch_size, n),
+        batch_size=batch_size,
         progress_every=progress_every,
     )
     loss_trace = trace.loss_trace.astype(init_loss.dtype)
@@ -180,7 +182,7 @@ def estimate_llc(
     num_draws: int = 1000,
     num_burnin: int = 500,
     thinning: int = 1,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     nbeta: float | None = None,
     localization: float = 100.0,
     sampler: str | Callable = "sgld",
@@ -203,8 +205,8 @@ def estimate_llc(
       step_size: ε, the noise variance of the SGLD step w ← w + (ε/2)∇log p + N(0, ε).
       nbeta: nβ, the weight on the mean loss; ``None`` means n / log n (n = len(data)).
       localization: γ ≥ 0.
-      batch_size: minibatch size (drawn i.i.d. with replacement per chain and step; ``n`` means
-        full-batch).
+      batch_size: minibatch size, drawn i.i.d. with replacement per chain and step; ``n`` means
+        full-batch; ``None`` means min(n, 256).
       sampler: ``"sgld"`` (jaxslt's, per-leaf noise), ``"blackjax_sgld"``, ``"blackjax_sghmc"``,
         ``"blackjax_sgnht"``, or a factory ``(loss_fn, posterior) -> SamplingKernel``.
       eval_batch_size: chunk size for the full-data L_n(w*) (default ``batch_size``).
@@ -229,6 +231,7 @@ def estimate_llc(
         eval_batch_size=eval_batch_size,
     )
     validation.check_sampler(sampler)
+    batch_size = min(n, DEFAULT_BATCH_SIZE) if batch_size is None else batch_size
     validation.check_loss_fn(loss_fn, params, data, batch_size)
     total = num_burnin + num_draws * thinning
     show = progress if progress is not None else (total >= 2000 and sys.stderr.isatty())

@@ -61,9 +61,7 @@ def deep_linear_network(
     ``noise > 0``, w* is the teacher, not the empirical minimum (see the reference's caution).
     """
     lc = _truth.deep_linear_network(widths, rank)
-    params = tuple(
-        identity_block(a, b, rank, dtype) for a, b in itertools.pairwise(widths)
-    )
+    params = tuple(identity_block(a, b, rank, dtype) for a, b in itertools.pairwise(widths))
     kx, kn = jax.random.split(key)
     x = jax.random.normal(kx, (num_examples, widths[0]), dtype)
     y = dln_forward(params, x) + noise * jax.random.normal(kn, (num_examples, widths[-1]), dtype)

@@ -118,8 +118,9 @@ def check_settings(
     _int("num_draws", num_draws, 1, "Keep at least 1 draw per chain.")
     _int("num_burnin", num_burnin, 0, "Use 0 for no burn-in.")
     _int("thinning", thinning, 1, "Use 1 to keep every step.")
-    _int("batch_size", batch_size, 1, f"Use a minibatch size between 1 and n={n}.")
-    if batch_size > n:
+    if batch_size is not None:
+        _int("batch_size", batch_size, 1, f"Use a minibatch size between 1 and n={n}.")
+    if batch_size is not None and batch_size > n:
         raise ValueError(
             f"batch_size={batch_size} exceeds the number of examples n={n}; use batch_size <= {n} "
             f"(batch_size={n} is full-batch)"
