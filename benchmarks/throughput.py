@@ -1,0 +1,156 @@
+"""jaxslt vs a bare hand-written jitted SGLD loop: same model, chains, steps, batch.
+
+    python benchmarks/throughput.py            # writes benchmarks/results/throughput-<machine>.md
+
+The bare loop is what a user would write by hand: ``value_and_grad`` + the SGLD update in
+``lax.scan``, ``vmap`` over chains, i.i.d. minibatch indices, noise per leaf. Compile time is
+measured separately (``lower().compile()``); run times are the best of ``--repeats`` warm runs.
+jaxslt is timed three ways: its compiled core, ``estimate_llc`` as a user calls it (validation,
+the full-data L_n(w*), statistics), and ``estimate_llc`` with its progress bar forced on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import jaxslt
+from jaxslt import problems
+from jaxslt.estimator import _sample_llc_jit
+
+
+def bare_sgld(loss_fn, params, data, key, *, step_size, nbeta, gamma, chains, steps, batch):
+    n = jax.tree.leaves(data)[0].shape[0]
+
+    def one_chain(key):
+        def step(w, k):
+            kb, kn = jax.random.split(k)
+            idx = jax.random.randint(kb, (batch,), 0, n)
+            minibatch = jax.tree.map(lambda x: x[idx], data)
+            loss, g = jax.value_and_grad(loss_fn)(w, minibatch)
+            noise = optax.tree.random_like(kn, w)
+            w = jax.tree.map(
+                lambda w, g, w0, z: w - step_size / 2 * (nbeta * g + gamma * (w - w0))
+                + jnp.sqrt(step_size) * z,
+                w, g, params, noise,
+            )  # fmt: skip
+            return w, loss
+
+        return jax.lax.scan(step, params, jax.random.split(key, steps))[1]
+
+    return jax.vmap(one_chain)(jax.random.split(key, chains))
+
+
+def best_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def compile_time(jitted, *args, **kwargs):
+    start = time.perf_counter()
+    compiled = jitted.lower(*args, **kwargs).compile()
+    return compiled, time.perf_counter() - start
+
+
+def run_case(widths, *, chains, steps, batch, repeats, n=10_000):
+    p = problems.deep_linear_network(widths, 1, key=jax.random.key(0), num_examples=n)
+    eps, gamma = 1e-5, 10.0
+    nbeta = jaxslt.default_nbeta(n)
+    key = jax.random.key(1)
+    settings = dict(
+        step_size=eps, nbeta=nbeta, localization=gamma, num_chains=chains,
+        num_draws=steps, num_burnin=0, batch_size=batch,
+    )  # fmt: skip
+
+    bare = jax.jit(
+        functools.partial(bare_sgld, p.loss_fn, step_size=eps, nbeta=nbeta, gamma=gamma,
+                          chains=chains, steps=steps, batch=batch)
+    )  # fmt: skip
+    bare_c, bare_compile = compile_time(bare, p.params, p.data, key)
+    bare_run = best_time(lambda: bare_c(p.params, p.data, key), repeats)
+
+    statics = {k: settings[k] for k in ("num_chains", "num_draws", "num_burnin", "batch_size")}
+    traced = dict(step_size=jnp.float32(eps), nbeta=jnp.float32(nbeta),
+                  localization=jnp.float32(gamma))  # fmt: skip
+    core_c, core_compile = compile_time(
+        _sample_llc_jit, p.loss_fn, p.params, p.data, key, **traced, **statics
+    )
+    core_run = best_time(lambda: core_c(p.params, p.data, key, **traced), repeats)
+
+    def call(progress):
+        return jaxslt.estimate_llc(p.loss_fn, p.params, p.data, key=key, progress=progress,
+                                   **settings)  # fmt: skip
+
+    call(False), call(True)  # compile both variants
+    api_run = best_time(lambda: call(False), repeats)
+    bar_run = best_time(lambda: call(True), repeats)
+    params = sum(x.size for x in jax.tree.leaves(p.params))
+    return dict(
+        model=f"DLN {'-'.join(map(str, widths))}",
+        params=params,
+        chains=chains,
+        steps=steps,
+        batch=batch,
+        bare_compile=bare_compile,
+        core_compile=core_compile,
+        bare=bare_run,
+        core=core_run,
+        api=api_run,
+        bar=bar_run,
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    cases = [
+        dict(widths=[6, 4, 4, 6], chains=4, steps=5000, batch=256),
+        dict(widths=[100, 100, 100, 100], chains=4, steps=1000, batch=256),
+        dict(widths=[300, 300, 300], chains=4, steps=300, batch=256),
+    ]
+    rows = [run_case(**c, repeats=args.repeats) for c in cases]
+    machine = f"{platform.machine()} {jax.devices()[0].device_kind} ({jax.device_count()} device)"
+    lines = [
+        "# Throughput: jaxslt vs a bare jitted SGLD loop",
+        "",
+        f"Machine: {machine}, {platform.processor() or platform.machine()}, "
+        f"jax {jax.__version__}, jaxslt {jaxslt.__version__}. Command: "
+        f"`python benchmarks/throughput.py --repeats {args.repeats}`. Run times are the best of "
+        f"{args.repeats} warm runs; compile times are one `lower().compile()`.",
+        "",
+        "| model | params | chains × steps | batch | compile bare / jaxslt (s) | bare run (s) "
+        "| jaxslt core (s) | ratio core/bare | estimate_llc (s) | ratio | with progress bar (s) "
+        "| ratio | chain-steps/s (jaxslt core) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['params']:,} | {r['chains']} × {r['steps']} | {r['batch']} | "
+            f"{r['bare_compile']:.2f} / {r['core_compile']:.2f} | {r['bare']:.3f} | "
+            f"{r['core']:.3f} | {r['core'] / r['bare']:.3f} | {r['api']:.3f} | "
+            f"{r['api'] / r['bare']:.3f} | {r['bar']:.3f} | {r['bar'] / r['bare']:.3f} | "
+            f"{r['chains'] * r['steps'] / r['core']:,.0f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = f"throughput-{jax.devices()[0].platform}.md"
+    (args.out / name).write_text(text)
+    print(f"wrote {args.out / name}")
+
+
+if __name__ == "__main__":
+    main()
