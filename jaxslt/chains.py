@@ -29,11 +29,14 @@ class ChainTrace(NamedTuple):
       step after burn-in, the first step of each block).
     - ``burnin_loss_trace`` (num_chains, num_burnin): L_B(w_t) during burn-in.
     - ``divergence_step`` (num_chains,): first step whose loss was NaN/inf, −1 if none.
+    - ``accept_rate`` (num_chains,): mean Metropolis acceptance probability over the steps after
+      burn-in, for kernels that report one (NaN otherwise).
     """
 
     loss_trace: jax.Array
     burnin_loss_trace: jax.Array
     divergence_step: jax.Array
+    accept_rate: jax.Array
 
 
 def data_size(data: PyTree) -> int:
@@ -64,34 +67,48 @@ def run_chains(
     init_keys, chain_keys = jnp.unstack(
         jax.vmap(jax.random.split)(jax.random.split(key, num_chains)), axis=1
     )
-    states = jax.vmap(kernel.init, in_axes=(None, 0))(position, init_keys)
+    full_batch = batch_size == n
+    batch_axis = None if full_batch else 0
 
-    def minibatch(k):
-        idx = jax.random.randint(k, (batch_size,), 0, n)
-        return jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
+    def minibatches(keys):
+        if full_batch:
+            return data
+
+        def one(k):
+            idx = jax.random.randint(k, (batch_size,), 0, n)
+            return jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
+
+        return jax.vmap(one)(keys)
+
+    # the init batch comes from the init key, so it never repeats a step's batch
+    states = jax.vmap(kernel.init, in_axes=(None, 0, batch_axis))(
+        position, init_keys, minibatches(jax.vmap(jax.random.fold_in, (0, None))(init_keys, 1))
+    )
+
+    reports_accept = []
 
     def step(carry, t):
-        states, first_bad = carry
+        states, first_bad, accept_sum = carry
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(chain_keys, t)
         batch_keys, kernel_keys = jnp.unstack(jax.vmap(jax.random.split)(keys), axis=1)
-        if batch_size == n:
-            batches, batch_axis = data, None
-        else:
-            batches, batch_axis = jax.vmap(minibatch)(batch_keys), 0
         states, info = jax.vmap(kernel.step, in_axes=(0, 0, batch_axis, None))(
-            kernel_keys, states, batches, step_size
+            kernel_keys, states, minibatches(batch_keys), step_size
         )
         bad = ~jnp.isfinite(info.loss)
         first_bad = jnp.where((first_bad < 0) & bad, t, first_bad)
+        if info.accept_prob is not None:  # known at trace time
+            reports_accept.append(True)
+            accept_sum = accept_sum + jnp.where(t >= num_burnin, info.accept_prob, 0.0)
         if progress_every:
             jax.lax.cond(
                 (t + 1) % progress_every == 0,
                 lambda: jax.debug.callback(progress.report, t + 1),
                 lambda: None,
             )
-        return (states, first_bad), info.loss
+        return (states, first_bad, accept_sum), info.loss
 
-    carry = (states, jnp.full((num_chains,), -1, jnp.int32))
+    zeros = jnp.zeros((num_chains,), jnp.float32)
+    carry = (states, jnp.full((num_chains,), -1, jnp.int32), zeros)
     carry, burnin = jax.lax.scan(step, carry, jnp.arange(num_burnin, dtype=jnp.int32))
 
     def draw(carry, t0):
@@ -105,5 +122,6 @@ def run_chains(
         return carry, kept
 
     starts = num_burnin + thinning * jnp.arange(num_draws, dtype=jnp.int32)
-    (_, first_bad), draws = jax.lax.scan(draw, carry, starts)
-    return ChainTrace(draws.T, burnin.T, first_bad)
+    (states, first_bad, accept_sum), draws = jax.lax.scan(draw, carry, starts)
+    accept_rate = accept_sum / (num_draws * thinning) if reports_accept else zeros + jnp.nan
+    return ChainTrace(draws.T, burnin.T, first_bad, accept_rate)

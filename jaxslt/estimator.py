@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -27,7 +27,7 @@ import numpy as np
 
 from jaxslt import validation
 from jaxslt.chains import data_size, run_chains
-from jaxslt.kernels import make_kernel
+from jaxslt.kernels import FULL_BATCH_SAMPLERS, make_kernel
 from jaxslt.posterior import default_nbeta, full_data_loss, localized_posterior
 from jaxslt.progress import progress_bar
 
@@ -41,8 +41,9 @@ class LLCResult(NamedTuple):
     Fields: ``llc_mean``, ``llc_std`` (ddof=1; NaN with fewer than two healthy chains),
     ``llc_per_chain`` (num_chains,), ``loss_trace`` (num_chains, num_draws) of minibatch losses
     at the kept draws, ``burnin_loss_trace`` (num_chains, num_burnin), ``init_loss`` (full-data
-    L_n(w*)), ``nbeta``, ``localization``, ``step_size``, ``diverged`` (num_chains,) and
-    ``divergence_step`` (num_chains,; −1 where the chain stayed finite).
+    L_n(w*)), ``nbeta``, ``localization``, ``step_size``, ``diverged`` (num_chains,),
+    ``divergence_step`` (num_chains,; −1 where the chain stayed finite) and ``accept_rate``
+    (num_chains,; mean Metropolis acceptance after burn-in, NaN for unadjusted samplers).
     """
 
     llc_mean: jax.Array
@@ -56,6 +57,7 @@ class LLCResult(NamedTuple):
     step_size: jax.Array
     diverged: jax.Array
     divergence_step: jax.Array
+    accept_rate: jax.Array
 
     def running_llc(self) -> jax.Array:
         """nβ·(cumsum_t L(w_t)/t − L_n(w*)) per chain, shape (num_chains, num_draws)."""
@@ -78,6 +80,9 @@ class LLCResult(NamedTuple):
             f"  draws: {self.loss_trace.shape[-1]} kept per chain after "
             f"{self.burnin_loss_trace.shape[-1]} burn-in steps",
         ]
+        accept = np.asarray(self.accept_rate)
+        if not np.isnan(accept).all():
+            lines.append(f"  acceptance rate: {np.nanmean(accept):.3f} (mean over chains)")
         if diverged.any():
             steps = np.asarray(self.divergence_step)[diverged].tolist()
             lines.append(
@@ -105,6 +110,7 @@ def sample_llc(
     thinning: int = 1,
     batch_size: int | None = None,
     sampler: str | Callable = "sgld",
+    sampler_options: Mapping[str, Any] | tuple = (),
     eval_batch_size: int | None = None,
     progress_every: int = 0,
 ) -> LLCResult:
@@ -119,7 +125,7 @@ def sample_llc(
     nbeta = default_nbeta(n) if nbeta is None else nbeta
     init_loss = full_data_loss(loss_fn, params, data, eval_batch_size or batch_size)
     posterior = localized_posterior(loss_fn, params, nbeta=nbeta, localization=localization)
-    kernel = make_kernel(sampler, loss_fn, posterior)
+    kernel = make_kernel(sampler, loss_fn, posterior, sampler_options)
     trace = run_chains(
         kernel,
         params,
@@ -155,6 +161,7 @@ def sample_llc(
         step_size=jnp.asarray(step_size, init_loss.dtype),
         diverged=diverged,
         divergence_step=trace.divergence_step,
+        accept_rate=trace.accept_rate,
     )
 
 
@@ -165,6 +172,7 @@ _STATIC = (
     "thinning",
     "batch_size",
     "sampler",
+    "sampler_options",
     "eval_batch_size",
     "progress_every",
 )
@@ -186,6 +194,7 @@ def estimate_llc(
     nbeta: float | None = None,
     localization: float = 100.0,
     sampler: str | Callable = "sgld",
+    sampler_options: Mapping[str, Any] | None = None,
     eval_batch_size: int | None = None,
     progress: bool | None = None,
 ) -> LLCResult:
@@ -207,8 +216,12 @@ def estimate_llc(
       localization: γ ≥ 0.
       batch_size: minibatch size, drawn i.i.d. with replacement per chain and step; ``n`` means
         full-batch; ``None`` means min(n, 256).
-      sampler: ``"sgld"`` (jaxslt's, per-leaf noise), ``"blackjax_sgld"``, ``"blackjax_sghmc"``,
-        ``"blackjax_sgnht"``, or a factory ``(loss_fn, posterior) -> SamplingKernel``.
+      sampler: ``"sgld"``, ``"rmsprop_sgld"``, ``"sghmc"``, ``"sgnht"``, ``"mala"`` (full-batch,
+        Metropolis-adjusted; ``batch_size`` must be None or n), ``"blackjax_sgld"``,
+        ``"blackjax_sghmc"``, ``"blackjax_sgnht"``, or a factory
+        ``(loss_fn, posterior, **options) -> SamplingKernel``. See ``jaxslt.kernels``.
+      sampler_options: keyword arguments of the sampler (e.g. ``{"friction": 0.1}`` for sghmc;
+        ``rmsprop_sgld``'s ``adapt_steps`` defaults to ``num_burnin``).
       eval_batch_size: chunk size for the full-data L_n(w*) (default ``batch_size``).
       progress: show a progress bar; ``None`` shows one on a terminal only.
 
@@ -230,7 +243,11 @@ def estimate_llc(
         localization=localization,
         eval_batch_size=eval_batch_size,
     )
-    validation.check_sampler(sampler)
+    options = validation.check_sampler(sampler, sampler_options, batch_size=batch_size, n=n)
+    if sampler == "rmsprop_sgld" and num_burnin > 0:
+        options = {"adapt_steps": num_burnin, **options}
+    if sampler in FULL_BATCH_SAMPLERS:
+        batch_size = n
     batch_size = min(n, DEFAULT_BATCH_SIZE) if batch_size is None else batch_size
     validation.check_loss_fn(loss_fn, params, data, batch_size)
     total = num_burnin + num_draws * thinning
@@ -250,6 +267,7 @@ def estimate_llc(
         thinning=thinning,
         batch_size=batch_size,
         sampler=sampler,
+        sampler_options=tuple(sorted(options.items())),
         eval_batch_size=eval_batch_size,
     )
     if show:

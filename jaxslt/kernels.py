@@ -2,18 +2,24 @@
 
 Every kernel here is a ``SamplingKernel(init, step)``:
 
-    state = kernel.init(position, rng_key)
+    state = kernel.init(position, rng_key, minibatch)
     state, info = kernel.step(rng_key, state, minibatch, step_size)
 
 ``info.loss`` is the minibatch loss L_B(w_t) at the position *before* the update, on the same
-batch the gradient used: the loss trace LLC estimation averages. ``step_size`` is always ε, the
-noise variance of an SGLD step (jaxslt's convention); kernels that speak blackjax's language get
-its h = ε/2.
+batch the gradient used: the loss trace LLC estimation averages. ``info.accept_prob`` is the
+Metropolis acceptance probability for adjusted kernels (None otherwise).
+
+``step_size`` is always ε, jaxslt's SGLD noise variance. Kernels with momentum use the step
+h = √(ε/2) and a dimensionless ``friction`` f ∈ (0, 1] (the momentum's decay per step), chosen
+so that f = 1 is exactly SGLD with step size ε. blackjax kernels get blackjax's h = ε/2.
+All noise is drawn per pytree leaf (``optax.tree.random_like``), in each leaf's dtype and
+sharding; blackjax's own kernels flatten the tree instead (fine for small models only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import blackjax
@@ -21,22 +27,41 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxslt.posterior import LocalizedPosterior
+from jaxslt.posterior import LocalizedPosterior, sq_distance
 
 PyTree = Any
 
 
 class StepInfo(NamedTuple):
-    """What one transition reports: ``loss`` = L_B(w_t) before the update."""
+    """What one transition reports: ``loss`` = L_B(w_t) before the update; ``accept_prob`` for
+    Metropolis-adjusted kernels."""
 
     loss: jax.Array
+    accept_prob: jax.Array | None = None
 
 
 class SamplingKernel(NamedTuple):
-    """``init(position, rng_key) -> state``; ``step(rng_key, state, minibatch, step_size)``."""
+    """``init(position, rng_key, minibatch) -> state``;
+    ``step(rng_key, state, minibatch, step_size) -> (state, StepInfo)``."""
 
-    init: Callable[[PyTree, jax.Array], Any]
+    init: Callable[..., Any]
     step: Callable[[jax.Array, Any, PyTree, jax.Array], tuple[Any, StepInfo]]
+
+
+def _noise(key: jax.Array, tree: PyTree) -> PyTree:
+    return optax.tree.random_like(key, tree, jax.random.normal)
+
+
+def _axpy(tree: PyTree, *terms: tuple[Any, PyTree]) -> PyTree:
+    """tree + Σ c·t over (c, t) terms, leafwise, keeping each leaf's dtype."""
+
+    def leaf(w, *ts):
+        out = w
+        for (c, _), t in zip(terms, ts, strict=True):
+            out = out + c * t
+        return out.astype(w.dtype)
+
+    return jax.tree.map(leaf, tree, *(t for _, t in terms))
 
 
 class SGLDState(NamedTuple):
@@ -48,28 +73,205 @@ def sgld(posterior: LocalizedPosterior) -> SamplingKernel:
 
         w ← w + (ε/2)·ĝ(w) + N(0, ε·I),   ĝ = −nβ·∇L_B(w) − γ·(w − w*)
 
-    i.e. blackjax's x + h·∇log p + sqrt(2h)·ξ with h = ε/2. The Gaussian noise is drawn per pytree
-    leaf (``optax.tree.random_like``) in each leaf's own dtype and sharding, so sharded or bf16
-    parameters are never flattened into one vector (blackjax's own sgld ravels the tree). The
-    loss and the gradient come from one fused ``value_and_grad``.
+    i.e. blackjax's x + h·∇log p + √(2h)·ξ with h = ε/2. The loss and the gradient come from one
+    fused ``value_and_grad``.
     """
 
-    def init(position: PyTree, rng_key: jax.Array | None = None) -> SGLDState:
-        del rng_key
+    def init(position, rng_key=None, minibatch=None) -> SGLDState:
+        del rng_key, minibatch
         return SGLDState(position)
 
     def step(rng_key, state: SGLDState, minibatch, step_size):
         loss, grad = posterior.value_and_grad(state.position, minibatch)
-        noise = optax.tree.random_like(rng_key, state.position, jax.random.normal)
-        half = 0.5 * step_size
-        scale = jnp.sqrt(step_size)
+        noise = _noise(rng_key, state.position)
+        position = _axpy(state.position, (0.5 * step_size, grad), (jnp.sqrt(step_size), noise))
+        return SGLDState(position), StepInfo(loss)
+
+    return SamplingKernel(init, step)
+
+
+class RMSPropSGLDState(NamedTuple):
+    position: PyTree
+    square_avg: PyTree
+    count: jax.Array
+
+
+def rmsprop_sgld(
+    posterior: LocalizedPosterior,
+    *,
+    decay: float = 0.99,
+    eps: float = 1.0,
+    adapt_steps: int | None = None,
+) -> SamplingKernel:
+    """Preconditioned SGLD (pSGLD, Li et al. 2016) with an RMSProp diagonal preconditioner:
+
+        v ← decay·v + (1 − decay)·(nβ∇L_B)²,   G = 1 / (√(v / (1 − decay^t)) + eps)
+        w ← w + (ε/2)·G·ĝ(w) + N(0, ε·G)
+
+    The moments see the tempered loss gradient only, not the localizer (reference §3). Noise
+    variance per coordinate is ε·G ≤ ε/eps: with the default eps = 1 no coordinate gets a larger
+    step than plain SGLD with ``step_size`` (G ≈ 1/|nβ∇L| where the gradient is large). A small
+    eps (e.g. 1e-8) lets G explode at a minimum, where the loss gradient is near zero.
+    A preconditioner that moves with w needs a correction term Σ_j ∂G_ij/∂w_j that pSGLD drops;
+    with ``adapt_steps = k`` the moments adapt during the first k steps (set it to the burn-in:
+    ``estimate_llc`` does) and are frozen afterwards, so the kept draws come from Langevin
+    dynamics with a constant preconditioner, which needs no correction. ``None`` adapts forever.
+    """
+
+    def init(position, rng_key=None, minibatch=None) -> RMSPropSGLDState:
+        del rng_key, minibatch
+        zeros = jax.tree.map(lambda w: jnp.zeros(w.shape, jnp.promote_types(w.dtype, "float32")),
+                             position)  # fmt: skip
+        return RMSPropSGLDState(position, zeros, jnp.zeros((), jnp.int32))
+
+    def step(rng_key, state: RMSPropSGLDState, minibatch, step_size):
+        loss, grad = posterior.value_and_grad(state.position, minibatch)
+        localizer = posterior.localizer_grad(state.position)
+        adapting = True if adapt_steps is None else state.count < adapt_steps
+        count = jnp.where(adapting, state.count + 1, state.count)
+
+        def moment(v, g, lg):
+            loss_grad = (g - lg).astype(v.dtype)
+            return jnp.where(adapting, decay * v + (1 - decay) * loss_grad**2, v)
+
+        square_avg = jax.tree.map(moment, state.square_avg, grad, localizer)
+        correction = 1 - decay ** count.astype(jnp.float32)
+        precond = jax.tree.map(lambda v: 1 / (jnp.sqrt(v / correction) + eps), square_avg)
+        noise = _noise(rng_key, state.position)
         position = jax.tree.map(
-            lambda w, g, z: (w + half * g + scale * z).astype(w.dtype),
+            lambda w, g, p, z: (w + 0.5 * step_size * p * g + jnp.sqrt(step_size * p) * z).astype(
+                w.dtype
+            ),
             state.position,
             grad,
+            precond,
             noise,
         )
-        return SGLDState(position), StepInfo(loss)
+        return RMSPropSGLDState(position, square_avg, count), StepInfo(loss)
+
+    return SamplingKernel(init, step)
+
+
+class SGHMCState(NamedTuple):
+    position: PyTree
+    momentum: PyTree
+
+
+def sghmc(posterior: LocalizedPosterior, *, friction: float = 0.1) -> SamplingKernel:
+    """Stochastic-gradient Hamiltonian Monte Carlo (Chen et al. 2014), symplectic-Euler form:
+
+        p ← (1 − f)·p + h·ĝ(w) + √(2f)·ξ,   w ← w + h·p,   h = √(ε/2)
+
+    with unit-mass momentum (p ~ N(0, I) at init) and friction f per step. f = 1 is exactly
+    SGLD with step ε; smaller f lets momentum carry the chain further per gradient. Written here
+    rather than wrapping ``blackjax.sghmc``, which resamples the momentum every step (so it needs
+    many inner integration steps per recorded draw) and flattens the pytree for its noise.
+    """
+
+    def init(position, rng_key, minibatch=None) -> SGHMCState:
+        del minibatch
+        return SGHMCState(position, _noise(rng_key, position))
+
+    def step(rng_key, state: SGHMCState, minibatch, step_size):
+        loss, grad = posterior.value_and_grad(state.position, minibatch)
+        h = jnp.sqrt(0.5 * step_size)
+        noise = _noise(rng_key, state.momentum)
+        momentum = _axpy(state.momentum, (-friction, state.momentum), (h, grad),
+                         (jnp.sqrt(2 * friction), noise))  # fmt: skip
+        position = _axpy(state.position, (h, momentum))
+        return SGHMCState(position, momentum), StepInfo(loss)
+
+    return SamplingKernel(init, step)
+
+
+class SGNHTState(NamedTuple):
+    position: PyTree
+    momentum: PyTree
+    thermostat: jax.Array
+
+
+def sgnht(posterior: LocalizedPosterior, *, friction: float = 0.1) -> SamplingKernel:
+    """Stochastic-gradient Nosé–Hoover thermostat (Ding et al. 2014):
+
+        p ← (1 − ζ)·p + h·ĝ(w) + √(2f)·η,   w ← w + h·p,   ζ ← ζ + h²·(T̂ − 1)
+
+    with h = √(ε/2), d the number of parameters and ζ = ξh the thermostat in per-step units,
+    starting at the injected-noise friction f (Ding et al.'s ξ₀ = A). The thermostat is a real
+    dynamical variable: it rises while the kinetic temperature T̂ exceeds 1 (e.g. heated by
+    minibatch gradient noise) and falls while it is below, so the temperature self-corrects.
+    T̂ = (1 − ζ/2)·pᵀp/d, not Ding et al.'s pᵀp/d: with friction ζ per step the discrete
+    momentum of a chain at unit temperature has variance 1/(1 − ζ/2) (the stationary solution
+    of p ← (1 − ζ)p + √(2ζ)η), and thermostatting pᵀp/d to 1 would cool the positions by that
+    factor (5% at ζ = 0.1). (blackjax's ``sgnht`` flattens the tree for its noise.)
+    """
+
+    def init(position, rng_key, minibatch=None) -> SGNHTState:
+        del minibatch
+        return SGNHTState(position, _noise(rng_key, position), jnp.asarray(friction, jnp.float32))
+
+    def step(rng_key, state: SGNHTState, minibatch, step_size):
+        loss, grad = posterior.value_and_grad(state.position, minibatch)
+        h = jnp.sqrt(0.5 * step_size)
+        noise = _noise(rng_key, state.momentum)
+        momentum = _axpy(state.momentum, (-state.thermostat, state.momentum), (h, grad),
+                         (jnp.sqrt(2 * friction), noise))  # fmt: skip
+        position = _axpy(state.position, (h, momentum))
+        kinetic = sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in jax.tree.leaves(momentum))
+        size = sum(p.size for p in jax.tree.leaves(momentum))
+        temperature = (1 - 0.5 * state.thermostat) * kinetic / size
+        thermostat = state.thermostat + 0.5 * step_size * (temperature - 1)
+        return SGNHTState(position, momentum, thermostat), StepInfo(loss)
+
+    return SamplingKernel(init, step)
+
+
+class MALAState(NamedTuple):
+    position: PyTree
+    loss: jax.Array
+    logdensity: jax.Array
+    grad: PyTree
+
+
+def mala(posterior: LocalizedPosterior) -> SamplingKernel:
+    """Metropolis-adjusted Langevin (full batch): an exact sampler of the localized posterior.
+
+    Proposal w' = w + (ε/2)·∇log p(w) + N(0, ε·I) (the SGLD step), accepted with probability
+    min(1, p(w')q(w|w') / (p(w)q(w'|w))), log q(w'|w) = −||w' − w − (ε/2)∇log p(w)||²/(2ε).
+    The minibatch must be the full data set (``estimate_llc`` enforces it): a minibatch log
+    density would make the test target the wrong distribution. One value-and-gradient per step;
+    the current point's values are carried in the state. A non-finite proposal is rejected.
+    """
+
+    def evaluate(position, batch):
+        loss, grad = posterior.value_and_grad(position, batch)
+        return loss, posterior.logdensity_from_loss(position, loss), grad
+
+    def init(position, rng_key=None, minibatch=None) -> MALAState:
+        del rng_key
+        return MALAState(position, *evaluate(position, minibatch))
+
+    def log_q(to, frm, grad_frm, step_size):
+        mean = _axpy(frm, (0.5 * step_size, grad_frm))
+        return -sq_distance(to, mean) / (2 * step_size)
+
+    def step(rng_key, state: MALAState, minibatch, step_size):
+        key_prop, key_accept = jax.random.split(rng_key)
+        noise = _noise(key_prop, state.position)
+        proposal = _axpy(state.position, (0.5 * step_size, state.grad),
+                         (jnp.sqrt(step_size), noise))  # fmt: skip
+        loss, logdensity, grad = evaluate(proposal, minibatch)
+        log_ratio = (
+            logdensity
+            - state.logdensity
+            + log_q(state.position, proposal, grad, step_size)
+            - log_q(proposal, state.position, state.grad, step_size)
+        )
+        log_ratio = jnp.where(jnp.isfinite(log_ratio), log_ratio, -jnp.inf)
+        accept_prob = jnp.minimum(1.0, jnp.exp(log_ratio))
+        accept = jax.random.uniform(key_accept) < accept_prob
+        new = MALAState(proposal, loss, logdensity, grad)
+        state_out = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, state)
+        return state_out, StepInfo(state.loss, accept_prob)
 
     return SamplingKernel(init, step)
 
@@ -90,16 +292,16 @@ def from_blackjax(
     """Run one of blackjax's SG-MCMC algorithms (``blackjax.sgld``, ``sghmc``, ``sgnht``) here.
 
     blackjax's step returns no loss, so the trace costs one extra forward pass on the batch;
-    the step gets h = ε/2. Its noise is drawn by flattening the whole pytree (see module notes):
-    fine for small models, not for sharded or bf16 ones — prefer jaxslt's own ``sgld`` there.
+    the step gets h = ε/2. Its noise is drawn by flattening the whole pytree: fine for small
+    models, not for sharded or bf16 ones (use jaxslt's own kernels there). ``blackjax.sghmc``
+    runs ``num_integration_steps`` (default 10) gradient steps per recorded draw.
     """
     alg = algorithm(posterior.grad_estimator, **kwargs)
+    takes_key = "rng_key" in inspect.signature(alg.init).parameters
 
-    def init(position: PyTree, rng_key: jax.Array) -> BlackjaxState:
-        try:
-            return BlackjaxState(alg.init(position, rng_key))
-        except TypeError:  # sgld's init takes the position only
-            return BlackjaxState(alg.init(position))
+    def init(position, rng_key, minibatch=None) -> BlackjaxState:
+        del minibatch
+        return BlackjaxState(alg.init(position, rng_key) if takes_key else alg.init(position))
 
     def step(rng_key, state: BlackjaxState, minibatch, step_size):
         loss = loss_fn(_position(state.inner), minibatch)
@@ -109,24 +311,43 @@ def from_blackjax(
     return SamplingKernel(init, step)
 
 
-def _blackjax(name: str) -> Callable[[Callable, LocalizedPosterior], SamplingKernel]:
-    def factory(loss_fn: Callable, posterior: LocalizedPosterior) -> SamplingKernel:
-        return from_blackjax(getattr(blackjax, name), loss_fn, posterior)
+def _from_posterior(kernel: Callable[..., SamplingKernel]) -> Callable[..., SamplingKernel]:
+    def factory(loss_fn: Callable, posterior: LocalizedPosterior, **options) -> SamplingKernel:
+        del loss_fn
+        return kernel(posterior, **options)
 
-    factory.__name__ = f"blackjax_{name}"
+    factory.__signature__ = inspect.signature(kernel)  # options are checked against this
     return factory
 
 
-SAMPLERS: dict[str, Callable[[Callable, LocalizedPosterior], SamplingKernel]] = {
-    "sgld": lambda loss_fn, posterior: sgld(posterior),
+def _blackjax(name: str) -> Callable[..., SamplingKernel]:
+    def factory(loss_fn: Callable, posterior: LocalizedPosterior, **options) -> SamplingKernel:
+        return from_blackjax(getattr(blackjax, name), loss_fn, posterior, **options)
+
+    factory.__signature__ = inspect.signature(getattr(blackjax.sgmcmc, name).as_top_level_api)
+    return factory
+
+
+SAMPLERS: dict[str, Callable[..., SamplingKernel]] = {
+    "sgld": _from_posterior(sgld),
+    "rmsprop_sgld": _from_posterior(rmsprop_sgld),
+    "sghmc": _from_posterior(sghmc),
+    "sgnht": _from_posterior(sgnht),
+    "mala": _from_posterior(mala),
     "blackjax_sgld": _blackjax("sgld"),
     "blackjax_sghmc": _blackjax("sghmc"),
     "blackjax_sgnht": _blackjax("sgnht"),
 }
+FULL_BATCH_SAMPLERS = frozenset({"mala"})
 
 
-def make_kernel(sampler: str | Callable, loss_fn: Callable, posterior: LocalizedPosterior):
-    """Resolve ``sampler`` (a name in ``SAMPLERS`` or a factory ``(loss_fn, posterior) ->
-    SamplingKernel``) into a kernel for this posterior."""
+def make_kernel(
+    sampler: str | Callable,
+    loss_fn: Callable,
+    posterior: LocalizedPosterior,
+    options: Mapping[str, Any] | tuple = (),
+) -> SamplingKernel:
+    """Resolve ``sampler`` (a name in ``SAMPLERS`` or a factory ``(loss_fn, posterior,
+    **options) -> SamplingKernel``) into a kernel for this posterior."""
     factory = SAMPLERS[sampler] if isinstance(sampler, str) else sampler
-    return factory(loss_fn, posterior)
+    return factory(loss_fn, posterior, **dict(options))

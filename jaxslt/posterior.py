@@ -52,11 +52,17 @@ class LocalizedPosterior(NamedTuple):
       with temperature 1: nβ lives in the likelihood and γ in the prior.
     - ``value_and_grad(w, batch)`` = (L_B(w), ∇ log p estimate), fused in one backward pass; the
       loss is what the sampler records in its trace.
+    - ``logdensity_from_loss(w, loss)`` = −nβ·loss − (γ/2)·||w − w*||², for kernels that already
+      hold the loss (MALA) and need no second forward pass.
+    - ``localizer_grad(w)`` = −γ·(w − w*), the localizer's part of the gradient (preconditioners
+      subtract it to see the loss gradient alone).
     """
 
     logdensity_fn: Callable[[PyTree, PyTree], jax.Array]
     grad_estimator: Callable[[PyTree, PyTree], PyTree]
     value_and_grad: Callable[[PyTree, PyTree], tuple[jax.Array, PyTree]]
+    logdensity_from_loss: Callable[[PyTree, jax.Array], jax.Array]
+    localizer_grad: Callable[[PyTree], PyTree]
 
 
 def localized_posterior(
@@ -68,9 +74,14 @@ def localized_posterior(
     ``localization`` may be traced values (changing them does not retrace a jitted caller).
     """
 
-    def logdensity_fn(w, batch):
-        loss = loss_fn(w, batch)
+    def logdensity_from_loss(w, loss):
         return -nbeta * loss - 0.5 * localization * sq_distance(w, center)
+
+    def logdensity_fn(w, batch):
+        return logdensity_from_loss(w, loss_fn(w, batch))
+
+    def localizer_grad(w):
+        return jax.tree.map(lambda a, b: (-localization * (a - b)).astype(a.dtype), w, center)
 
     def value_and_grad(w, batch):
         loss, loss_grad = jax.value_and_grad(loss_fn)(w, batch)
@@ -85,7 +96,9 @@ def localized_posterior(
     def grad_estimator(w, batch):
         return value_and_grad(w, batch)[1]
 
-    return LocalizedPosterior(logdensity_fn, grad_estimator, value_and_grad)
+    return LocalizedPosterior(
+        logdensity_fn, grad_estimator, value_and_grad, logdensity_from_loss, localizer_grad
+    )
 
 
 def full_data_loss(loss_fn: LossFn, params: PyTree, data: PyTree, chunk_size: int) -> jax.Array:

@@ -26,6 +26,7 @@ __all__ = [
     "deep_linear_network",
     "normal_crossing",
     "quadratic_posterior",
+    "quadratic_sghmc",
     "quadratic_sgld",
     "reduced_rank_regression",
     "regular",
@@ -214,6 +215,40 @@ def quadratic_posterior(
     return float(np.sum(nbeta * h / (2 * a)))
 
 
+def _gaussian_chain_moments(
+    transition, noise, init_cov, weight, *, num_burnin, num_draws, thinning
+) -> EstimatorMoments:
+    """Mean and std of λ̂_c = Σ_i weight_i · mean_j x_{i,t_j}² for independent coordinates i
+    whose state z_i (x_i first) follows z ← A_i z + b_i ξ from covariance init_cov_i.
+
+    Var x_t = Σ_t[0, 0] with Σ_{t+1} = A Σ_t Aᵀ + b bᵀ; for s ≤ t, Cov(x_s, x_t) =
+    (A^(t−s) Σ_s)[0, 0]ᵀ-wise; Gaussian moments give Cov(x_s², x_t²) = 2 Cov(x_s, x_t)².
+    """
+    a = np.asarray(transition, dtype=np.float64)  # (d, k, k)
+    b = np.asarray(noise, dtype=np.float64)  # (d, k)
+    times = num_burnin + thinning * np.arange(num_draws)
+    cov = np.array(init_cov, dtype=np.float64)  # (d, k, k)
+    at_draws = []
+    for t in range(times[-1] + 1):
+        if t in times[len(at_draws) : len(at_draws) + 1]:
+            at_draws.append(cov)
+        cov = a @ cov @ np.swapaxes(a, 1, 2) + b[:, :, None] * b[:, None, :]
+    at_draws = np.stack(at_draws, axis=1)  # (d, D, k, k)
+    powers = [np.broadcast_to(np.eye(a.shape[1]), a.shape)]
+    for _ in range(thinning * (num_draws - 1)):
+        powers.append(a @ powers[-1])
+    powers = np.stack(powers, axis=1)  # (d, lags, k, k)
+    lag = thinning * (np.arange(num_draws)[None, :] - np.arange(num_draws)[:, None])  # j − i
+    # Cov(x_{t_i}, x_{t_j}) for j ≥ i: row 0 of A^lag times column 0 of Σ_{t_i}
+    pair = np.einsum("dijk,dik->dij", powers[:, np.abs(lag), 0, :], at_draws[:, :, :, 0])
+    pair = np.where(lag >= 0, pair, np.swapaxes(pair, 1, 2))
+    var = at_draws[:, :, 0, 0]
+    w = np.asarray(weight, dtype=np.float64) / num_draws
+    mean = np.sum(w * var.sum(axis=1))
+    variance = np.sum(w**2 * 2 * (pair**2).sum(axis=(1, 2)))
+    return EstimatorMoments(float(mean), float(np.sqrt(variance)))
+
+
 def quadratic_sgld(
     hessian_diag: Sequence[float],
     *,
@@ -227,24 +262,62 @@ def quadratic_sgld(
     """Exact mean and std of one chain's λ̂_c from full-batch SGLD started at w*.
 
     With x = w − w*, each coordinate is the AR(1) process x_{t+1} = ρ x_t + √ε ξ, ρ = 1 − ε a/2,
-    a = nβ h + γ, so Var x_t = ε (1 − ρ^(2t)) / (1 − ρ²) (→ 1/(a(1 − εa/4)), the stationary
-    variance) and Cov(x_s, x_t) = ρ^|t−s| Var x_min(s,t). The chain records L(w_t) at the
-    draws t_j = num_burnin + j·thinning, and λ̂_c = nβ·(mean_j L(w_{t_j}) − L0)
-    = (nβ/D) Σ_j Σ_i ½ h_i x_i², whose mean and variance follow from Gaussian moments
-    (Cov(x_s², x_t²) = 2 Cov(x_s, x_t)²).
-    Stable only for ε a < 4.
+    a = nβ h + γ, whose variance tends to 1/(a(1 − εa/4)) (not the posterior's 1/a: SGLD's
+    discretisation bias, exact here). The chain records L(w_t) at the draws
+    t_j = num_burnin + j·thinning, and λ̂_c = nβ·(mean_j L(w_{t_j}) − L0)
+    = (nβ/D) Σ_j Σ_i ½ h_i x_{i,t_j}². Stable only for ε a < 4.
     """
     h = np.asarray(hessian_diag, dtype=np.float64)
     a = nbeta * h + localization
     if np.any(step_size * a >= 4):
         raise ValueError(f"step_size={step_size} is unstable: need step_size·(nβ h + γ) < 4")
     rho = 1 - step_size * a / 2
-    t = num_burnin + thinning * np.arange(num_draws)
-    # (coordinate, draw) variances and (coordinate, draw, draw) covariances
-    var = step_size * (1 - rho[:, None] ** (2 * t)) / (1 - rho[:, None] ** 2)
-    lag = np.abs(t[:, None] - t[None, :])
-    cov = rho[:, None, None] ** lag * np.minimum(var[:, :, None], var[:, None, :])
-    weight = nbeta * h / (2 * num_draws)
-    mean = np.sum(weight * var.sum(axis=1))
-    variance = np.sum(weight**2 * 2 * (cov**2).sum(axis=(1, 2)))
-    return EstimatorMoments(float(mean), float(np.sqrt(variance)))
+    return _gaussian_chain_moments(
+        rho[:, None, None],
+        np.full((h.size, 1), np.sqrt(step_size)),
+        np.zeros((h.size, 1, 1)),
+        nbeta * h / 2,
+        num_burnin=num_burnin,
+        num_draws=num_draws,
+        thinning=thinning,
+    )
+
+
+def quadratic_sghmc(
+    hessian_diag: Sequence[float],
+    *,
+    nbeta: float,
+    localization: float,
+    step_size: float,
+    friction: float,
+    num_burnin: int,
+    num_draws: int,
+    thinning: int = 1,
+) -> EstimatorMoments:
+    """Exact mean and std of one chain's λ̂_c from full-batch ``jaxslt.kernels.sghmc``.
+
+    Per coordinate, with h = √(ε/2): p' = (1 − f)p − h a x + √(2f) ξ, x' = x + h p', a linear
+    Gaussian recursion in z = (x, p) started from x = 0 (w*), p ~ N(0, 1).
+    """
+    h = np.asarray(hessian_diag, dtype=np.float64)
+    a = nbeta * h + localization
+    step = np.sqrt(step_size / 2)
+    f = friction
+    transition = np.stack(
+        [
+            np.stack([1 - step**2 * a, np.full_like(a, step * (1 - f))], axis=-1),
+            np.stack([-step * a, np.full_like(a, 1 - f)], axis=-1),
+        ],
+        axis=1,
+    )
+    noise = np.tile([step * np.sqrt(2 * f), np.sqrt(2 * f)], (h.size, 1))
+    init = np.tile(np.diag([0.0, 1.0]), (h.size, 1, 1))
+    return _gaussian_chain_moments(
+        transition,
+        noise,
+        init,
+        nbeta * h / 2,
+        num_burnin=num_burnin,
+        num_draws=num_draws,
+        thinning=thinning,
+    )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from numbers import Integral, Real
 from typing import Any
 
@@ -11,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxslt.kernels import SAMPLERS
+from jaxslt.kernels import FULL_BATCH_SAMPLERS, SAMPLERS
 
 PyTree = Any
 
@@ -135,15 +136,47 @@ def check_settings(
         raise ValueError(f"localization (γ) must be >= 0; got {localization}. Use 0 for none")
 
 
-def check_sampler(sampler: Any) -> None:
+def check_sampler(
+    sampler: Any, options: Mapping[str, Any] | None, *, batch_size: int | None, n: int
+) -> dict[str, Any]:
+    """Check the sampler and its options; return the options as a dict."""
     if isinstance(sampler, str):
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler={sampler!r} is unknown; choose one of {sorted(SAMPLERS)}")
-    elif not callable(sampler):
+        factory = SAMPLERS[sampler]
+        if sampler in FULL_BATCH_SAMPLERS and batch_size not in (None, n):
+            raise ValueError(
+                f"sampler={sampler!r} is full-batch (Metropolis-adjusted on the exact density); "
+                f"pass batch_size=None or batch_size={n}, not {batch_size}"
+            )
+    elif callable(sampler):
+        factory = sampler
+    else:
         raise TypeError(
-            "sampler must be a name or a factory (loss_fn, posterior) -> SamplingKernel; "
-            f"got {type(sampler).__name__}"
+            "sampler must be a name or a factory (loss_fn, posterior, **options) -> "
+            f"SamplingKernel; got {type(sampler).__name__}"
         )
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"sampler_options must be a dict of keyword arguments; got {options!r}")
+    if isinstance(sampler, str):
+        try:
+            inspect.signature(factory).bind_partial(None, **options)
+        except TypeError as err:
+            raise ValueError(
+                f"sampler_options {dict(options)} do not fit sampler={sampler!r}: {err}; "
+                f"its options are {inspect.signature(factory)!s}"
+            ) from None
+    for name, value in options.items():
+        try:
+            hash(value)
+        except TypeError:
+            raise TypeError(
+                f"sampler_options[{name!r}] = {value!r} must be hashable (a number, string or "
+                "tuple): it shapes the compiled program"
+            ) from None
+    return dict(options)
 
 
 def check_loss_fn(loss_fn: Callable, params: PyTree, data: PyTree, batch_size: int) -> None:

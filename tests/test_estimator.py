@@ -325,3 +325,86 @@ def test_partially_divergent_run_warns_and_excludes():
         float(result.llc_mean), np.asarray(result.llc_per_chain)[healthy].mean(), rtol=1e-6
     )
     assert np.isnan(np.asarray(result.llc_per_chain)[~healthy]).all()
+
+
+# --- the other samplers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("friction", "nbeta", "gamma", "eps", "burnin"),
+    [(0.05, 100.0, 1.0, 2e-3, 0), (0.3, 100.0, 10.0, 2e-3, 100), (1.0, 1000.0, 1.0, 1e-4, 30)],
+)
+def test_sghmc_matches_its_exact_gaussian_moments(friction, nbeta, gamma, eps, burnin):
+    chains, draws = 512, 200
+    result = _estimate(
+        step_size=eps, nbeta=nbeta, localization=gamma, num_chains=chains, num_draws=draws,
+        num_burnin=burnin, sampler="sghmc", sampler_options={"friction": friction},
+    )  # fmt: skip
+    exact = truth.quadratic_sghmc(
+        HESSIAN, nbeta=nbeta, localization=gamma, step_size=eps, friction=friction,
+        num_burnin=burnin, num_draws=draws,
+    )  # fmt: skip
+    assert abs(float(result.llc_mean) - exact.mean) < Z * exact.std / np.sqrt(chains)
+    assert float(result.llc_std) == pytest.approx(exact.std, rel=Z / np.sqrt(2 * (chains - 1)))
+
+
+def test_sghmc_at_full_friction_is_sgld():
+    kw = dict(nbeta=100.0, localization=1.0, step_size=2e-3, num_burnin=5, num_draws=40)
+    sghmc = truth.quadratic_sghmc(HESSIAN, friction=1.0, **kw)
+    sgld = truth.quadratic_sgld(HESSIAN, **kw)
+    assert sghmc.mean == pytest.approx(sgld.mean, rel=1e-12)
+    assert sghmc.std == pytest.approx(sgld.std, rel=1e-12)
+
+
+def test_mala_is_exact_where_sgld_is_biased():
+    """ε·a up to 1.6: SGLD's stationary estimate is 40% high; MALA's is the exact posterior."""
+    nbeta, gamma, eps, chains = 100.0, 1.0, 2e-3, 256
+    result = _estimate(
+        step_size=eps, nbeta=nbeta, localization=gamma, num_chains=chains, num_draws=2000,
+        num_burnin=500, sampler="mala",
+    )  # fmt: skip
+    posterior = truth.quadratic_posterior(HESSIAN, nbeta=nbeta, localization=gamma)
+    sgld = truth.quadratic_sgld(
+        HESSIAN, nbeta=nbeta, localization=gamma, step_size=eps, num_burnin=500, num_draws=2000
+    )
+    assert sgld.mean > 1.1 * posterior
+    se = float(result.llc_std) / np.sqrt(chains)
+    assert abs(float(result.llc_mean) - posterior) < Z * se
+    assert 0.3 < float(np.mean(result.accept_rate)) < 1.0
+    assert "acceptance rate" in result.summary()
+
+
+def test_mala_gives_the_monomial_identity_without_extrapolation():
+    chains = 256
+    result = _estimate(
+        _quartic, params={"w": jnp.zeros(1)}, step_size=5e-3, nbeta=100.0, localization=0.0,
+        num_chains=chains, num_draws=4000, num_burnin=500, sampler="mala",
+    )  # fmt: skip
+    se = float(result.llc_std) / np.sqrt(chains)
+    assert se < 0.01 and abs(float(result.llc_mean) - 0.25) < Z * se
+
+
+D_NOISY = 20
+U = jax.random.normal(jax.random.key(0), (1000, D_NOISY))
+U = U - U.mean(0)  # L_n(w) = |w|² exactly; minibatches add a random linear term
+
+
+def _noisy_quadratic(params, batch):
+    w = params["w"]
+    return jnp.sum(w**2) + jnp.mean(batch @ w)
+
+
+def test_sgnht_thermostat_removes_minibatch_heating():
+    """With large minibatch gradient noise SGHMC runs hot; SGNHT's thermostat corrects it."""
+    nbeta, chains = 50.0, 32
+    exact = truth.quadratic_posterior([2.0] * D_NOISY, nbeta=nbeta, localization=0.0)
+    kw = dict(
+        params={"w": jnp.zeros(D_NOISY)}, data=U, step_size=1e-3, nbeta=nbeta, localization=0.0,
+        num_chains=chains, num_draws=10_000, num_burnin=3000, batch_size=50,
+        sampler_options={"friction": 0.1},
+    )  # fmt: skip
+    thermostat = _estimate(_noisy_quadratic, sampler="sgnht", **kw)
+    plain = _estimate(_noisy_quadratic, sampler="sghmc", **kw)
+    se = float(thermostat.llc_std) / np.sqrt(chains)
+    assert abs(float(thermostat.llc_mean) - exact) < Z * se
+    assert float(plain.llc_mean) - exact > 20 * se  # ~14% too hot without the thermostat

@@ -117,7 +117,9 @@ def test_validation_functions_accept_valid_inputs():
         localization=0.0,
         eval_batch_size=None,
     )
-    validation.check_sampler("sgld")
+    assert validation.check_sampler("sgld", None, batch_size=None, n=N) == {}
+    options = validation.check_sampler("sghmc", {"friction": 0.2}, batch_size=4, n=N)
+    assert options == {"friction": 0.2}
     validation.check_loss_fn(loss_fn, params(), data(), 4)
 
 
@@ -306,6 +308,21 @@ def test_params_empty(empty):
 def test_unknown_sampler():
     with pytest.raises(ValueError, match=r"sampler='nuts' is unknown; choose one of \[.*'sgld'"):
         call(sampler="nuts")
+
+
+def test_unknown_sampler_option():
+    with pytest.raises(ValueError, match=r"sampler_options .* do not fit sampler='sgld'"):
+        call(sampler_options={"friction": 0.1})
+
+
+def test_unhashable_sampler_option():
+    with pytest.raises(TypeError, match=r"sampler_options\['friction'\].*must be hashable"):
+        call(sampler="sghmc", sampler_options={"friction": [0.1]})
+
+
+def test_full_batch_sampler_with_a_minibatch():
+    with pytest.raises(ValueError, match=r"sampler='mala' is full-batch.*batch_size=None or"):
+        call(sampler="mala", batch_size=4)
 
 
 def test_sampler_not_callable():
