@@ -11,6 +11,7 @@ replacement* (i.i.d., O(batch_size) per step, an unbiased estimate of L_n and âˆ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -31,12 +32,15 @@ class ChainTrace(NamedTuple):
     - ``divergence_step`` (num_chains,): first step whose loss was NaN/inf, âˆ’1 if none.
     - ``accept_rate`` (num_chains,): mean Metropolis acceptance probability over the steps after
       burn-in, for kernels that report one (NaN otherwise).
+    - ``check_mean`` (num_chains,): mean of ``transition_check`` over the checked steps after
+      burn-in (NaN when nothing was checked), e.g. the MALA acceptance of SGLD transitions.
     """
 
     loss_trace: jax.Array
     burnin_loss_trace: jax.Array
     divergence_step: jax.Array
     accept_rate: jax.Array
+    check_mean: jax.Array
 
 
 def data_size(data: PyTree) -> int:
@@ -56,12 +60,18 @@ def run_chains(
     thinning: int = 1,
     batch_size: int,
     progress_every: int = 0,
+    transition_check: Callable[[Any, Any, PyTree, jax.Array], jax.Array] | None = None,
+    check_every: int = 0,
 ) -> ChainTrace:
     """Run ``num_chains`` chains of ``kernel`` from ``position`` for
     ``num_burnin + num_draws * thinning`` steps each; traceable (jit/vmap it freely).
 
     ``progress_every > 0`` reports the step count to ``jaxslt.progress`` every that many steps
     through a host callback; 0 compiles no callback at all.
+
+    ``transition_check(old_state, new_state, minibatch, step_size)`` (one chain; vmapped here)
+    is evaluated on every ``check_every``-th step after burn-in, under a ``lax.cond`` on the step
+    counter (which no vmap batches), so the other steps pay nothing for it.
     """
     n = data_size(data)
     init_keys, chain_keys = jnp.unstack(
@@ -87,13 +97,31 @@ def run_chains(
 
     reports_accept = []
 
+    checking = transition_check is not None and check_every > 0
+
+    def check(old, new, batches, t):
+        def run():
+            return jax.vmap(transition_check, in_axes=(0, 0, batch_axis, None))(
+                old, new, batches, step_size
+            ).astype(jnp.float32)
+
+        due = (t >= num_burnin) & ((t - num_burnin) % check_every == 0)
+        return jax.lax.cond(due, run, lambda: jnp.full((num_chains,), jnp.nan, jnp.float32))
+
     def step(carry, t):
-        states, first_bad, accept_sum = carry
+        states, first_bad, accept_sum, check_sum, check_count = carry
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(chain_keys, t)
         batch_keys, kernel_keys = jnp.unstack(jax.vmap(jax.random.split)(keys), axis=1)
+        batches = minibatches(batch_keys)
+        old = states
         states, info = jax.vmap(kernel.step, in_axes=(0, 0, batch_axis, None))(
-            kernel_keys, states, minibatches(batch_keys), step_size
+            kernel_keys, states, batches, step_size
         )
+        if checking:
+            value = check(old, states, batches, t)
+            ok = ~jnp.isnan(value)
+            check_sum = check_sum + jnp.where(ok, value, 0.0)
+            check_count = check_count + ok
         bad = ~jnp.isfinite(info.loss)
         first_bad = jnp.where((first_bad < 0) & bad, t, first_bad)
         if info.accept_prob is not None:  # known at trace time
@@ -105,10 +133,10 @@ def run_chains(
                 lambda: jax.debug.callback(progress.report, t + 1),
                 lambda: None,
             )
-        return (states, first_bad, accept_sum), info.loss
+        return (states, first_bad, accept_sum, check_sum, check_count), info.loss
 
     zeros = jnp.zeros((num_chains,), jnp.float32)
-    carry = (states, jnp.full((num_chains,), -1, jnp.int32), zeros)
+    carry = (states, jnp.full((num_chains,), -1, jnp.int32), zeros, zeros, zeros)
     carry, burnin = jax.lax.scan(step, carry, jnp.arange(num_burnin, dtype=jnp.int32))
 
     def draw(carry, t0):
@@ -122,6 +150,7 @@ def run_chains(
         return carry, kept
 
     starts = num_burnin + thinning * jnp.arange(num_draws, dtype=jnp.int32)
-    (states, first_bad, accept_sum), draws = jax.lax.scan(draw, carry, starts)
+    (_, first_bad, accept_sum, check_sum, check_count), draws = jax.lax.scan(draw, carry, starts)
     accept_rate = accept_sum / (num_draws * thinning) if reports_accept else zeros + jnp.nan
-    return ChainTrace(draws.T, burnin.T, first_bad, accept_rate)
+    check_mean = jnp.where(check_count > 0, check_sum / jnp.maximum(check_count, 1), jnp.nan)
+    return ChainTrace(draws.T, burnin.T, first_bad, accept_rate, check_mean)

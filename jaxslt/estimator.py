@@ -27,7 +27,13 @@ import numpy as np
 
 from jaxslt import validation
 from jaxslt.chains import data_size, run_chains
-from jaxslt.kernels import FULL_BATCH_SAMPLERS, make_kernel
+from jaxslt.kernels import (
+    FULL_BATCH_SAMPLERS,
+    SGLD_SAMPLERS,
+    make_kernel,
+    sgld_acceptance,
+    state_position,
+)
 from jaxslt.posterior import default_nbeta, full_data_loss, localized_posterior
 from jaxslt.progress import progress_bar
 
@@ -43,7 +49,9 @@ class LLCResult(NamedTuple):
     at the kept draws, ``burnin_loss_trace`` (num_chains, num_burnin), ``init_loss`` (full-data
     L_n(w*)), ``nbeta``, ``localization``, ``step_size``, ``diverged`` (num_chains,),
     ``divergence_step`` (num_chains,; −1 where the chain stayed finite) and ``accept_rate``
-    (num_chains,; mean Metropolis acceptance after burn-in, NaN for unadjusted samplers).
+    (num_chains,; mean Metropolis acceptance after burn-in, NaN for unadjusted samplers),
+    ``mala_accept`` (num_chains,; mean MALA acceptance probability of the SGLD transitions at
+    ``acceptance_checks`` evenly spaced steps after burn-in; NaN for other samplers).
     """
 
     llc_mean: jax.Array
@@ -58,6 +66,7 @@ class LLCResult(NamedTuple):
     diverged: jax.Array
     divergence_step: jax.Array
     accept_rate: jax.Array
+    mala_accept: jax.Array
 
     def running_llc(self) -> jax.Array:
         """nβ·(cumsum_t L(w_t)/t − L_n(w*)) per chain, shape (num_chains, num_draws)."""
@@ -70,7 +79,8 @@ class LLCResult(NamedTuple):
         if np.ndim(self.llc_mean) != 0:
             return f"LLCResult(batched: llc_mean shape {np.shape(self.llc_mean)})"
         diverged = np.asarray(self.diverged)
-        per_chain = ", ".join(f"{v:.4g}" for v in np.asarray(self.llc_per_chain))
+        values = np.asarray(self.llc_per_chain)
+        per_chain = ", ".join(f"{v:.4g}" for v in values[:8]) + (", ..." if values.size > 8 else "")
         lines = [
             f"LLC = {float(self.llc_mean):.4g} ± {float(self.llc_std):.2g} (std across "
             f"{int((~diverged).sum())} chains)",
@@ -83,6 +93,9 @@ class LLCResult(NamedTuple):
         accept = np.asarray(self.accept_rate)
         if not np.isnan(accept).all():
             lines.append(f"  acceptance rate: {np.nanmean(accept):.3f} (mean over chains)")
+        mala_accept = np.asarray(self.mala_accept)
+        if not np.isnan(mala_accept).all():
+            lines.append(f"  MALA acceptance of the SGLD steps: {np.nanmean(mala_accept):.3f}")
         if diverged.any():
             steps = np.asarray(self.divergence_step)[diverged].tolist()
             lines.append(
@@ -112,6 +125,7 @@ def sample_llc(
     sampler: str | Callable = "sgld",
     sampler_options: Mapping[str, Any] | tuple = (),
     eval_batch_size: int | None = None,
+    acceptance_checks: int = 50,
     progress_every: int = 0,
 ) -> LLCResult:
     """Traceable core of ``estimate_llc``: no validation, no printing; jit and vmap it freely.
@@ -126,6 +140,12 @@ def sample_llc(
     init_loss = full_data_loss(loss_fn, params, data, eval_batch_size or batch_size)
     posterior = localized_posterior(loss_fn, params, nbeta=nbeta, localization=localization)
     kernel = make_kernel(sampler, loss_fn, posterior, sampler_options)
+    check = None
+    if acceptance_checks > 0 and sampler in SGLD_SAMPLERS:
+
+        def check(old, new, batch, eps):
+            return sgld_acceptance(posterior, state_position(old), state_position(new), batch, eps)
+
     trace = run_chains(
         kernel,
         params,
@@ -138,6 +158,8 @@ def sample_llc(
         thinning=thinning,
         batch_size=batch_size,
         progress_every=progress_every,
+        transition_check=check,
+        check_every=max(1, (num_draws * thinning) // max(acceptance_checks, 1)),
     )
     loss_trace = trace.loss_trace.astype(init_loss.dtype)
     nbeta = jnp.asarray(nbeta, init_loss.dtype)
@@ -162,6 +184,7 @@ def sample_llc(
         diverged=diverged,
         divergence_step=trace.divergence_step,
         accept_rate=trace.accept_rate,
+        mala_accept=trace.check_mean,
     )
 
 
@@ -174,6 +197,7 @@ _STATIC = (
     "sampler",
     "sampler_options",
     "eval_batch_size",
+    "acceptance_checks",
     "progress_every",
 )
 _sample_llc_jit = jax.jit(sample_llc, static_argnums=(0,), static_argnames=_STATIC)
@@ -196,6 +220,7 @@ def estimate_llc(
     sampler: str | Callable = "sgld",
     sampler_options: Mapping[str, Any] | None = None,
     eval_batch_size: int | None = None,
+    acceptance_checks: int = 50,
     progress: bool | None = None,
 ) -> LLCResult:
     """Estimate the local learning coefficient λ(w*) of ``params`` = w* under ``loss_fn``.
@@ -223,6 +248,9 @@ def estimate_llc(
       sampler_options: keyword arguments of the sampler (e.g. ``{"friction": 0.1}`` for sghmc;
         ``rmsprop_sgld``'s ``adapt_steps`` defaults to ``num_burnin``).
       eval_batch_size: chunk size for the full-data L_n(w*) (default ``batch_size``).
+      acceptance_checks: at how many evenly spaced steps after burn-in to evaluate the MALA
+        acceptance of SGLD transitions (``result.mala_accept``; two extra gradients each);
+        0 disables it.
       progress: show a progress bar; ``None`` shows one on a terminal only.
 
     Raises ValueError/TypeError for bad arguments (before anything compiles) and
@@ -242,6 +270,7 @@ def estimate_llc(
         nbeta=nbeta,
         localization=localization,
         eval_batch_size=eval_batch_size,
+        acceptance_checks=acceptance_checks,
     )
     options = validation.check_sampler(sampler, sampler_options, batch_size=batch_size, n=n)
     if sampler == "rmsprop_sgld" and num_burnin > 0:
@@ -269,6 +298,7 @@ def estimate_llc(
         sampler=sampler,
         sampler_options=tuple(sorted(options.items())),
         eval_batch_size=eval_batch_size,
+        acceptance_checks=acceptance_checks,
     )
     if show:
         with progress_bar(total, f"LLC ({num_chains} chains)"):

@@ -276,6 +276,32 @@ def mala(posterior: LocalizedPosterior) -> SamplingKernel:
     return SamplingKernel(init, step)
 
 
+def sgld_acceptance(
+    posterior: LocalizedPosterior, old: PyTree, new: PyTree, minibatch: PyTree, step_size
+) -> jax.Array:
+    """MALA acceptance probability of an SGLD transition w → w′ (reference §3), on its batch:
+
+        U = nβ·L_B + (γ/2)·||w − w*||²,   log q(w′|w) = −||w′ − w + (ε/2)∇U(w)||² / (2ε),
+        α = min(1, exp(U(w) − U(w′) + log q(w|w′) − log q(w′|w))).
+
+    A healthy chain sits near 0.9; low values mean ε is too large for the local curvature.
+    Costs two value-and-gradients on the batch.
+    """
+    loss0, g0 = posterior.value_and_grad(old, minibatch)
+    loss1, g1 = posterior.value_and_grad(new, minibatch)
+    u0 = -posterior.logdensity_from_loss(old, loss0)
+    u1 = -posterior.logdensity_from_loss(new, loss1)
+    forward = sq_distance(new, _axpy(old, (0.5 * step_size, g0))) / (2 * step_size)
+    backward = sq_distance(old, _axpy(new, (0.5 * step_size, g1))) / (2 * step_size)
+    log_ratio = u0 - u1 - backward + forward
+    return jnp.where(jnp.isfinite(log_ratio), jnp.minimum(1.0, jnp.exp(log_ratio)), 0.0)
+
+
+def state_position(state: Any) -> PyTree:
+    """The position of any kernel state here (jaxslt's or a wrapped blackjax one)."""
+    return _position(state.inner) if isinstance(state, BlackjaxState) else state.position
+
+
 class BlackjaxState(NamedTuple):
     """A blackjax SG-MCMC state (a bare position for sgld/sghmc, SGNHTState for sgnht)."""
 
@@ -339,6 +365,8 @@ SAMPLERS: dict[str, Callable[..., SamplingKernel]] = {
     "blackjax_sgnht": _blackjax("sgnht"),
 }
 FULL_BATCH_SAMPLERS = frozenset({"mala"})
+# samplers whose transitions are plain SGLD steps, for which sgld_acceptance is meaningful
+SGLD_SAMPLERS = frozenset({"sgld", "blackjax_sgld"})
 
 
 def make_kernel(

@@ -109,6 +109,7 @@ def check_settings(
     nbeta: Any,
     localization: Any,
     eval_batch_size: Any,
+    acceptance_checks: Any = 0,
 ) -> None:
     if _real("step_size", step_size) <= 0:
         raise ValueError(
@@ -126,6 +127,7 @@ def check_settings(
             f"batch_size={batch_size} exceeds the number of examples n={n}; use batch_size <= {n} "
             f"(batch_size={n} is full-batch)"
         )
+    _int("acceptance_checks", acceptance_checks, 0, "Use 0 to skip the MALA acceptance checks.")
     if eval_batch_size is not None:
         _int("eval_batch_size", eval_batch_size, 1, "It is the chunk size for L_n(w*).")
     if nbeta is not None and _real("nbeta", nbeta) <= 0:

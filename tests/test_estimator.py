@@ -408,3 +408,14 @@ def test_sgnht_thermostat_removes_minibatch_heating():
     se = float(thermostat.llc_std) / np.sqrt(chains)
     assert abs(float(thermostat.llc_mean) - exact) < Z * se
     assert float(plain.llc_mean) - exact > 20 * se  # ~14% too hot without the thermostat
+
+
+def test_mala_acceptance_of_sgld_steps_falls_as_the_step_grows():
+    kw = dict(nbeta=100.0, localization=1.0, num_chains=8, num_draws=400, num_burnin=200)
+    small, large = _estimate(step_size=1e-4, **kw), _estimate(step_size=4e-3, **kw)
+    assert np.all(np.asarray(small.mala_accept) > 0.95)
+    assert np.mean(large.mala_accept) < np.mean(small.mala_accept) - 0.1
+    off = _estimate(step_size=1e-4, acceptance_checks=0, **kw)
+    assert np.isnan(off.mala_accept).all()
+    other = _estimate(step_size=1e-4, sampler="sghmc", **kw)
+    assert np.isnan(other.mala_accept).all()

@@ -11,7 +11,7 @@ import optax
 import pytest
 from blackjax.util import generate_gaussian_noise
 
-from jaxslt.kernels import from_blackjax, mala, rmsprop_sgld, sgld, sgnht
+from jaxslt.kernels import from_blackjax, mala, rmsprop_sgld, sgld, sgld_acceptance, sgnht
 from jaxslt.posterior import localized_posterior
 
 
@@ -211,3 +211,18 @@ def test_mala_accept_probability_and_rejection():
     new, info = kernel.step(key, state, None, eps)
     assert float(info.accept_prob) == 0.0
     chex.assert_trees_all_equal(new, state)
+
+
+def test_sgld_acceptance_equals_mala_acceptance_of_the_same_proposal():
+    post = localized_posterior(_quadratic, {"w": jnp.zeros(2)}, nbeta=10.0, localization=1.0)
+    position = {"w": jnp.array([0.3, -0.2])}
+    probs = []
+    for seed in range(4):
+        key, eps = jax.random.key(seed), 0.05
+        _, info = mala(post).step(key, mala(post).init(position, None, None), None, eps)
+        kernel = sgld(post)
+        new, _ = kernel.step(jax.random.split(key)[0], kernel.init(position), None, eps)
+        prob = sgld_acceptance(post, position, new.position, None, eps)
+        assert float(prob) == pytest.approx(float(info.accept_prob), rel=1e-4, abs=1e-7)
+        probs.append(float(prob))
+    assert any(0 < p < 1 for p in probs)
