@@ -2,34 +2,62 @@
 
 The public API is deliberately small:
 
-- ``estimate_llc``: validate, sample (vmapped chains, scanned steps, one compiled program) and
-  return an ``LLCResult``; ``sample_llc`` is its traceable core (jit/vmap it).
-- ``localized_posterior``: the posterior p(w) ∝ exp(−nβ·L_n(w) − γ/2·||w − w*||²) as pure
-  functions; ``sgld`` and ``run_chains``: the kernel and chain runner beneath the estimator.
-- ``truth``: exact learning coefficients (Aoyagi's deep-linear-network formula and friends).
+- ``estimate_llc``: validate, sample (vmapped chains, scanned steps, one compiled program),
+  diagnose, and return an ``LLCResult``; ``sample_llc`` is its traceable core (jit/vmap it).
+- ``calibrate``: choose step size, localization (and nβ) on a grid, by a documented rule.
+- ``diagnose`` / ``to_inference_data``: R-hat, ESS, MALA acceptance, drift; ArviZ export.
+- ``localized_posterior``: p(w) ∝ exp(−nβ·L_n(w) − γ/2·||w − w*||²) as pure functions;
+  ``sgld`` … ``mala`` and ``run_chains``: the kernels and chain runner beneath the estimator.
+- Modules: ``truth`` (exact learning coefficients), ``problems`` (reference problems),
+  ``gibbs`` (exact block-Gibbs sampler for deep linear networks), ``plots`` (matplotlib files).
 """
 
-from jaxslt import truth
+from jaxslt import gibbs, plots, problems, truth
+from jaxslt.calibrate import Calibration, calibrate
 from jaxslt.chains import ChainTrace, run_chains
-from jaxslt.estimator import LLCResult, estimate_llc, sample_llc
-from jaxslt.kernels import SAMPLERS, SamplingKernel, StepInfo, from_blackjax, sgld
+from jaxslt.diagnostics import Diagnostics, diagnose, to_inference_data
+from jaxslt.estimator import LLCResult, LLCWarning, estimate_llc, sample_llc
+from jaxslt.kernels import (
+    SAMPLERS,
+    SamplingKernel,
+    StepInfo,
+    from_blackjax,
+    mala,
+    rmsprop_sgld,
+    sghmc,
+    sgld,
+    sgnht,
+)
 from jaxslt.posterior import LocalizedPosterior, default_nbeta, localized_posterior
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SAMPLERS",
+    "Calibration",
     "ChainTrace",
+    "Diagnostics",
     "LLCResult",
+    "LLCWarning",
     "LocalizedPosterior",
     "SamplingKernel",
     "StepInfo",
+    "calibrate",
     "default_nbeta",
+    "diagnose",
     "estimate_llc",
     "from_blackjax",
+    "gibbs",
     "localized_posterior",
+    "mala",
+    "plots",
+    "problems",
+    "rmsprop_sgld",
     "run_chains",
     "sample_llc",
+    "sghmc",
     "sgld",
+    "sgnht",
+    "to_inference_data",
     "truth",
 ]

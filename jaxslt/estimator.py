@@ -19,7 +19,7 @@ import functools
 import sys
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,11 @@ from jaxslt.progress import progress_bar
 
 PyTree = Any
 DEFAULT_BATCH_SIZE = 256
+DEFAULT_LOCALIZATION = 100.0
+
+
+class LLCWarning(RuntimeWarning):
+    """A run finished but its diagnostics say the estimate should not be trusted as is."""
 
 
 class LLCResult(NamedTuple):
@@ -67,6 +72,8 @@ class LLCResult(NamedTuple):
     divergence_step: jax.Array
     accept_rate: jax.Array
     mala_accept: jax.Array
+    diagnostics: Any = None
+    calibration: Any = None
 
     def running_llc(self) -> jax.Array:
         """nβ·(cumsum_t L(w_t)/t − L_n(w*)) per chain, shape (num_chains, num_draws)."""
@@ -96,6 +103,11 @@ class LLCResult(NamedTuple):
         mala_accept = np.asarray(self.mala_accept)
         if not np.isnan(mala_accept).all():
             lines.append(f"  MALA acceptance of the SGLD steps: {np.nanmean(mala_accept):.3f}")
+        if self.calibration is not None:
+            lines.append("  step_size, localization and nbeta chosen by jaxslt.calibrate")
+        if self.diagnostics is not None:
+            lines.append("  diagnostics: " + ("ok" if self.diagnostics.ok else "; ".join(
+                self.diagnostics.warnings)))  # fmt: skip
         if diverged.any():
             steps = np.asarray(self.divergence_step)[diverged].tolist()
             lines.append(
@@ -209,18 +221,19 @@ def estimate_llc(
     data: PyTree,
     *,
     key: jax.Array,
-    step_size: float,
+    step_size: float | Literal["auto"],
     num_chains: int = 4,
     num_draws: int = 1000,
     num_burnin: int = 500,
     thinning: int = 1,
     batch_size: int | None = None,
     nbeta: float | None = None,
-    localization: float = 100.0,
+    localization: float | None = None,
     sampler: str | Callable = "sgld",
     sampler_options: Mapping[str, Any] | None = None,
     eval_batch_size: int | None = None,
     acceptance_checks: int = 50,
+    diagnostics: bool = True,
     progress: bool | None = None,
 ) -> LLCResult:
     """Estimate the local learning coefficient λ(w*) of ``params`` = w* under ``loss_fn``.
@@ -236,9 +249,12 @@ def estimate_llc(
       params: w*, any pytree of float arrays (Flax Linen variables, NNX State, plain dicts, ...).
       data: a pytree of arrays sharing a leading axis of length n.
       key: a PRNG key; it fully determines the result.
-      step_size: ε, the noise variance of the SGLD step w ← w + (ε/2)∇log p + N(0, ε).
+      step_size: ε, the noise variance of the SGLD step w ← w + (ε/2)∇log p + N(0, ε), or
+        ``"auto"``: run ``jaxslt.calibrate`` first (on a key folded from ``key``) and use the
+        step size, localization (unless given), nβ (unless given) and at least the burn-in it
+        recommends; ``result.calibration`` holds the table and the reasons.
       nbeta: nβ, the weight on the mean loss; ``None`` means n / log n (n = len(data)).
-      localization: γ ≥ 0.
+      localization: γ ≥ 0; ``None`` means 100 (or the calibrated value with ``"auto"``).
       batch_size: minibatch size, drawn i.i.d. with replacement per chain and step; ``n`` means
         full-batch; ``None`` means min(n, 256).
       sampler: ``"sgld"``, ``"rmsprop_sgld"``, ``"sghmc"``, ``"sgnht"``, ``"mala"`` (full-batch,
@@ -251,11 +267,32 @@ def estimate_llc(
       acceptance_checks: at how many evenly spaced steps after burn-in to evaluate the MALA
         acceptance of SGLD transitions (``result.mala_accept``; two extra gradients each);
         0 disables it.
+      diagnostics: diagnose the run (``result.diagnostics``: R-hat, ESS, MALA acceptance,
+        drift, divergences) and warn (``LLCWarning``) for each failed check, naming the cause
+        and the remedy.
       progress: show a progress bar; ``None`` shows one on a terminal only.
 
     Raises ValueError/TypeError for bad arguments (before anything compiles) and
     FloatingPointError if every chain diverged. Warns when some chains diverged.
     """
+    calibration = None
+    if isinstance(step_size, str):
+        if step_size != "auto":
+            raise TypeError(f'step_size must be a number or "auto"; got {step_size!r}')
+        from jaxslt.calibrate import calibrate
+
+        calibration = calibrate(
+            loss_fn, params, data, key=jax.random.fold_in(key, 1), num_chains=num_chains,
+            batch_size=batch_size, sampler=sampler if isinstance(sampler, str) else "sgld",
+            **({} if localization is None else {"localizations": [localization]}),
+            **({} if nbeta is None else {"nbetas": [nbeta]}),
+        )  # fmt: skip
+        if not calibration.recommended:
+            raise RuntimeError(f"step_size='auto' found no usable setting:\n{calibration}")
+        rec = calibration.recommended
+        step_size, localization, nbeta = rec["step_size"], rec["localization"], rec["nbeta"]
+        num_burnin = max(num_burnin, rec["num_burnin"])
+    localization = DEFAULT_LOCALIZATION if localization is None else localization
     n = validation.check_data(data)
     validation.check_params(params)
     validation.check_key(key)
@@ -316,7 +353,15 @@ def estimate_llc(
         warnings.warn(
             f"{int(diverged.sum())} of {num_chains} chains diverged and were excluded from the "
             f"estimate; lower step_size (now {step_size})",
-            RuntimeWarning,
+            LLCWarning,
             stacklevel=2,
         )
-    return result
+    if diagnostics:
+        from jaxslt.diagnostics import diagnose
+
+        report = diagnose(result)
+        for message in report.warnings:
+            if "diverged" not in message:  # already said above
+                warnings.warn(message, LLCWarning, stacklevel=2)
+        result = result._replace(diagnostics=report)
+    return result._replace(calibration=calibration)

@@ -244,6 +244,11 @@ def test_step_size_not_a_number(step_size):
         call(step_size=step_size)
 
 
+def test_step_size_auto_is_the_only_string():
+    with pytest.raises(TypeError, match='step_size must be a number or "auto"'):
+        call(step_size="automatic")
+
+
 @pytest.mark.parametrize("nbeta", [0, 0.0, -1.0])
 def test_nbeta_not_positive(nbeta):
     with pytest.raises(ValueError, match=re.escape("nbeta must be > 0")):

@@ -1,0 +1,374 @@
+"""Chain diagnostics for an ``LLCResult``: is this λ̂ trustworthy, and if not, which knob to turn.
+
+Everything here is host-side numpy (plus ArviZ for R-hat and ESS) on the traces the result
+already holds; nothing is resampled, so a diagnosis costs milliseconds (after ArviZ's import).
+
+- ``to_inference_data(result)``: the traces as an ``arviz.InferenceData`` (for ``az.summary``,
+  ``az.plot_trace``, ...).
+- ``diagnose(result)``: a ``Diagnostics`` record (R-hat, ESS, MALA acceptance, drift of the
+  estimate between the two halves of the kept draws, draws below L_n(w*), divergences) with one
+  readable warning per failed check, each naming the likely cause and the remedy
+  (reference §6: λ̂ < 0 ⇒ w* not a minimum; underestimates ⇒ not equilibrated; overestimates ⇒
+  ε too large; NaN ⇒ ε too large).
+
+Only the chains that did not diverge ("healthy" chains) enter the statistics, as in the estimate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = ["Diagnostics", "diagnose", "to_inference_data"]
+
+
+def _arviz():
+    """Import ArviZ lazily, silencing the FutureWarning it emits about its coming refactor."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz
+
+    return arviz
+
+
+def _scalar(x: Any) -> float:
+    return float(np.asarray(x))
+
+
+def _check_unbatched(result: Any) -> None:
+    if np.ndim(result.llc_mean) != 0:
+        raise ValueError(
+            f"expected a single LLCResult, got a batched one (llc_mean shape "
+            f"{np.shape(result.llc_mean)}); index it first, e.g. "
+            "jax.tree.map(lambda x: x[i], result)"
+        )
+
+
+def to_inference_data(result: Any, *, drop_diverged: bool = False):
+    """The result's traces as an ``arviz.InferenceData``.
+
+    - ``posterior``: ``loss`` (chain, draw), the minibatch loss L_B(w_t) at the kept draws, and
+      ``llc`` (chain, draw) = nβ·(L_B(w_t) − L_n(w*)), each draw's contribution to the estimate:
+      its mean over draws is ``llc_per_chain``, its mean over everything the estimate.
+    - ``sample_stats``: ``diverged`` (chain, draw), the chain's divergence flag on every draw.
+    - ``warmup_posterior`` (only with burn-in): ``loss`` (chain, draw) of the burn-in steps.
+    - ``attrs``: ``nbeta``, ``localization``, ``step_size``, ``init_loss`` (floats).
+
+    Diverged chains hold NaN after their first bad step, so ``az.summary`` reports NaN for them;
+    ``drop_diverged=True`` keeps only the healthy chains (as in ``llc_mean``).
+    """
+    _check_unbatched(result)
+    az = _arviz()
+    loss = np.asarray(result.loss_trace, dtype=np.float64)
+    burnin = np.asarray(result.burnin_loss_trace, dtype=np.float64)
+    diverged = np.asarray(result.diverged, dtype=bool)
+    if drop_diverged:
+        loss, burnin, diverged = loss[~diverged], burnin[~diverged], diverged[~diverged]
+    nbeta, init_loss = _scalar(result.nbeta), _scalar(result.init_loss)
+    attrs = {
+        "nbeta": nbeta,
+        "localization": _scalar(result.localization),
+        "step_size": _scalar(result.step_size),
+        "init_loss": init_loss,
+    }
+    kwargs: dict[str, Any] = {}
+    if burnin.shape[-1] > 0:
+        kwargs = {"warmup_posterior": {"loss": burnin}, "save_warmup": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return az.from_dict(
+            posterior={"loss": loss, "llc": nbeta * (loss - init_loss)},
+            sample_stats={"diverged": np.broadcast_to(diverged[:, None], loss.shape).copy()},
+            attrs=attrs,
+            **kwargs,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnostics:
+    """What ``diagnose`` found. All statistics are over the healthy (non-diverged) chains.
+
+    - ``rhat``: rank-normalized split R-hat of the loss trace (ArviZ; Vehtari et al. 2021). With
+      one healthy chain its two halves stand in for two chains. NaN when undefined.
+    - ``ess_bulk``, ``ess_tail``: ArviZ's bulk and tail effective sample sizes of the loss trace
+      (total over chains).
+    - ``mala_accept``: mean over chains of the MALA acceptance probability of the SGLD steps
+      (``result.mala_accept``); NaN for other samplers. ``accept_rate``: mean Metropolis
+      acceptance (the ``"mala"`` sampler); NaN for unadjusted samplers.
+    - ``frac_below_init``: fraction of the kept draws whose minibatch loss is below L_n(w*).
+    - ``llc_halves``: (λ̂ on the first half of the kept draws, λ̂ on the second half).
+    - ``trend``: (λ̂_second − λ̂_first) / |λ̂|, the relative drift of the estimate; ``trend_z``
+      that difference over its standard error, a Student-t statistic with ``trend_dof`` degrees
+      of freedom (``inf`` where the SE came from ESS).
+    - ``divergence_steps``: first non-finite step of each diverged chain.
+    - ``warnings``: one readable line per failed check; ``ok``: no warnings.
+    """
+
+    rhat: float
+    ess_bulk: float
+    ess_tail: float
+    mala_accept: float
+    accept_rate: float
+    frac_below_init: float
+    llc: float
+    llc_halves: tuple[float, float]
+    trend: float
+    trend_z: float
+    trend_dof: float
+    num_chains: int
+    divergence_steps: tuple[int, ...]
+    warnings: tuple[str, ...]
+    ok: bool = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ok", not self.warnings)
+
+    def __str__(self) -> str:
+        healthy = self.num_chains - len(self.divergence_steps)
+        lines = [
+            f"LLC diagnostics ({healthy} of {self.num_chains} chains healthy): "
+            + ("OK" if self.ok else f"{len(self.warnings)} warning(s)"),
+            f"  λ̂ = {self.llc:.4g}; halves {self.llc_halves[0]:.4g} → {self.llc_halves[1]:.4g} "
+            f"(trend {self.trend:+.1%}, z = {self.trend_z:.2f})",
+            f"  R-hat {self.rhat:.3f}, ESS bulk {self.ess_bulk:.0f}, tail {self.ess_tail:.0f}; "
+            f"draws below L_n(w*): {self.frac_below_init:.1%}",
+        ]
+        accept = []
+        if not math.isnan(self.mala_accept):
+            accept.append(f"MALA acceptance of the SGLD steps {self.mala_accept:.3f}")
+        if not math.isnan(self.accept_rate):
+            accept.append(f"Metropolis acceptance {self.accept_rate:.3f}")
+        if accept:
+            lines.append("  " + "; ".join(accept))
+        lines.extend(f"  WARNING: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+# a static pytree node: results carrying diagnostics still map, jit and vmap as before
+jax.tree_util.register_static(Diagnostics)
+
+
+def _rhat_ess(x: np.ndarray) -> tuple[float, float, float]:
+    """Rank-normalized split R-hat, bulk ESS and tail ESS of a (chains, draws) trace."""
+    chains, draws = x.shape
+    if chains == 0 or draws < 4 or not np.isfinite(x).all():
+        return math.nan, math.nan, math.nan
+    az = _arviz()
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        ess_bulk = float(az.ess(x, method="bulk"))
+        ess_tail = float(az.ess(x, method="tail"))
+        # ArviZ needs two chains for R-hat; a lone chain's halves stand in for them (and are
+        # split once more inside, so within-chain drift still shows).
+        pair = x if chains > 1 else x[:, : 2 * (draws // 2)].reshape(2, -1)
+        rhat = float(az.rhat(pair, method="rank")) if pair.shape[-1] >= 4 else math.nan
+    return rhat, ess_bulk, ess_tail
+
+
+def _half_trend(x: np.ndarray, nbeta: float, init_loss: float) -> tuple[float, ...]:
+    """λ̂ on each half of the kept draws, their difference D, its SE and the SE's dof.
+
+    Halves: the first and the last ⌊N/2⌋ draws (the middle draw of an odd N is dropped).
+    D = λ̂_2 − λ̂_1 = nβ·mean_c(m2_c − m1_c) with m_h,c the mean loss of half h of chain c.
+    The draws are autocorrelated, so the per-draw SE is useless; but chains are independent, so
+    with C ≥ 4 chains SE(D) = nβ·std_c(m2_c − m1_c, ddof=1)/√C with C − 1 dof (no assumption
+    on the autocorrelation). With fewer chains that SE has too few dof to test with, and each
+    half mean's variance comes from ArviZ's ESS instead: Var(m_h,c) ≈ s²/ESS of the half with
+    its own least-squares line removed (dof ∞): a drift inside a half would otherwise pass for
+    slow mixing (tiny ESS, huge SE) and hide itself; without drift the line removes ~nothing.
+    """
+    chains, draws = x.shape
+    half = draws // 2
+    if chains == 0 or half < 4:
+        return (math.nan,) * 5
+    first, second = x[:, :half], x[:, draws - half :]
+    m1, m2 = first.mean(axis=1), second.mean(axis=1)
+    llc1 = nbeta * (m1.mean() - init_loss)
+    llc2 = nbeta * (m2.mean() - init_loss)
+    diff = nbeta * (m2 - m1)
+    if chains >= 4:
+        se = float(np.std(diff, ddof=1) / np.sqrt(chains))
+        dof = float(chains - 1)
+    else:
+        az = _arviz()
+        var = 0.0
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            t = np.arange(half) - (half - 1) / 2
+            for part in (first, second):
+                for row in part:
+                    resid = row - row.mean() - t * (t @ row) / (t @ t)
+                    ess = float(az.ess(resid[None, :], method="mean"))
+                    var += np.var(resid, ddof=2) / ess if ess > 0 else math.inf
+        se = float(nbeta * np.sqrt(var) / chains)
+        dof = math.inf
+    return float(llc1), float(llc2), float(diff.mean()), se, dof
+
+
+def _two_sided_p(stat: float, dof: float) -> float:
+    from scipy import stats
+
+    if math.isnan(stat):
+        return math.nan
+    if math.isinf(dof):
+        return float(2 * stats.norm.sf(abs(stat)))
+    return float(2 * stats.t.sf(abs(stat), dof))
+
+
+def _ratio(num: float, den: float) -> float:
+    """num / den, with 0/0 = 0 and x/0 = ±inf (a drift with zero noise is infinitely clear)."""
+    if math.isnan(num) or math.isnan(den):
+        return math.nan
+    if den == 0:
+        return 0.0 if num == 0 else math.copysign(math.inf, num)
+    return num / den
+
+
+def _healthy_mean(values: Any, healthy: np.ndarray) -> float:
+    values = np.asarray(values, dtype=np.float64)[healthy]
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else math.nan
+
+
+def diagnose(
+    result: Any,
+    *,
+    rhat_max: float = 1.1,
+    min_ess: float = 100.0,
+    mala_accept_range: tuple[float, float] = (0.8, 0.99),
+    max_trend: float = 0.05,
+    trend_z: float = 3.0,
+    max_frac_below_init: float = 0.5,
+) -> Diagnostics:
+    """Check an ``LLCResult`` and say, per failed check, what is likely wrong and what to change.
+
+    Checks, and why their defaults:
+
+    - Divergence: any diverged chain (its loss became NaN/inf) ⇒ lower ``step_size``.
+    - w* not a minimum: λ̂ < 0, or more than ``max_frac_below_init`` = 0.5 of the kept draws
+      below L_n(w*). At a local minimum E[L_B(w)] = L_n(w) ≥ L_n(w*), and full-batch draws are
+      never below it; with minibatches the batch noise alone can put a sizeable fraction below
+      (its SD, ~sd(l_i)/√B, can exceed the excess λ/nβ), but not most of them. Reference §6.
+    - MALA acceptance of the SGLD steps below ``mala_accept_range[0]`` = 0.8 (healthy ≈ 0.9,
+      reference §3): ε is too large for the local curvature, discretisation inflates λ̂.
+      Above ``mala_accept_range[1]`` = 0.99 ε is merely small: that costs mixing, not accuracy,
+      so it never warns on its own; it is named as the cheaper remedy when the trend or ESS
+      check fails (a tiny ε is the usual reason the chains have not equilibrated).
+      Acceptance falls with the dimension at a fixed ε·a_max (a = nβ·h + γ), so the bound is
+      loosest on toy models: on quadratics, 0.8 ↔ ε·a_max ≈ 2 with 3 parameters (λ̂ +40%) but
+      ≈ 0.8 with 100 parameters (λ̂ +7%). Raise the lower bound to 0.9 for tiny models.
+    - Trend: λ̂ on the second half of the kept draws vs the first half. Warns when the relative
+      drift exceeds ``max_trend`` = 5% (a drift that changes the answer materially) *and* is
+      significant: its two-sided p-value, from the Student-t with ``trend_dof`` dof (see
+      ``_half_trend``: across-chain SE for ≥ 4 chains, ESS-based SE otherwise), is below that of
+      a normal |z| = ``trend_z`` = 3 (p ≈ 0.003): critical |t| ≈ 9.2 with 4 chains, 4.5 with
+      8, 3.6 with 16. Calibrating for the few dof matters: on stationary traces 4–8 chains
+      give |t| > 3 in 2–6% of runs, and with a noisy λ̂ the 5% bound does not stop it.
+      Equilibration failures, alike in every chain, clear the bar; more chains buy power.
+      (With < 4 chains the ESS-based z is close to standard normal: SD ≈ 1.1 on AR(1) traces.)
+      Rising ⇒ not yet
+      equilibrated (raise ``num_burnin``, or ``step_size``); falling ⇒ still settling or still
+      optimising (raise ``num_burnin``; train w* longer).
+    - R-hat above ``rhat_max`` = 1.1 (the classic Gelman–Rubin bound; 1.01 is Vehtari et al.'s
+      bound for final inference, too strict for short, cheap LLC chains): chains disagree.
+    - Bulk ESS below ``min_ess`` = 100 (total over chains): for a regular minimum nβ·(L − L*)
+      has mean λ and SD √λ, so the Monte-Carlo SE of λ̂ is ≈ √(λ/ESS), ≤ 10% of λ for λ ≥ 1;
+      fewer draws make λ̂ and R-hat unreliable. Raise ``num_draws``. Tail ESS is reported
+      only: λ̂ is a mean, not a quantile.
+    """
+    _check_unbatched(result)
+    diverged = np.asarray(result.diverged, dtype=bool)
+    healthy = ~diverged
+    num_chains = int(diverged.size)
+    steps = tuple(int(s) for s in np.asarray(result.divergence_step)[diverged])
+    nbeta, init_loss = _scalar(result.nbeta), _scalar(result.init_loss)
+    x = np.asarray(result.loss_trace, dtype=np.float64)[healthy]
+    found: list[str] = []
+
+    if diverged.any():
+        first = list(steps[:8]) + (["..."] if len(steps) > 8 else [])
+        bad = (
+            f"all {num_chains}" if healthy.sum() == 0 else f"{int(diverged.sum())} of {num_chains}"
+        )
+        found.append(
+            f"{bad} chains diverged (first bad steps {first}): step_size "
+            f"{_scalar(result.step_size):.3g} is too large for the curvature (stability needs "
+            "ε·(nβ·h_max + γ) < 4); lower step_size"
+        )
+
+    llc = float(nbeta * (x.mean() - init_loss)) if x.size else math.nan
+    frac_below = float(np.mean(x < init_loss)) if x.size else math.nan
+    if llc < 0 or frac_below > max_frac_below_init:
+        found.append(
+            f"λ̂ = {llc:.4g}{' < 0' if llc < 0 else ''} and {frac_below:.0%} of the draws are "
+            "below L_n(w*): w* is not a local minimum of the loss (e.g. an early checkpoint), "
+            "or the chains keep optimising away from it; train w* longer (to a minimum) or "
+            "raise localization"
+        )
+
+    mala = _healthy_mean(result.mala_accept, healthy)
+    accept = _healthy_mean(result.accept_rate, healthy)
+    low, high = mala_accept_range
+    if mala < low:
+        found.append(
+            f"MALA acceptance {mala:.3f} < {low:g}: step_size is too large for the local "
+            "curvature (discretisation inflates λ̂); lower step_size"
+        )
+    small_step = (
+        f"; MALA acceptance {mala:.3f} > {high:g} says step_size is needlessly small, so "
+        "raising step_size is the cheaper fix"
+        if mala > high
+        else ""
+    )
+
+    llc1, llc2, diff, se, dof = _half_trend(x, nbeta, init_loss)
+    trend, tz = _ratio(diff, abs(llc)), _ratio(diff, se)
+    significant = _two_sided_p(tz, dof) < _two_sided_p(trend_z, math.inf)
+    if abs(trend) > max_trend and significant:
+        where = f"{abs(trend):.0%} {'above' if diff > 0 else 'below'} the first half, z = {tz:.1f}"
+        if diff > 0:
+            found.append(
+                f"trace still rising (λ̂ second half is {where}): the chains have not "
+                "equilibrated (λ̂ is underestimated; flat directions relax in ~1/(ε·γ) steps); "
+                f"raise num_burnin or step_size{small_step}"
+            )
+        else:
+            found.append(
+                f"trace still falling (λ̂ second half is {where}): the chains are still "
+                "settling from a transient or still optimising; raise num_burnin, and if the "
+                "draws go below L_n(w*), train w* longer"
+            )
+
+    rhat, ess_bulk, ess_tail = _rhat_ess(x)
+    if rhat > rhat_max:
+        found.append(
+            f"R-hat {rhat:.3f} > {rhat_max:g}: chains disagree; run longer (num_draws, "
+            "num_burnin) or check for multimodality (chains settling in different basins)"
+        )
+    if ess_bulk < min_ess:
+        found.append(
+            f"ESS {ess_bulk:.0f} < {min_ess:g}: too few effective draws; raise num_draws "
+            f"(or num_chains){small_step}"
+        )
+
+    return Diagnostics(
+        rhat=rhat,
+        ess_bulk=ess_bulk,
+        ess_tail=ess_tail,
+        mala_accept=mala,
+        accept_rate=accept,
+        frac_below_init=frac_below,
+        llc=llc,
+        llc_halves=(llc1, llc2),
+        trend=float(trend),
+        trend_z=float(tz),
+        trend_dof=float(dof),
+        num_chains=num_chains,
+        divergence_steps=steps,
+        warnings=tuple(found),
+    )

@@ -1,0 +1,885 @@
+"""Diagnostic plots of LLC estimates, written straight to files (png, pdf or svg).
+
+Every function builds a ``matplotlib.figure.Figure`` directly (never ``pyplot``), saves it with
+``fig.savefig(path)`` and returns the ``Path`` written: no window opens, no global state (the
+backend, pyplot's figure list, rcParams) changes, so the functions work headless, in threads and
+in notebooks alike. The file format follows the suffix of ``path``; missing parent folders are
+created.
+
+- ``plot_trace(result, path)``: minibatch loss per chain (burn-in shaded) above the running LLC
+  estimate per chain, with the final mean ± std band.
+- ``plot_calibration(table, path)``: a step_size × localization grid (``jaxslt.calibrate``'s
+  table): estimate vs ε and MALA acceptance vs ε, one line per γ.
+- ``plot_summary(result, path, diagnostics=...)``: a one-page (8.5 × 11 in) report: both trace
+  panels, the per-chain estimates, the settings and the diagnostics' warnings.
+
+Conventions are the package's (README, "Conventions"): nβ the weight on the mean loss, γ the
+localization, ε the SGLD noise variance. Diverged chains (NaN/inf losses) are drawn dashed with a
+dotted line at the divergence and labelled; non-finite values are never plotted or averaged.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+__all__ = [
+    "CALIBRATION_FIGSIZE",
+    "DPI",
+    "SUMMARY_FIGSIZE",
+    "TRACE_FIGSIZE",
+    "plot_calibration",
+    "plot_summary",
+    "plot_trace",
+]
+
+DPI = 150  # resolution of PNG output (pdf/svg are vector); png pixels = figsize × DPI
+TRACE_FIGSIZE = (10.0, 6.5)
+CALIBRATION_FIGSIZE = (11.0, 5.0)
+SUMMARY_FIGSIZE = (8.5, 11.0)
+
+FORMATS = ("png", "pdf", "svg")
+MAX_LABELLED_CHAINS = 8  # above this many chains the legend shows one entry for all of them
+MAX_POINTS = 20_000  # longer traces are strided for display (estimates use every draw)
+MALA_TARGET = (0.8, 0.95)
+
+_HEALTHY_COLOR = "tab:blue"
+_DIVERGED_COLOR = "tab:red"
+_TRUTH_COLOR = "black"
+
+
+# ---------------------------------------------------------------------------------------------
+# shared helpers
+
+
+def _output_path(path: str | Path) -> Path:
+    path = Path(path)
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in FORMATS:
+        raise ValueError(
+            f"cannot tell the format of {str(path)!r}: use a .png, .pdf or .svg suffix"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, format=path.suffix.lower().lstrip("."))
+    return path
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    x = float(x)
+    if math.isnan(x):
+        return "nan"
+    return f"{x:.{digits}g}"
+
+
+def _finite(a: np.ndarray) -> np.ndarray:
+    """Non-finite entries (NaN, ±inf) → NaN, so lines break there instead of misdrawing."""
+    a = np.asarray(a, dtype=float)
+    return np.where(np.isfinite(a), a, np.nan)
+
+
+def _limits(values: Sequence[np.ndarray | float], pad: float = 0.08) -> tuple[float, float] | None:
+    """Padded (lo, hi) of all finite values given, or None when there are none."""
+    flat = [np.ravel(np.asarray(v, dtype=float)) for v in values]
+    flat = np.concatenate(flat) if flat else np.array([])
+    flat = flat[np.isfinite(flat)]
+    if flat.size == 0:
+        return None
+    lo, hi = float(flat.min()), float(flat.max())
+    span = hi - lo
+    if span <= 0:
+        span = max(abs(hi), 1.0) * 0.1
+    return lo - pad * span, hi + pad * span
+
+
+class _Chains(NamedTuple):
+    """An ``LLCResult`` as NumPy float64 arrays, with the quantities every plot needs."""
+
+    loss: np.ndarray  # (C, D) kept draws
+    burnin: np.ndarray  # (C, B)
+    running: np.ndarray  # (C, D) running LLC
+    per_chain: np.ndarray  # (C,)
+    diverged: np.ndarray  # (C,) bool
+    divergence_step: np.ndarray  # (C,) int, −1 where finite
+    llc_mean: float
+    llc_std: float
+    init_loss: float
+    nbeta: float
+    localization: float
+    step_size: float
+    accept_rate: np.ndarray
+    mala_accept: np.ndarray
+
+    @property
+    def num_chains(self) -> int:
+        return self.loss.shape[0]
+
+    @property
+    def num_draws(self) -> int:
+        return self.loss.shape[1]
+
+    @property
+    def num_burnin(self) -> int:
+        return self.burnin.shape[1]
+
+
+def _chains(result: Any) -> _Chains:
+    if np.ndim(result.llc_mean) != 0:
+        raise ValueError(
+            f"plot one LLCResult at a time; this one is batched (llc_mean shape "
+            f"{np.shape(result.llc_mean)}): index it first, e.g. jax.tree.map(lambda a: a[i], r)"
+        )
+    loss = np.asarray(result.loss_trace, dtype=float)
+    if loss.ndim != 2:
+        raise ValueError(f"loss_trace must be (chains, draws), got shape {loss.shape}")
+    burnin = np.asarray(result.burnin_loss_trace, dtype=float).reshape(loss.shape[0], -1)
+    num_chains = loss.shape[0]
+
+    def per_chain(a, dtype=float, fill=np.nan):
+        a = np.asarray(a, dtype=dtype)
+        return np.broadcast_to(a, (num_chains,)).copy() if a.size else np.full(num_chains, fill)
+
+    diverged = per_chain(result.diverged, bool, False)
+    divergence_step = per_chain(result.divergence_step, int, -1)
+    # a chain with a non-finite loss is diverged whatever the flags say (defensive: synthetic
+    # or hand-edited results); it is drawn as such and kept out of every axis range
+    diverged = diverged | ~np.isfinite(loss).all(axis=1) | ~np.isfinite(burnin).all(axis=1)
+    return _Chains(
+        loss=loss,
+        burnin=burnin,
+        running=np.asarray(result.running_llc(), dtype=float).reshape(loss.shape),
+        per_chain=per_chain(result.llc_per_chain),
+        diverged=diverged,
+        divergence_step=divergence_step,
+        llc_mean=float(result.llc_mean),
+        llc_std=float(result.llc_std),
+        init_loss=float(result.init_loss),
+        nbeta=float(result.nbeta),
+        localization=float(result.localization),
+        step_size=float(result.step_size),
+        accept_rate=per_chain(getattr(result, "accept_rate", np.nan)),
+        mala_accept=per_chain(getattr(result, "mala_accept", np.nan)),
+    )
+
+
+def _settings_line(c: _Chains) -> str:
+    return (
+        rf"$n\beta$ = {_fmt(c.nbeta, 6)},  $\gamma$ = {_fmt(c.localization)},  "
+        rf"$\varepsilon$ = {_fmt(c.step_size, 3)},  $L_n(w^*)$ = {_fmt(c.init_loss, 6)};  "
+        f"{c.num_chains} chains × {c.num_draws} draws after {c.num_burnin} burn-in steps"
+    )
+
+
+def _estimate_line(c: _Chains) -> str:
+    healthy = int((~c.diverged).sum())
+    text = rf"$\hat\lambda$ = {_fmt(c.llc_mean)} ± {_fmt(c.llc_std, 2)}"
+    text += f"  (std across {healthy} of {c.num_chains} chains)"
+    return text
+
+
+# chain colours: the default cycle without its red (kept for diverged chains) and grey
+_CHAIN_COLORS = ("C0", "C1", "C2", "C4", "C5", "C6", "C8", "C9")
+
+
+def _chain_color(i: int, diverged: bool = False) -> str:
+    return _DIVERGED_COLOR if diverged else _CHAIN_COLORS[i % len(_CHAIN_COLORS)]
+
+
+def _divergence_index(c: _Chains, chain: int) -> int | None:
+    """Position of chain ``chain``'s divergence on the plotted axis (burn-in, then draws)."""
+    full = np.concatenate([c.burnin[chain], c.loss[chain]])
+    bad = np.flatnonzero(~np.isfinite(full))
+    if bad.size:
+        return int(bad[0])
+    step = int(c.divergence_step[chain])
+    if step < 0:
+        return None
+    return min(step, full.size - 1)
+
+
+def _draw_traces(
+    ax_loss, ax_llc, c: _Chains, *, true_llc: float | None, legend_fontsize: float = 8
+) -> None:
+    """(a) minibatch loss per chain, burn-in shaded; (b) running LLC per chain with the band."""
+    b, d = c.num_burnin, c.num_draws
+    stride = max(1, math.ceil((b + d) / MAX_POINTS))
+    x_burn = np.arange(b)
+    x_draw = b + np.arange(d)
+    labelled = c.num_chains <= MAX_LABELLED_CHAINS
+    healthy = ~c.diverged
+
+    for ax in (ax_loss, ax_llc):
+        if b > 0:
+            ax.axvspan(-0.5, b - 0.5, color="0.92", zorder=0, lw=0)
+        ax.grid(True, color="0.85", lw=0.5)
+
+    loss_handles: list[Any] = []
+    for i in range(c.num_chains):
+        div = bool(c.diverged[i])
+        color = _chain_color(i, div)
+        style = {"ls": "--", "lw": 0.9} if div else {"ls": "-", "lw": 0.6}
+        ax_loss.plot(
+            x_burn[::stride], _finite(c.burnin[i])[::stride], color=color, alpha=0.3, **style
+        )
+        ax_loss.plot(
+            x_draw[::stride], _finite(c.loss[i])[::stride], color=color, alpha=0.85, **style
+        )
+        ax_llc.plot(
+            x_draw[::stride],
+            _finite(c.running[i])[::stride],
+            color=color,
+            alpha=0.9,
+            lw=1.2 if not div else 1.0,
+            ls=style["ls"],
+        )
+        where = _divergence_index(c, i) if div else None
+        if where is not None:
+            for ax in (ax_loss, ax_llc):
+                ax.axvline(where, color=color, ls=":", lw=1.2)
+                ax.plot(
+                    [where],
+                    [1.0],
+                    marker="x",
+                    ms=8,
+                    mew=2,
+                    color=_DIVERGED_COLOR,
+                    transform=ax.get_xaxis_transform(),
+                    clip_on=False,
+                )
+        step = int(c.divergence_step[i])
+        if labelled:
+            label = f"chain {i}"
+            if div:
+                label += f": DIVERGED at step {step}" if step >= 0 else ": DIVERGED"
+            loss_handles.append(Line2D([], [], color=color, **style, label=label))
+    if not labelled:
+        loss_handles.append(
+            Line2D(
+                [],
+                [],
+                color="C0",
+                lw=0.8,
+                label=f"healthy chains: {int(healthy.sum())} (one colour each)",
+            )
+        )
+        if c.diverged.any():
+            loss_handles.append(
+                Line2D(
+                    [],
+                    [],
+                    color=_DIVERGED_COLOR,
+                    ls="--",
+                    lw=0.9,
+                    label=f"DIVERGED chains: {int(c.diverged.sum())} (dashed)",
+                )
+            )
+
+    if np.isfinite(c.init_loss):
+        ax_loss.axhline(c.init_loss, color="black", ls="--", lw=1.2, zorder=5)
+        loss_handles.append(
+            Line2D(
+                [],
+                [],
+                color="black",
+                ls="--",
+                lw=1.2,
+                label=rf"$L_n(w^*)$ = {_fmt(c.init_loss, 6)}",
+            )
+        )
+    if b > 0:
+        loss_handles.append(Patch(color="0.92", label=f"burn-in ({b} steps, lighter)"))
+
+    # axis ranges from the healthy chains only: a diverging chain's blow-up must not flatten
+    # everything else (its line simply leaves the axes; the dotted line marks where)
+    source = healthy if healthy.any() else np.ones_like(healthy)
+    lim = _limits([c.burnin[source], c.loss[source], c.init_loss])
+    if lim is not None:
+        ax_loss.set_ylim(lim)
+
+    llc_handles: list[Any] = []
+    mean_ok = np.isfinite(c.llc_mean)
+    if mean_ok and d > 0:
+        x0, x1 = b - 0.5, b + d - 0.5
+        if np.isfinite(c.llc_std):
+            ax_llc.fill_between(
+                [x0, x1],
+                c.llc_mean - c.llc_std,
+                c.llc_mean + c.llc_std,
+                color="0.5",
+                alpha=0.25,
+                lw=0,
+                zorder=1,
+            )
+        ax_llc.hlines(c.llc_mean, x0, x1, color="0.25", lw=1.5, zorder=4)
+        label = rf"final $\hat\lambda$ = {_fmt(c.llc_mean)}"
+        if np.isfinite(c.llc_std):
+            label += f" ± {_fmt(c.llc_std, 2)} (mean ± std)"
+        llc_handles.append(
+            (
+                Patch(color="0.5", alpha=0.25, lw=0),
+                Line2D([], [], color="0.25", lw=1.5),
+            )
+        )
+        llc_labels = [label]
+    else:
+        llc_labels = []
+    if true_llc is not None:
+        ax_llc.axhline(float(true_llc), color=_TRUTH_COLOR, ls="--", lw=1.3, zorder=5)
+        llc_handles.append(Line2D([], [], color=_TRUTH_COLOR, ls="--", lw=1.3))
+        llc_labels.append(rf"true $\lambda$ = {_fmt(true_llc)}")
+    llc_handles.append(Line2D([], [], color="0.45", lw=1.2))
+    llc_labels.append("running estimate per chain\n(colours as in (a))")
+
+    # skip the first 5% of draws for the range: a running mean starts as noisy as one draw
+    skip = min(max(1, d // 20), max(d - 1, 0))
+    band = [c.llc_mean - c.llc_std, c.llc_mean + c.llc_std, c.llc_mean]
+    lim = _limits(
+        [c.running[source][:, skip:], *band, *([true_llc] if true_llc is not None else [])]
+    )
+    if lim is not None:
+        ax_llc.set_ylim(lim)
+    ax_llc.set_xlim(-0.5 if b > 0 else b - 0.5, b + max(d, 1) - 0.5)
+
+    ax_loss.set_ylabel(r"minibatch loss $L_B(w_t)$")
+    ax_llc.set_ylabel(r"running $\hat\lambda$ = $n\beta\,(\overline{L_B} - L_n(w^*))$")
+    ax_llc.set_xlabel("step (burn-in, then kept draws)")
+    ax_loss.set_title("(a) loss per chain", loc="left", fontsize=9)
+    ax_llc.set_title("(b) running LLC estimate per chain (kept draws only)", loc="left", fontsize=9)
+    ax_loss.tick_params(labelbottom=False)
+    kw = {
+        "loc": "upper left",
+        "bbox_to_anchor": (1.01, 1.0),
+        "fontsize": legend_fontsize,
+        "borderaxespad": 0.0,
+        "frameon": False,
+    }
+    ax_loss.legend(handles=loss_handles, **kw)
+    ax_llc.legend(llc_handles, llc_labels, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# plot_trace
+
+
+def plot_trace(
+    result: Any,
+    path: str | Path,
+    *,
+    true_llc: float | None = None,
+    title: str | None = None,
+) -> Path:
+    """Trace plot of one ``LLCResult``, written to ``path`` (png/pdf/svg by suffix).
+
+    Two panels sharing the x axis (burn-in steps, shaded, then the kept draws): (a) the minibatch
+    loss of every chain with a dashed line at L_n(w*); (b) the running estimate
+    nβ·(mean_{s≤t} L_B(w_s) − L_n(w*)) of every chain (``result.running_llc()``) with the final
+    mean ± std band and, if given, a dashed line at ``true_llc``. Diverged chains are dashed,
+    marked with a dotted line (and a red ×) where their loss became non-finite, and labelled;
+    the y ranges follow the healthy chains. nβ, γ, ε appear in the title block. Returns the path.
+    """
+    path = _output_path(path)
+    c = _chains(result)
+    fig = Figure(figsize=TRACE_FIGSIZE, layout="constrained")
+    ax_loss, ax_llc = fig.subplots(2, 1, sharex=True)
+    _draw_traces(ax_loss, ax_llc, c, true_llc=true_llc)
+    heading = title if title is not None else "LLC estimate: SGLD traces"
+    fig.suptitle(f"{heading}\n{_estimate_line(c)}\n{_settings_line(c)}", fontsize=10)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# plot_calibration
+
+_CALIBRATION_COLUMNS = (
+    "step_size",
+    "localization",
+    "llc_mean",
+    "llc_std",
+    "mala_accept",
+    "diverged",
+    "ok",
+    "selected",
+)
+
+
+def _calibration_groups(table) -> list[tuple[str, Any]]:
+    """(label, rows sorted by step_size) per localization (and per nβ when nβ varies)."""
+    keys = ["localization"]
+    varying_nbeta = "nbeta" in table and table["nbeta"].nunique(dropna=False) > 1
+    if varying_nbeta:
+        keys = ["nbeta", "localization"]
+    groups = []
+    for key, rows in table.groupby(keys, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        if varying_nbeta:
+            label = rf"$n\beta$ = {_fmt(key[0], 5)}, $\gamma$ = {_fmt(key[1])}"
+        else:
+            label = rf"$\gamma$ = {_fmt(key[-1])}"
+        groups.append((label, rows.sort_values("step_size")))
+    return groups
+
+
+def _markers(ax, x, y, color, healthy, *, size=40, zorder=6):
+    """Filled markers for healthy cells, hollow ones for unhealthy cells; NaN y skipped."""
+    x, y, healthy = np.asarray(x, float), np.asarray(y, float), np.asarray(healthy, bool)
+    good = np.isfinite(x) & np.isfinite(y)
+    ax.scatter(
+        x[good & healthy], y[good & healthy], s=size, color=color, edgecolors=color, zorder=zorder
+    )
+    ax.scatter(
+        x[good & ~healthy],
+        y[good & ~healthy],
+        s=size,
+        facecolors="white",
+        edgecolors=color,
+        linewidths=1.5,
+        zorder=zorder,
+    )
+
+
+def _ring(ax, x, y, *, zorder=7):
+    x, y = np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float))
+    good = np.isfinite(x) & np.isfinite(y)
+    ax.scatter(
+        x[good],
+        y[good],
+        s=260,
+        facecolors="none",
+        edgecolors="black",
+        linewidths=2.0,
+        zorder=zorder,
+    )
+
+
+def plot_calibration(table: Any, path: str | Path, *, true_llc: float | None = None) -> Path:
+    """Calibration grid plot of a step_size × localization table, written to ``path``.
+
+    ``table``: a pandas DataFrame with columns step_size, localization, llc_mean, llc_std,
+    mala_accept, diverged (number of diverged chains), ok (bool), selected (bool; the recommended
+    cell) and optionally nbeta (one line per (nβ, γ) when it varies), extrapolated and
+    extrapolated_std (the ε → 0 estimate per localization).
+
+    Left: estimate ± std vs ε (log axis), one line per γ; healthy cells (ok and nothing
+    diverged) filled, unhealthy ones hollow, the selected cell circled, cells without an
+    estimate (all chains diverged) marked × at the bottom, the ε → 0 extrapolation as a diamond
+    at the left edge, ``true_llc`` dashed. Right: MALA acceptance vs ε per γ with the target
+    band 0.8–0.95 (NaN acceptances skipped). Returns the path.
+    """
+    import pandas as pd
+
+    path = _output_path(path)
+    if not isinstance(table, pd.DataFrame):
+        table = pd.DataFrame(table)
+    missing = [col for col in _CALIBRATION_COLUMNS if col not in table.columns]
+    if missing:
+        raise ValueError(f"calibration table lacks column(s) {missing}; it has {list(table)}")
+    if len(table) == 0:
+        raise ValueError("calibration table is empty")
+    table = table.copy()
+    for col in ("step_size", "localization", "llc_mean", "llc_std", "mala_accept", "diverged"):
+        table[col] = pd.to_numeric(table[col], errors="coerce").astype(float)
+    table["ok"] = table["ok"].fillna(False).astype(bool)
+    table["selected"] = table["selected"].fillna(False).astype(bool)
+    table["healthy"] = table["ok"] & ~(table["diverged"].fillna(0) > 0)
+    if (table["step_size"] <= 0).any() or table["step_size"].isna().any():
+        raise ValueError("step_size must be positive (it is drawn on a log axis)")
+    if table["localization"].isna().any():
+        raise ValueError("localization must be a number in every row")
+
+    fig = Figure(figsize=CALIBRATION_FIGSIZE, layout="constrained")
+    ax_est, ax_acc = fig.subplots(1, 2)
+    groups = _calibration_groups(table)
+
+    # x range (log): the grid, plus room on the left for the ε → 0 point
+    lo, hi = float(table["step_size"].min()), float(table["step_size"].max())
+    decades = math.log10(hi / lo)
+    has_extrapolation = (
+        "extrapolated" in table
+        and np.isfinite(pd.to_numeric(table["extrapolated"], errors="coerce").astype(float)).any()
+    )
+    gap = max(0.35, 0.15 * decades)  # decades between the ε → 0 point and the smallest ε
+    margin = 0.5 if decades < 0.5 else max(0.15, 0.06 * decades)  # ≥ 1 decade shown
+    x_extra = lo / 10**gap
+    left = (x_extra if has_extrapolation else lo) / 10**margin
+    right = hi * 10**margin
+
+    handles: list[Any] = []
+    labels: list[str] = []
+    any_unhealthy = bool((~table["healthy"]).any())
+    any_missing = False
+    for j, (label, rows) in enumerate(groups):
+        color = f"C{j % 10}"
+        x = rows["step_size"].to_numpy()
+        y = rows["llc_mean"].to_numpy()
+        err = np.nan_to_num(rows["llc_std"].to_numpy(), nan=0.0, posinf=0.0)
+        finite = np.isfinite(y)
+        ax_est.errorbar(
+            x[finite],
+            y[finite],
+            yerr=err[finite],
+            fmt="none",
+            ecolor=color,
+            elinewidth=1.0,
+            capsize=3,
+            zorder=3,
+        )
+        ax_est.plot(x[finite], y[finite], "-", color=color, lw=1.3, zorder=4)
+        _markers(ax_est, x, y, color, rows["healthy"].to_numpy())
+        if (~finite).any():
+            any_missing = True
+            ax_est.plot(
+                x[~finite],
+                np.full((~finite).sum(), 0.03),
+                "x",
+                color=color,
+                ms=9,
+                mew=2,
+                transform=ax_est.get_xaxis_transform(),
+                clip_on=False,
+            )
+        handles.append(Line2D([], [], color=color, lw=1.3, marker="o", ms=6))
+        labels.append(label)
+
+        acc = rows["mala_accept"].to_numpy()
+        ok_acc = np.isfinite(acc)
+        ax_acc.plot(x[ok_acc], acc[ok_acc], "-", color=color, lw=1.3, zorder=4)
+        _markers(ax_acc, x, acc, color, rows["healthy"].to_numpy())
+
+        if has_extrapolation:
+            ex = pd.to_numeric(rows["extrapolated"], errors="coerce").astype(float).to_numpy()
+            ex = ex[np.isfinite(ex)]
+            if ex.size:
+                ex_std = np.nan
+                if "extrapolated_std" in rows:
+                    s = pd.to_numeric(rows["extrapolated_std"], errors="coerce").to_numpy(float)
+                    s = s[np.isfinite(s)]
+                    ex_std = float(s[0]) if s.size else np.nan
+                # a small horizontal offset per group so several γ do not sit on each other
+                xj = x_extra * 10 ** (0.06 * gap * (j - (len(groups) - 1) / 2))
+                ax_est.errorbar(
+                    [xj],
+                    [ex[0]],
+                    yerr=None if np.isnan(ex_std) else [ex_std],
+                    fmt="D",
+                    color=color,
+                    ms=7,
+                    mfc=color,
+                    mec="black",
+                    mew=0.8,
+                    capsize=4,
+                    elinewidth=1.2,
+                    zorder=6,
+                )
+
+    selected = table[table["selected"]]
+    if len(selected):
+        _ring(ax_est, selected["step_size"], selected["llc_mean"])
+        _ring(ax_acc, selected["step_size"], selected["mala_accept"])
+        handles.append(
+            Line2D([], [], ls="none", marker="o", ms=13, mfc="none", mec="black", mew=2.0)
+        )
+        labels.append("selected")
+    if any_unhealthy:
+        handles.append(Line2D([], [], ls="none", marker="o", ms=6, mfc="white", mec="0.3", mew=1.5))
+        labels.append("unhealthy (not ok or diverged)")
+    if any_missing:
+        handles.append(Line2D([], [], ls="none", marker="x", ms=8, mew=2, color="0.3"))
+        labels.append("no estimate (all chains diverged)")
+    if has_extrapolation:
+        handles.append(Line2D([], [], ls="none", marker="D", ms=7, mfc="0.6", mec="black"))
+        labels.append(r"$\varepsilon \to 0$ extrapolation")
+        ax_est.axvline(math.sqrt(x_extra * lo), color="0.6", ls=":", lw=1.0)
+        ax_est.annotate(
+            r"$\varepsilon \to 0$",
+            (x_extra, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, -4),
+            textcoords="offset points",
+            ha="center",
+            va="top",
+            fontsize=8,
+            color="0.3",
+        )
+    if true_llc is not None:
+        ax_est.axhline(float(true_llc), color=_TRUTH_COLOR, ls="--", lw=1.3, zorder=2)
+        handles.append(Line2D([], [], color=_TRUTH_COLOR, ls="--", lw=1.3))
+        labels.append(rf"true $\lambda$ = {_fmt(true_llc)}")
+
+    ax_acc.axhspan(*MALA_TARGET, color="tab:green", alpha=0.15, lw=0, zorder=0)
+    handles.append(Patch(color="tab:green", alpha=0.15, lw=0))
+    labels.append(f"MALA acceptance target {MALA_TARGET[0]}–{MALA_TARGET[1]}")
+    if not np.isfinite(table["mala_accept"]).any():
+        ax_acc.text(
+            0.5,
+            0.5,
+            "no MALA acceptance recorded\n(not an SGLD sampler?)",
+            transform=ax_acc.transAxes,
+            ha="center",
+            va="center",
+            color="0.4",
+        )
+
+    for ax in (ax_est, ax_acc):
+        ax.set_xscale("log")
+        ax.set_xlim(left, right)
+        ax.set_xlabel(r"step size $\varepsilon$ (SGLD noise variance)")
+        ax.grid(True, which="major", color="0.85", lw=0.5)
+    ax_est.set_ylabel(r"$\hat\lambda$ (mean ± std across chains)")
+    ax_acc.set_ylabel("MALA acceptance of the SGLD steps")
+    ax_acc.set_ylim(-0.02, 1.05)
+    ax_est.set_title("estimate vs step size", loc="left", fontsize=10)
+    ax_acc.set_title("acceptance vs step size", loc="left", fontsize=10)
+
+    parts = []
+    if "nbeta" in table:
+        nb = pd.to_numeric(table["nbeta"], errors="coerce").dropna().unique()
+        if nb.size == 1:
+            parts.append(rf"$n\beta$ = {_fmt(nb[0], 6)}")
+        elif nb.size > 1:
+            parts.append(r"$n\beta$ varies (one line per $n\beta$, $\gamma$)")
+    if len(selected) == 1:
+        row = selected.iloc[0]
+        chosen = rf"selected $\varepsilon$ = {_fmt(row['step_size'], 3)}, "
+        chosen += rf"$\gamma$ = {_fmt(row['localization'])}"
+        if "nbeta" in table and table["nbeta"].nunique() > 1:
+            chosen += rf", $n\beta$ = {_fmt(row['nbeta'], 6)}"
+        chosen += rf": $\hat\lambda$ = {_fmt(row['llc_mean'])} ± {_fmt(row['llc_std'], 2)}"
+        parts.append(chosen)
+    elif len(selected) == 0:
+        parts.append("no cell selected")
+    heading = "Calibration:  " + ";  ".join(parts) if parts else "Calibration"
+    fig.suptitle(heading, fontsize=11)
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncols=min(len(handles), 4),
+        fontsize=8,
+        frameon=False,
+    )
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# plot_summary
+
+
+def _stat(value: Any, reduce: str, spec: str) -> str:
+    """A diagnostics statistic (scalar, or an array reduced by ``reduce``) formatted by ``spec``."""
+    try:
+        a = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return str(value)
+    if a.size == 0:
+        return "n/a"
+    if a.size == 1:
+        return format(float(a.reshape(())), spec)
+    finite = a[np.isfinite(a)]
+    if finite.size == 0:
+        return "nan"
+    return f"{reduce} {format(float(getattr(finite, reduce)()), spec)}"
+
+
+def _diagnostics_lines(diagnostics: Any, width: int) -> list[str]:
+    lines: list[str] = []
+    warnings_ = getattr(diagnostics, "warnings", None)
+    if warnings_ is None:  # any object: show what str() says
+        for para in str(diagnostics).splitlines() or [""]:
+            lines.extend(textwrap.wrap(para, width) or [""])
+        return lines
+    stats = []
+    if hasattr(diagnostics, "ok"):
+        stats.append("OK" if bool(diagnostics.ok) else "NOT OK")
+    if hasattr(diagnostics, "rhat"):
+        stats.append(f"R-hat {_stat(diagnostics.rhat, 'max', '.3f')}")
+    if hasattr(diagnostics, "ess_bulk"):
+        stats.append(f"bulk ESS {_stat(diagnostics.ess_bulk, 'min', '.0f')}")
+    if stats:
+        lines.append("  ·  ".join(stats))
+    warnings_ = [warnings_] if isinstance(warnings_, str) else list(warnings_)
+    if not warnings_:
+        lines.append("no warnings")
+    for w in warnings_:
+        lines.extend(textwrap.wrap(str(w), width, initial_indent="• ", subsequent_indent="  "))
+    return lines
+
+
+def _summary_text(c: _Chains) -> str:
+    healthy = ~c.diverged
+    lines = [
+        f"LLC = {_fmt(c.llc_mean)} ± {_fmt(c.llc_std, 2)}",
+        f"  (std across {int(healthy.sum())} of {c.num_chains} chains, ddof=1)",
+        f"nβ = {_fmt(c.nbeta, 6)}",
+        f"γ = {_fmt(c.localization)}",
+        f"ε = {_fmt(c.step_size, 3)}  (noise variance)",
+        f"L_n(w*) = {_fmt(c.init_loss, 6)}",
+        f"chains: {c.num_chains}",
+        f"draws kept: {c.num_draws} per chain",
+        f"burn-in: {c.num_burnin} steps",
+    ]
+    for name, values in (("MALA acceptance", c.mala_accept), ("accept rate", c.accept_rate)):
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            lines.append(
+                f"{name}: mean {finite.mean():.3f}, min {finite.min():.3f}, max {finite.max():.3f}"
+            )
+        else:
+            lines.append(f"{name}: n/a")
+    if c.diverged.any():
+        which = ", ".join(
+            f"{i}@{int(s)}" if s >= 0 else str(i)
+            for i, s in zip(np.flatnonzero(c.diverged), c.divergence_step[c.diverged], strict=True)
+        )
+        lines.append(f"DIVERGED (chain@step): {which}")
+    else:
+        lines.append("diverged: none")
+    return "\n".join(
+        textwrap.fill(line, 60, subsequent_indent="  ", drop_whitespace=False) for line in lines
+    )
+
+
+def _draw_per_chain(ax, c: _Chains, true_llc: float | None) -> None:
+    healthy = ~c.diverged & np.isfinite(c.per_chain)
+    mean_ok = np.isfinite(c.llc_mean)
+    if mean_ok and np.isfinite(c.llc_std):
+        band = (c.llc_mean - c.llc_std, c.llc_mean + c.llc_std)
+        ax.axvspan(*band, color="0.5", alpha=0.25, lw=0, zorder=3)  # translucent, over the bars
+    if mean_ok:
+        ax.axvline(c.llc_mean, color="0.25", lw=1.5, label="mean ± std")
+    if true_llc is not None:
+        ax.axvline(
+            float(true_llc),
+            color=_TRUTH_COLOR,
+            ls="--",
+            lw=1.3,
+            label=rf"true $\lambda$ = {_fmt(true_llc)}",
+        )
+    if c.num_chains <= 16:
+        idx = np.arange(c.num_chains)
+        ax.scatter(
+            c.per_chain[healthy],
+            idx[healthy],
+            color=[_chain_color(i) for i in idx[healthy]],
+            s=30,
+            zorder=5,
+        )
+        for i in idx[~healthy]:
+            step = int(c.divergence_step[i])
+            ax.text(
+                0.02,
+                i,
+                "diverged" + (f" at step {step}" if step >= 0 else ""),
+                transform=ax.get_yaxis_transform(),
+                va="center",
+                fontsize=7,
+                color=_DIVERGED_COLOR,
+            )
+        ax.set_yticks(idx, [f"chain {i}" for i in idx], fontsize=7)
+        ax.set_ylim(c.num_chains - 0.5, -0.5)
+    else:
+        values = c.per_chain[healthy]
+        if values.size:
+            ax.hist(values, bins=min(30, max(5, values.size // 3)), color="C0", alpha=0.6)
+        ax.set_ylabel("chains")
+    lim = _limits(
+        [
+            c.per_chain[healthy],
+            c.llc_mean - c.llc_std,
+            c.llc_mean + c.llc_std,
+            *([true_llc] if true_llc is not None else []),
+        ],
+        pad=0.15,
+    )
+    if lim is not None:
+        ax.set_xlim(lim)
+    ax.set_xlabel(r"$\hat\lambda_c$ per chain")
+    title = "per-chain estimates"
+    if c.num_chains > 16 and c.diverged.any():
+        k = int(c.diverged.sum())
+        title += f"\n({k} diverged chain{'s' if k > 1 else ''} not shown)"
+    ax.set_title(title, loc="left", fontsize=9)
+    ax.grid(True, axis="x", color="0.85", lw=0.5)
+    if mean_ok or true_llc is not None:  # below the axis: never on top of a chain's point
+        ax.legend(
+            fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncols=2, frameon=False
+        )
+
+
+def plot_summary(
+    result: Any,
+    path: str | Path,
+    *,
+    diagnostics: Any = None,
+    true_llc: float | None = None,
+) -> Path:
+    """A one-page (8.5 × 11 in) diagnostics summary of one ``LLCResult``, written to ``path``.
+
+    The two trace panels of ``plot_trace``; the per-chain estimates (a strip, or a histogram for
+    more than 16 chains) with the mean ± std band and ``true_llc``; a text block with the estimate
+    ± std, nβ, γ, ε, L_n(w*), chains/draws/burn-in, acceptance and divergences; and, when
+    ``diagnostics`` is given, its verdict, R-hat, bulk ESS and warnings (wrapped; "no warnings"
+    when there are none). Any object works as ``diagnostics``: without a ``warnings`` attribute
+    its ``str()`` is shown. Returns the path.
+    """
+    path = _output_path(path)
+    c = _chains(result)
+    fig = Figure(figsize=SUMMARY_FIGSIZE, layout="constrained")
+    grid = fig.add_gridspec(4, 2, height_ratios=[3.0, 3.0, 2.3, 1.9], width_ratios=[1.0, 1.0])
+    ax_loss = fig.add_subplot(grid[0, :])
+    ax_llc = fig.add_subplot(grid[1, :], sharex=ax_loss)
+    ax_chain = fig.add_subplot(grid[2, 0])
+    ax_text = fig.add_subplot(grid[2, 1])
+    ax_diag = fig.add_subplot(grid[3, :])
+
+    _draw_traces(ax_loss, ax_llc, c, true_llc=true_llc, legend_fontsize=7)
+    _draw_per_chain(ax_chain, c, true_llc)
+
+    ax_text.axis("off")
+    ax_text.set_title("estimate and settings", loc="left", fontsize=9)
+    ax_text.text(
+        0.0,
+        1.0,
+        _summary_text(c),
+        transform=ax_text.transAxes,
+        va="top",
+        ha="left",
+        family="monospace",
+        fontsize=7.5,
+        linespacing=1.35,
+    )
+
+    ax_diag.axis("off")
+    ax_diag.set_title("diagnostics", loc="left", fontsize=9)
+    if diagnostics is None:
+        lines = ["no diagnostics given (pass diagnostics=jaxslt.diagnostics.diagnose(result))"]
+    else:
+        lines = _diagnostics_lines(diagnostics, width=105)
+    max_lines = 12
+    if len(lines) > max_lines:
+        rest = len(lines) - (max_lines - 1)
+        lines = [*lines[: max_lines - 1], f"... ({rest} more lines)"]
+    ax_diag.text(
+        0.0,
+        1.0,
+        "\n".join(lines),
+        transform=ax_diag.transAxes,
+        va="top",
+        ha="left",
+        family="monospace",
+        fontsize=7.5,
+        linespacing=1.35,
+    )
+
+    fig.suptitle(f"LLC estimate summary\n{_estimate_line(c)}", fontsize=11)
+    return _save(fig, path)

@@ -1,0 +1,361 @@
+"""Diagnostics: controlled synthetic traces (one failure each) and real short runs.
+
+Synthetic results are ``LLCResult``s built from numpy traces with fixed seeds, so every check
+is deterministic. The real runs sample a 100-parameter quadratic (curvatures nβ·h + γ from 51 to
+801): many coordinates make the equilibration drift nearly deterministic per chain, as in a
+network, so the across-chain trend test has the power it has in practice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import dummy_data
+from scipy.signal import lfilter
+
+import jaxslt
+from jaxslt.diagnostics import Diagnostics, diagnose, to_inference_data
+from jaxslt.estimator import LLCResult
+
+NBETA, INIT = 100.0, 0.7
+
+
+def make_result(
+    trace,
+    *,
+    init_loss=INIT,
+    nbeta=NBETA,
+    divergence_step=None,
+    mala_accept=None,
+    accept_rate=None,
+    num_burnin=0,
+):
+    """An LLCResult around a (chains, draws) loss trace, its estimate computed as estimate_llc's."""
+    trace = np.asarray(trace, np.float64)
+    chains = trace.shape[0]
+    step = np.full(chains, -1) if divergence_step is None else np.asarray(divergence_step)
+    diverged = step >= 0
+    per_chain = np.where(diverged, np.nan, nbeta * (trace.mean(axis=1) - init_loss))
+    healthy = per_chain[~diverged]
+    nan = np.full(chains, np.nan)
+    return LLCResult(
+        llc_mean=np.float64(healthy.mean() if healthy.size else np.nan),
+        llc_std=np.float64(healthy.std(ddof=1) if healthy.size > 1 else np.nan),
+        llc_per_chain=per_chain,
+        loss_trace=trace,
+        burnin_loss_trace=np.full((chains, num_burnin), init_loss),
+        init_loss=np.float64(init_loss),
+        nbeta=np.float64(nbeta),
+        localization=np.float64(1.0),
+        step_size=np.float64(1e-4),
+        diverged=diverged,
+        divergence_step=step,
+        accept_rate=nan if accept_rate is None else np.asarray(accept_rate, np.float64),
+        mala_accept=nan if mala_accept is None else np.asarray(mala_accept, np.float64),
+    )
+
+
+def gamma_trace(seed, chains=4, draws=1000, llc=5.0, shift=0.0):
+    """i.i.d. draws with nβ·(L − L*) ~ Gamma(llc) (a regular model's law), plus ``shift``."""
+    rng = np.random.default_rng(seed)
+    g = rng.gamma(llc, size=(chains, draws)) + shift
+    return INIT + g / NBETA
+
+
+def has(diag: Diagnostics, text: str) -> bool:
+    return any(text in w for w in diag.warnings)
+
+
+# ------------------------------------------------------------------------------- synthetic ---
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_iid_stationary_traces_pass(seed):
+    diag = diagnose(make_result(gamma_trace(seed), mala_accept=[0.92] * 4))
+    assert diag.ok, str(diag)
+    assert diag.warnings == ()
+    assert abs(diag.rhat - 1) < 0.02
+    assert diag.ess_bulk > 2000 and diag.ess_tail > 1000
+    assert diag.trend_dof == 3
+    assert diag.frac_below_init == 0
+    assert diag.llc == pytest.approx(5.0, rel=0.05)
+    assert diag.mala_accept == pytest.approx(0.92)
+    assert np.isnan(diag.accept_rate)
+
+
+def test_rising_trace_warns_still_rising():
+    ramp = np.linspace(2.0, 8.0, 1000)  # λ̂ rises from ~7 to ~13 over the kept draws
+    diag = diagnose(make_result(gamma_trace(0) + ramp / NBETA))
+    assert has(diag, "trace still rising"), diag.warnings
+    assert has(diag, "raise num_burnin or step_size")
+    assert not has(diag, "needlessly small")  # no MALA acceptance available
+    first, second = diag.llc_halves
+    assert second > first
+    assert diag.trend == pytest.approx((second - first) / diag.llc)
+    assert diag.trend > 0.3 and diag.trend_z > 10
+    assert not diag.ok
+
+
+def test_rising_trace_with_high_mala_acceptance_names_the_small_step():
+    ramp = np.linspace(2.0, 8.0, 1000)
+    diag = diagnose(make_result(gamma_trace(1) + ramp / NBETA, mala_accept=[0.9995] * 4))
+    rising = [w for w in diag.warnings if "still rising" in w]
+    assert len(rising) == 1 and "step_size is needlessly small" in rising[0]
+    assert not has(diag, "MALA acceptance 0.9995 <")
+
+
+def test_falling_trace_warns_still_falling():
+    ramp = np.linspace(8.0, 2.0, 1000)
+    diag = diagnose(make_result(gamma_trace(2) + ramp / NBETA))
+    assert has(diag, "trace still falling") and has(diag, "raise num_burnin")
+    assert not has(diag, "still rising")
+    assert diag.trend < -0.3 and diag.trend_z < -10
+
+
+def ar1_trace(seed, chains, draws, rho, llc=5.0, sigma=2.0):
+    """A stationary Gaussian AR(1) trace: nβ·(L − L*) = llc + sigma·x, x_t = ρ·x_{t−1} + noise."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(size=(chains, draws)) * np.sqrt(1 - rho**2)
+    noise[:, 0] = rng.normal(size=chains)
+    x = lfilter([1.0], [1.0, -rho], noise, axis=1)
+    return INIT + (llc + sigma * x) / NBETA
+
+
+def test_autocorrelated_stationary_traces_raise_no_trend_warning():
+    """AR(1) traces (ρ = 0.95, ~40× fewer effective draws): the naive per-draw SE would call
+    many of them trending; the across-chain SE does not."""
+    naive_flags = 0
+    for seed in range(20):
+        trace = ar1_trace(seed, chains=8, draws=1000, rho=0.95)
+        diag = diagnose(make_result(trace), min_ess=0)
+        assert not has(diag, "trace still"), (seed, diag.warnings)
+        halves = trace[:, :500], trace[:, 500:]
+        naive_se = NBETA * np.sqrt(sum(h.var(ddof=1) / h.size for h in halves))
+        diff = diag.llc_halves[1] - diag.llc_halves[0]
+        naive_flags += abs(diff / naive_se) > 3 and abs(diag.trend) > 0.05
+    assert naive_flags >= 5
+
+
+def test_single_chain_trend_uses_ess_and_is_calibrated():
+    """One chain: the SE comes from ESS (dof ∞). On stationary AR(1) traces (ρ = 0.9, ESS ≈ 100
+    per half) the z statistic must be roughly standard normal and almost never warn."""
+    zs, warned = [], 0
+    for seed in range(60):
+        diag = diagnose(make_result(ar1_trace(seed, chains=1, draws=4000, rho=0.9)))
+        assert diag.trend_dof == np.inf
+        assert np.isfinite(diag.rhat) and abs(diag.rhat - 1) < 0.1
+        zs.append(diag.trend_z)
+        warned += has(diag, "trace still")
+    assert 0.8 < np.std(zs) < 1.3
+    assert warned <= 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_single_chain_rising_trace_warns(seed):
+    ramp = np.linspace(2.0, 8.0, 1000) / NBETA
+    diag = diagnose(make_result(gamma_trace(seed, chains=1) + ramp))
+    assert has(diag, "trace still rising"), diag.warnings
+
+
+def test_chains_with_different_means_warn_rhat():
+    trace = np.concatenate([gamma_trace(3, chains=2), gamma_trace(4, chains=2, llc=8.0)])
+    diag = diagnose(make_result(trace))
+    assert diag.rhat > 1.1
+    assert has(diag, f"R-hat {diag.rhat:.3f} > 1.1: chains disagree")
+    assert not has(diag, "trace still")
+
+
+def test_few_effective_draws_warn_ess():
+    diag = diagnose(make_result(ar1_trace(5, chains=4, draws=400, rho=0.99)))
+    assert diag.ess_bulk < 100
+    assert has(diag, "too few effective draws; raise num_draws")
+
+
+@pytest.mark.parametrize(("shift", "negative"), [(-7.0, True), (None, False)])
+def test_draws_below_init_loss_warn_not_a_minimum(shift, negative):
+    if shift is None:  # 70% of draws slightly below L_n(w*), 30% far above: λ̂ > 0
+        rng = np.random.default_rng(6)
+        above = rng.random((4, 1000)) < 0.3
+        trace = INIT + np.where(above, 30.0, -1.0) / NBETA
+    else:
+        trace = gamma_trace(7, shift=shift)
+    diag = diagnose(make_result(trace))
+    assert (diag.llc < 0) == negative
+    assert diag.frac_below_init > 0.5
+    assert has(diag, "w* is not a local minimum") and has(diag, "raise localization")
+    assert has(diag, f"{diag.frac_below_init:.0%} of the draws")
+
+
+def test_minibatch_noise_below_init_is_tolerated():
+    rng = np.random.default_rng(8)  # λ̂ = 5 with minibatch noise of SD 8: ~27% below L_n(w*)
+    trace = INIT + (5.0 + 8.0 * rng.normal(size=(4, 1000))) / NBETA
+    diag = diagnose(make_result(trace))
+    assert 0.1 < diag.frac_below_init < 0.5
+    assert diag.ok, diag.warnings
+
+
+def test_diverged_chain_is_named_and_excluded():
+    trace = gamma_trace(9)
+    trace[2, 700:] = np.nan  # burn-in 1000: step 1700 is draw 700
+    diag = diagnose(make_result(trace, divergence_step=[-1, -1, 1700, -1], num_burnin=1000))
+    assert diag.divergence_steps == (1700,)
+    assert has(diag, "1 of 4 chains diverged (first bad steps [1700])")
+    assert has(diag, "lower step_size")
+    assert len(diag.warnings) == 1 and not diag.ok
+    assert np.isfinite([diag.rhat, diag.ess_bulk, diag.trend, diag.llc]).all()
+    assert diag.llc == pytest.approx(NBETA * (trace[[0, 1, 3]].mean() - INIT))
+
+
+def test_all_chains_diverged_still_diagnoses():
+    trace = np.full((2, 100), np.nan)
+    diag = diagnose(make_result(trace, divergence_step=[3, 5]))
+    assert len(diag.warnings) == 1
+    assert diag.warnings[0].startswith("all 2 chains diverged (first bad steps [3, 5])")
+    assert np.isnan([diag.rhat, diag.ess_bulk, diag.llc, diag.trend]).all()
+    assert "0 of 2 chains healthy" in str(diag)
+
+
+def test_mala_acceptance_low_warns_high_alone_does_not():
+    low = diagnose(make_result(gamma_trace(10), mala_accept=[0.5, 0.6, 0.55, 0.5]))
+    assert low.mala_accept == pytest.approx(0.5375)
+    assert has(low, "MALA acceptance 0.538 < 0.8: step_size is too large")
+    assert has(low, "lower step_size") and len(low.warnings) == 1
+    high = diagnose(make_result(gamma_trace(10), mala_accept=[0.9999] * 4))
+    assert high.ok, high.warnings
+    assert diagnose(
+        make_result(gamma_trace(10), mala_accept=[0.5] * 4), mala_accept_range=(0.4, 1)
+    ).ok
+
+
+def test_metropolis_acceptance_is_reported():
+    diag = diagnose(make_result(gamma_trace(11), accept_rate=[0.5, 0.7, 0.6, 0.6]))
+    assert diag.accept_rate == pytest.approx(0.6)
+    assert "Metropolis acceptance 0.600" in str(diag)
+
+
+def test_thresholds_are_settable_and_report_is_readable():
+    result = make_result(gamma_trace(12), mala_accept=[0.9] * 4)
+    strict = diagnose(result, min_ess=1e9, rhat_max=0.9)
+    assert has(strict, "< 1e+09") and has(strict, "> 0.9:")
+    text = str(strict)
+    assert text.startswith("LLC diagnostics (4 of 4 chains healthy): 2 warning(s)")
+    assert "R-hat" in text and "ESS bulk" in text and "MALA acceptance" in text
+    assert text.count("WARNING: ") == 2
+    assert "OK" in str(diagnose(result))
+
+
+def test_diagnostics_is_frozen_and_ok_follows_warnings():
+    diag = diagnose(make_result(gamma_trace(13)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        diag.rhat = 2.0  # type: ignore[misc]
+    assert dataclasses.asdict(diag)["ok"] is True
+    assert dataclasses.replace(diag, warnings=("x",)).ok is False
+
+
+def test_batched_result_is_rejected():
+    result = make_result(gamma_trace(14))
+    batched = jax.tree.map(lambda x: np.stack([x, x]), result)
+    with pytest.raises(ValueError, match="batched"):
+        diagnose(batched)
+    with pytest.raises(ValueError, match="batched"):
+        to_inference_data(batched)
+
+
+# ---------------------------------------------------------------------- InferenceData ---
+
+
+def test_inference_data_groups_and_summary():
+    import arviz as az
+
+    trace = gamma_trace(15)
+    trace[1, 600:] = np.nan
+    result = make_result(trace, divergence_step=[-1, 1600, -1, -1], num_burnin=1000)
+    idata = to_inference_data(result)
+    assert idata.posterior["loss"].dims == ("chain", "draw")
+    assert idata.posterior["loss"].shape == (4, 1000)
+    np.testing.assert_allclose(idata.posterior["loss"].values, trace)
+    llc = idata.posterior["llc"].values
+    np.testing.assert_allclose(llc, NBETA * (trace - INIT))
+    np.testing.assert_allclose(np.mean(llc, axis=1), result.llc_per_chain)
+    assert idata.sample_stats["diverged"].shape == (4, 1000)
+    assert idata.sample_stats["diverged"].values[1].all()
+    assert not idata.sample_stats["diverged"].values[[0, 2, 3]].any()
+    assert idata.warmup_posterior["loss"].shape == (4, 1000)
+    assert idata.attrs["nbeta"] == NBETA and idata.attrs["init_loss"] == INIT
+    assert set(idata.attrs) >= {"nbeta", "localization", "step_size", "init_loss"}
+    healthy = to_inference_data(result, drop_diverged=True)
+    assert healthy.posterior["llc"].shape == (3, 1000)
+    summary = az.summary(healthy, var_names=["llc"])
+    assert summary.loc["llc", "mean"] == pytest.approx(float(result.llc_mean), rel=1e-2)
+    assert summary.loc["llc", "r_hat"] < 1.05
+    assert "warmup_posterior" not in to_inference_data(make_result(trace[[0]])).groups()
+
+
+# ---------------------------------------------------------------------------- real runs ---
+
+D = 100
+HESS = np.geomspace(0.5, 8.0, D)
+CENTER = np.linspace(-1.0, 1.0, D)
+A_MAX = NBETA * HESS.max() + 1.0  # stiffest curvature of the localized posterior (γ = 1)
+
+
+def quadratic(params, batch):
+    del batch
+    h, c = jnp.asarray(HESS, jnp.float32), jnp.asarray(CENTER, jnp.float32)
+    return 0.3 + 0.5 * jnp.sum(h * (params["w"] - c) ** 2)
+
+
+def run(step_size):
+    """One compiled program for all three runs (same shapes; ε is traced)."""
+    return jaxslt.estimate_llc(
+        quadratic,
+        {"w": jnp.asarray(CENTER, jnp.float32)},
+        dummy_data(),
+        key=jax.random.key(0),
+        step_size=step_size,
+        nbeta=NBETA,
+        localization=1.0,
+        num_chains=8,
+        num_draws=2000,
+        num_burnin=200,
+        batch_size=64,
+    )
+
+
+@pytest.fixture(scope="module")
+def well_tuned():
+    # ε·a_max = 0.4; the flattest direction relaxes in ~1/(2ε·a_min) = 20 steps ≪ 200 burn-in
+    return run(0.4 / A_MAX)
+
+
+def test_real_well_tuned_run_is_ok(well_tuned):
+    diag = diagnose(well_tuned)
+    assert diag.ok, str(diag)
+    assert diag.llc == pytest.approx(float(well_tuned.llc_mean), rel=1e-4)
+    assert 0.85 < diag.mala_accept < 0.99
+    assert diag.divergence_steps == ()
+    idata = to_inference_data(well_tuned)
+    assert idata.posterior["llc"].shape == (8, 2000)
+    assert idata.warmup_posterior["loss"].shape == (8, 200)
+    np.testing.assert_allclose(
+        idata.posterior["llc"].mean("draw").values, well_tuned.llc_per_chain, rtol=1e-4
+    )
+
+
+def test_real_unequilibrated_run_warns_still_rising(well_tuned):
+    # tiny ε: the flattest direction needs ~1/(2ε·a_min) = 2000 steps, the run has 2200
+    diag = diagnose(run(5e-6))
+    assert has(diag, "trace still rising"), str(diag)
+    assert has(diag, "needlessly small")  # MALA acceptance ≈ 1
+    assert diag.llc < 0.7 * float(well_tuned.llc_mean)  # the underestimate it warns about
+
+
+def test_real_large_step_warns_mala_acceptance(well_tuned):
+    diag = diagnose(run(3.0 / A_MAX))  # ε·a_max = 3: stable (< 4) but far too coarse
+    assert diag.mala_accept < 0.8
+    assert has(diag, "step_size is too large for the local curvature"), str(diag)
+    assert diag.llc > 1.2 * float(well_tuned.llc_mean)  # the inflation it warns about

@@ -1,0 +1,216 @@
+"""jaxslt.plots: every plot renders headless to png and pdf, survives NaN (diverged chains),
+leaves no pyplot figure open and never touches the global backend."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import sys
+from types import SimpleNamespace
+
+import jax
+import matplotlib
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import dummy_data, quadratic_loss, quadratic_params
+
+import jaxslt
+from jaxslt import plots
+
+FORMATS = ("png", "pdf")
+
+
+@pytest.fixture(scope="module")
+def real_result():
+    return jaxslt.estimate_llc(
+        quadratic_loss,
+        quadratic_params(),
+        dummy_data(),
+        key=jax.random.key(0),
+        step_size=1e-3,
+        nbeta=100.0,
+        localization=1.0,
+        num_chains=3,
+        num_draws=300,
+        num_burnin=100,
+        batch_size=16,
+    )
+
+
+def _synthetic_result(num_chains=4, num_draws=400, num_burnin=150, diverge_chain=2, at=350):
+    """An LLCResult built by hand: chain ``diverge_chain`` blows up and is NaN from step ``at``
+    (a global step: burn-in steps first, then draws), as the runner would report it."""
+    rng = np.random.default_rng(0)
+    init_loss, nbeta = 0.5, 200.0
+    steps = num_burnin + num_draws
+    full = init_loss + 0.01 * (1 + rng.standard_normal((num_chains, steps)) ** 2)
+    diverged = np.zeros(num_chains, bool)
+    divergence_step = np.full(num_chains, -1, np.int32)
+    if diverge_chain is not None:
+        full[diverge_chain, at - 20 : at] = np.geomspace(1.0, 1e30, 20)
+        full[diverge_chain, at] = np.inf
+        full[diverge_chain, at + 1 :] = np.nan
+        diverged[diverge_chain] = True
+        divergence_step[diverge_chain] = at
+    burnin, loss = full[:, :num_burnin], full[:, num_burnin:]
+    per_chain = nbeta * (loss.mean(axis=1) - init_loss)
+    per_chain[diverged] = np.nan
+    healthy = per_chain[~diverged]
+    return jaxslt.LLCResult(
+        llc_mean=np.asarray(healthy.mean()),
+        llc_std=np.asarray(healthy.std(ddof=1)),
+        llc_per_chain=per_chain,
+        loss_trace=loss.astype(np.float32),
+        burnin_loss_trace=burnin.astype(np.float32),
+        init_loss=np.asarray(init_loss, np.float32),
+        nbeta=np.asarray(nbeta, np.float32),
+        localization=np.asarray(10.0, np.float32),
+        step_size=np.asarray(1e-4, np.float32),
+        diverged=diverged,
+        divergence_step=divergence_step,
+        accept_rate=np.full(num_chains, np.nan, np.float32),
+        mala_accept=np.where(diverged, np.nan, 0.9).astype(np.float32),
+    )
+
+
+def _calibration_table(extrapolated=True, nbeta=True):
+    rows = []
+    for gamma, lam0 in ((1.0, 3.0), (10.0, 2.8)):
+        for eps, slope, accept in ((1e-4, 0.1, 0.97), (1e-3, 0.4, 0.9), (1e-2, 2.0, 0.6)):
+            rows.append(
+                {
+                    "step_size": eps,
+                    "localization": gamma,
+                    "llc_mean": lam0 + slope,
+                    "llc_std": 0.1 + slope / 10,
+                    "mala_accept": accept,
+                    "diverged": 1 if eps == 1e-2 and gamma == 1.0 else 0,
+                    "ok": accept >= 0.8,
+                    "selected": eps == 1e-3 and gamma == 1.0,
+                }
+            )
+    table = pd.DataFrame(rows)
+    if nbeta:
+        table["nbeta"] = 1085.7
+    if extrapolated:
+        table["extrapolated"] = table.localization.map({1.0: 2.95, 10.0: 2.75})
+        table["extrapolated_std"] = 0.05
+    return table
+
+
+def _check_file(path, figsize, *, min_bytes=5_000):
+    assert path.exists(), path
+    assert path.stat().st_size > min_bytes, (path, path.stat().st_size)
+    if path.suffix == ".png":
+        image = matplotlib.image.imread(path)
+        assert image.shape[:2] == (round(figsize[1] * plots.DPI), round(figsize[0] * plots.DPI))
+        assert image[..., :3].std() > 0.05  # not a blank page
+    else:
+        assert path.read_bytes()[:5] == b"%PDF-"
+
+
+@pytest.fixture(autouse=True)
+def _no_global_side_effects():
+    backend = matplotlib.get_backend()
+    yield
+    assert matplotlib.get_backend() == backend
+    if "matplotlib.pyplot" in sys.modules:
+        assert sys.modules["matplotlib.pyplot"].get_fignums() == []
+
+
+def test_plot_trace(real_result, tmp_path):
+    path = tmp_path / "trace.png"
+    out = plots.plot_trace(real_result, str(path), true_llc=1.5, title="quadratic toy")
+    assert out == path
+    _check_file(path, plots.TRACE_FIGSIZE)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_plot_trace_diverged_chain(tmp_path, fmt):
+    result = _synthetic_result()
+    path = plots.plot_trace(result, tmp_path / "out" / f"trace_div.{fmt}", true_llc=4.0)
+    _check_file(path, plots.TRACE_FIGSIZE)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_plot_calibration(tmp_path, fmt):
+    path = plots.plot_calibration(_calibration_table(), tmp_path / f"cal.{fmt}", true_llc=3.0)
+    _check_file(path, plots.CALIBRATION_FIGSIZE)
+
+
+def test_plot_calibration_degenerate_tables(tmp_path):
+    table = _calibration_table(extrapolated=False, nbeta=False)
+    # a single cell: one step size, one localization, no acceptance recorded
+    one_cell = table.iloc[[1]].assign(mala_accept=np.nan)
+    _check_file(plots.plot_calibration(one_cell, tmp_path / "one.png"), plots.CALIBRATION_FIGSIZE)
+    # one localization, no recommendation, a NaN acceptance and a cell without an estimate,
+    # under an nβ grid (one line per (nβ, γ))
+    one_gamma = table[table.localization == 10.0].assign(selected=False)
+    one_gamma.loc[one_gamma.index[0], "mala_accept"] = np.nan
+    one_gamma.loc[one_gamma.index[1], ["llc_mean", "llc_std"]] = np.nan  # all chains diverged
+    grid = pd.concat([one_gamma.assign(nbeta=100.0), one_gamma.assign(nbeta=1000.0)])
+    path = plots.plot_calibration(grid, tmp_path / "grid.png")
+    _check_file(path, plots.CALIBRATION_FIGSIZE)
+
+
+def test_plot_calibration_rejects_bad_tables(tmp_path):
+    with pytest.raises(ValueError, match="lacks column"):
+        plots.plot_calibration(_calibration_table().drop(columns="ok"), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="positive"):
+        plots.plot_calibration(_calibration_table().assign(step_size=0.0), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="empty"):
+        plots.plot_calibration(_calibration_table().iloc[:0], tmp_path / "x.png")
+
+
+def test_plot_summary(real_result, tmp_path):
+    diagnostics = SimpleNamespace(
+        rhat=1.004, ess_bulk=512.0, ok=False, warnings=("bulk ESS 80 < 100: " + "run longer " * 20,)
+    )
+    path = plots.plot_summary(
+        real_result, tmp_path / "summary.png", diagnostics=diagnostics, true_llc=1.5
+    )
+    _check_file(path, plots.SUMMARY_FIGSIZE)
+
+
+def test_summary_text_of_real_diagnostics(real_result):
+    # the text block plot_summary draws for jaxslt.diagnostics.Diagnostics (rendering is
+    # covered above with a stand-in object of the same shape)
+    diagnostics = pytest.importorskip("jaxslt.diagnostics").diagnose(real_result)
+    lines = plots._diagnostics_lines(diagnostics, width=105)
+    assert lines[0].startswith("OK" if diagnostics.ok else "NOT OK")
+    assert "R-hat" in lines[0] and "bulk ESS" in lines[0]
+    if not diagnostics.warnings:
+        assert lines[1:] == ["no warnings"]
+    else:
+        assert len(lines) > len(diagnostics.warnings)
+    assert all(len(line) <= 105 for line in lines)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_plot_summary_diverged(tmp_path, fmt):
+    # pdf: 20 chains (one legend entry for all, a histogram of the per-chain estimates), one
+    # diverging during burn-in; diagnostics without .warnings are shown as their str()
+    result = _synthetic_result(num_chains=20, at=40) if fmt == "pdf" else _synthetic_result()
+    path = plots.plot_summary(result, tmp_path / f"s.{fmt}", diagnostics="R-hat fine\nall good")
+    _check_file(path, plots.SUMMARY_FIGSIZE)
+
+
+def test_bad_suffix_and_batched_result(real_result, tmp_path):
+    with pytest.raises(ValueError, match="suffix"):
+        plots.plot_trace(real_result, tmp_path / "trace.jpg2")
+    batched = jax.tree.map(lambda a: np.stack([np.asarray(a)] * 2), real_result)
+    with pytest.raises(ValueError, match="batched"):
+        plots.plot_summary(batched, tmp_path / "s.png")
+
+
+def test_plots_never_import_pyplot():
+    tree = ast.parse(inspect.getsource(plots))
+    imported = [
+        name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for name in [getattr(node, "module", None) or "", *(a.name for a in node.names)]
+    ]
+    assert not [name for name in imported if "pyplot" in name]
