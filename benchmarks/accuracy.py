@@ -29,7 +29,7 @@ import numpy as np
 
 import jaxslt
 from jaxslt import gibbs, problems
-from jaxslt.calibrate import max_hessian_eigenvalue
+from jaxslt.calibration import max_hessian_eigenvalue
 
 N = 100_000
 # sampler → (c in ε = c/(nβ h_max + γ), options)

@@ -13,7 +13,7 @@ The public API is deliberately small:
 """
 
 from jaxslt import gibbs, plots, problems, truth
-from jaxslt.calibrate import Calibration, calibrate
+from jaxslt.calibration import Calibration, calibrate
 from jaxslt.chains import ChainTrace, run_chains
 from jaxslt.diagnostics import Diagnostics, diagnose, to_inference_data
 from jaxslt.estimator import LLCResult, LLCWarning, estimate_llc, sample_llc

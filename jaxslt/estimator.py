@@ -279,7 +279,7 @@ def estimate_llc(
     if isinstance(step_size, str):
         if step_size != "auto":
             raise TypeError(f'step_size must be a number or "auto"; got {step_size!r}')
-        from jaxslt.calibrate import calibrate
+        from jaxslt.calibration import calibrate
 
         calibration = calibrate(
             loss_fn, params, data, key=jax.random.fold_in(key, 1), num_chains=num_chains,

@@ -10,8 +10,10 @@ and accurate well below 0.5, so the grid spans ε·(nβ·h_max + γ) ∈ [0.003,
 Recommendation rule (``Calibration.recommended``, explained in ``Calibration.explanation``):
 
 1. a cell is *healthy* when no chain diverged, the MALA acceptance of its SGLD steps is ≥ 0.8,
-   and its diagnostics raise no warning about R-hat, drift (still rising/falling) or a
-   non-minimum;
+   its diagnostics raise no warning about R-hat, drift (still rising/falling) or a
+   non-minimum, and it keeps the accuracy margin ε·(nβ·h_max + γ) ≤ 0.5 (the per-direction
+   SGLD variance inflation 1/(1 − εa/4) stays under 15%; acceptance alone is a weak guard in
+   low dimension, where it stays high even at large bias);
 2. for each γ, the healthy estimates are extrapolated linearly to ε → 0 (weighted least squares
    in ε; discretisation bias is O(ε)), giving λ̂₀ ± se₀;
 3. γ: the smallest localization with at least two healthy cells (a larger γ pulls the estimate
@@ -39,9 +41,9 @@ from jaxslt.posterior import default_nbeta
 
 PyTree = Any
 
-MIN_ACCEPT = 0.8
+MAX_MARGIN = 0.5  # ε·(nβ·h_max + γ)
 # diagnostics warnings that disqualify a cell (ESS is low by design in short calibration runs)
-_DISQUALIFYING = ("R-hat", "rising", "falling", "minimum", "diverged", "MALA acceptance")
+_DISQUALIFYING = ("R-hat", "trace still", "λ̂ = ", "MALA acceptance", "all ")
 
 
 def max_hessian_eigenvalue(
@@ -196,7 +198,9 @@ def _recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) -
     for i in range(len(eps)):
         cell = jax.tree.map(lambda x, i=i: np.asarray(x[i]), results)
         diag = diagnose(cell)
-        bad = [w for w in diag.warnings if any(k in w for k in _DISQUALIFYING)]
+        bad = [w for w in diag.warnings if w.startswith(_DISQUALIFYING)]
+        bad += [f"{int(cell.diverged.sum())} chain(s) diverged"] if cell.diverged.any() else []
+        margin = float(eps[i] * (nbs[i] * h_max + gam[i]))
         accept = (
             float(np.nanmean(cell.mala_accept))
             if not np.isnan(cell.mala_accept).all()
@@ -208,19 +212,22 @@ def _recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) -
                 llc_mean=float(cell.llc_mean), llc_std=float(cell.llc_std),
                 llc_se=float(cell.llc_std) / math.sqrt(max(int((~cell.diverged).sum()), 1)),
                 mala_accept=accept, rhat=diag.rhat, ess=diag.ess_bulk, trend=diag.trend,
-                diverged=int(cell.diverged.sum()), ok=not bad, issues="; ".join(bad),
+                diverged=int(cell.diverged.sum()), ok=not bad and margin <= MAX_MARGIN,
+                margin=margin, issues="; ".join(bad),
             )
         )  # fmt: skip
     table = pd.DataFrame(rows)
     table["selected"] = False
     extrapolation: dict[float, tuple[float, float]] = {}
     notes = [f"h_max = {h_max:.4g} (power iteration on the Hessian of L at w*)."]
-    chosen = None
+    chosen = fallback = None
     for nbeta in sorted(set(nbs)):
         for gamma in sorted(set(gam)):
             sub = table[(table.localization == gamma) & (table.nbeta == nbeta) & table.ok]
             if sub.step_size.nunique() < 2:
                 notes.append(f"γ = {gamma:g}: {len(sub)} healthy cell(s), too few to extrapolate.")
+                if len(sub) and fallback is None:
+                    fallback = sub.step_size.idxmax()
                 continue
             lam0, se0 = _extrapolate(sub.step_size.to_numpy(), sub.llc_mean.to_numpy(),
                                      sub.llc_se.to_numpy())  # fmt: skip
@@ -235,6 +242,12 @@ def _recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) -
                 chosen = flat.step_size.idxmax()
         if chosen is not None:
             break
+    if chosen is None and fallback is not None:
+        chosen = fallback
+        notes.append(
+            "Only single healthy cells: flatness in ε could not be checked; consider a longer "
+            "calibration (num_burnin, num_draws) or a finer step grid."
+        )
     if chosen is None:
         notes.append(
             "No cell is healthy and flat in ε: lower the step sizes, raise num_burnin/num_draws "

@@ -1,0 +1,96 @@
+"""Calibration: curvature, the grid in one program, the ε → 0 fit, the recommendation rule."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import HESSIAN, dummy_data, quadratic_loss, quadratic_params
+
+import jaxslt
+from jaxslt import calibration as cal_module
+
+KW = dict(localizations=(1.0, 10.0), num_chains=4, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return jaxslt.calibrate(
+        quadratic_loss, quadratic_params(), dummy_data(), key=jax.random.key(0), **KW
+    )
+
+
+def test_power_iteration_finds_the_largest_hessian_eigenvalue():
+    h = cal_module.max_hessian_eigenvalue(
+        quadratic_loss, quadratic_params(), dummy_data(), key=jax.random.key(1)
+    )
+    assert float(h) == pytest.approx(HESSIAN.max(), rel=1e-4)
+
+
+def test_weighted_extrapolation_recovers_a_line():
+    eps = np.array([1e-4, 3e-4, 1e-3])
+    lam0, se0 = cal_module._extrapolate(eps, 2.0 + 300.0 * eps, np.array([0.1, 0.1, 0.2]))
+    assert lam0 == pytest.approx(2.0, rel=1e-9) and se0 > 0
+
+
+def test_grid_table_and_recommendation_follow_the_rule(calibration):
+    table = calibration.table
+    assert len(table) == 12  # six default steps × two localizations
+    assert {"step_size", "localization", "nbeta", "llc_mean", "llc_std", "mala_accept", "rhat",
+            "diverged", "ok", "selected", "margin"} <= set(table.columns)  # fmt: skip
+    # default steps span ε·(nβ h_max + γ_min) from 0.003 to 1
+    nbeta = jaxslt.default_nbeta(64)
+    margins = np.sort(table.step_size.unique()) * (nbeta * HESSIAN.max() + 1.0)
+    np.testing.assert_allclose(margins, np.geomspace(0.003, 1.0, 6), rtol=1e-4)
+    rec = calibration.recommended
+    assert table.selected.sum() == 1
+    row = table[table.selected].iloc[0]
+    assert row.ok and row.margin <= cal_module.MAX_MARGIN and row.diverged == 0
+    assert rec["step_size"] == pytest.approx(row.step_size)
+    assert rec["localization"] == row.localization
+    assert rec["num_burnin"] >= 5 / (rec["step_size"] * rec["localization"])
+    # no healthy cell at the same γ has a larger step that was passed over without reason
+    same = table[(table.localization == row.localization) & table.ok]
+    assert "Chosen" in calibration.explanation
+    assert row.step_size >= same.step_size.min()
+
+
+def test_the_grid_compiles_once(calibration):
+    before = cal_module._run_grid._cache_size()
+    jaxslt.calibrate(quadratic_loss, quadratic_params(), dummy_data(), key=jax.random.key(5), **KW)
+    assert cal_module._run_grid._cache_size() == before
+
+
+def test_step_size_auto_uses_and_reports_the_calibration():
+    result = jaxslt.estimate_llc(
+        quadratic_loss, quadratic_params(), dummy_data(), key=jax.random.key(2),
+        step_size="auto", localization=1.0, batch_size=64, num_draws=500,
+    )  # fmt: skip
+    assert isinstance(result.calibration, jaxslt.Calibration)
+    rec = result.calibration.recommended
+    assert float(result.step_size) == pytest.approx(rec["step_size"], rel=1e-6)
+    assert float(result.localization) == 1.0
+    assert result.burnin_loss_trace.shape[1] >= rec["num_burnin"]
+    assert "chosen by jaxslt.calibrate" in result.summary()
+
+
+def test_bad_grids_are_rejected():
+    args = (quadratic_loss, quadratic_params(), dummy_data())
+    with pytest.raises(ValueError, match="localizations must be a non-empty list"):
+        jaxslt.calibrate(*args, key=jax.random.key(0), localizations=())
+    with pytest.raises(ValueError, match="step_sizes must be positive"):
+        jaxslt.calibrate(*args, key=jax.random.key(0), step_sizes=[-1e-3, 1e-3])
+    with pytest.raises(TypeError, match="key must be one PRNG key"):
+        jaxslt.calibrate(*args, key=0)
+
+
+def test_cells_can_run_in_groups(calibration):
+    grouped = jaxslt.calibrate(
+        quadratic_loss, quadratic_params(), dummy_data(), key=jax.random.key(0),
+        cell_batch_size=5, **KW,
+    )  # fmt: skip
+    np.testing.assert_allclose(
+        grouped.table.llc_mean, calibration.table.llc_mean, rtol=1e-5, atol=1e-6
+    )
+    assert jnp.shape(grouped.results.llc_mean) == (12,)
