@@ -50,14 +50,15 @@ def max_hessian_eigenvalue(
     loss_fn: Callable, params: PyTree, batch: PyTree, *, key: jax.Array, num_iters: int = 30
 ) -> jax.Array:
     """Largest eigenvalue h_max of ∇²L_B at ``params`` by power iteration on Hessian-vector
-    products (forward-over-reverse), from a random start; returns |Rayleigh quotient|."""
+    products (forward-over-reverse), from a random start; returns |Rayleigh quotient| (0 where
+    the Hessian vanishes, e.g. a deep linear network at w* = 0)."""
 
     def hvp(v):
         return jax.jvp(lambda w: jax.grad(loss_fn)(w, batch), (params,), (v,))[1]
 
-    def normalize(v):
+    def normalize(v):  # a zero Hessian maps v to 0: keep it 0 rather than 0/0
         norm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(v)))
-        return jax.tree.map(lambda x: x / norm, v)
+        return jax.tree.map(lambda x: x / jnp.where(norm > 0, norm, 1.0), v)
 
     def body(v, _):
         return normalize(hvp(v)), None

@@ -28,6 +28,17 @@ def test_power_iteration_finds_the_largest_hessian_eigenvalue():
     assert float(h) == pytest.approx(HESSIAN.max(), rel=1e-4)
 
 
+def test_power_iteration_on_a_vanishing_hessian_returns_zero():
+    def quartic(params, batch):
+        del batch
+        return jnp.sum(params["w"] ** 4)
+
+    h = cal_module.max_hessian_eigenvalue(
+        quartic, {"w": jnp.zeros(3)}, dummy_data(), key=jax.random.key(1)
+    )
+    assert float(h) == 0.0
+
+
 def test_weighted_extrapolation_recovers_a_line():
     eps = np.array([1e-4, 3e-4, 1e-3])
     lam0, se0 = cal_module._extrapolate(eps, 2.0 + 300.0 * eps, np.array([0.1, 0.1, 0.2]))
