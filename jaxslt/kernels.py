@@ -240,6 +240,8 @@ def mala(posterior: LocalizedPosterior) -> SamplingKernel:
     The minibatch must be the full data set (``estimate_llc`` enforces it): a minibatch log
     density would make the test target the wrong distribution. One value-and-gradient per step;
     the current point's values are carried in the state. A non-finite proposal is rejected.
+    Not a wrapper of ``blackjax.mala``: that one closes over a position-only log density (no
+    batch argument for this runner) and flattens the pytree for its noise.
     """
 
     def evaluate(position, batch):
