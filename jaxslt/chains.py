@@ -11,6 +11,7 @@ replacement* (i.i.d., O(batch_size) per step, an unbiased estimate of L_n and âˆ
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -62,9 +63,15 @@ def run_chains(
     progress_every: int = 0,
     transition_check: Callable[[Any, Any, PyTree, jax.Array], jax.Array] | None = None,
     check_every: int = 0,
+    chain_batch_size: int | None = None,
 ) -> ChainTrace:
     """Run ``num_chains`` chains of ``kernel`` from ``position`` for
     ``num_burnin + num_draws * thinning`` steps each; traceable (jit/vmap it freely).
+
+    ``chain_batch_size = k`` (a divisor of ``num_chains``) runs the chains in groups of k, one
+    group after another (``lax.map``), so that at most k chain states are live at once; the
+    result is the same as with all chains vmapped (each chain's randomness depends only on its
+    own key).
 
     ``progress_every > 0`` reports the step count to ``jaxslt.progress`` every that many steps
     through a host callback; 0 compiles no callback at all.
@@ -73,10 +80,35 @@ def run_chains(
     is evaluated on every ``check_every``-th step after burn-in, under a ``lax.cond`` on the step
     counter (which no vmap batches), so the other steps pay nothing for it.
     """
-    n = data_size(data)
-    init_keys, chain_keys = jnp.unstack(
-        jax.vmap(jax.random.split)(jax.random.split(key, num_chains)), axis=1
+    group = num_chains if chain_batch_size is None else min(chain_batch_size, num_chains)
+    if num_chains % group:
+        raise ValueError(f"chain_batch_size={chain_batch_size} must divide num_chains={num_chains}")
+    num_groups = num_chains // group
+    keys = jax.vmap(jax.random.split)(jax.random.split(key, num_chains))  # (C, 2) init/run
+    total = num_burnin + num_draws * thinning
+    run = functools.partial(
+        _run_group, kernel, position, data, step_size=step_size, num_draws=num_draws,
+        num_burnin=num_burnin, thinning=thinning, batch_size=batch_size,
+        progress_every=progress_every, transition_check=transition_check,
+        check_every=check_every, total=total,
+    )  # fmt: skip
+    if num_groups == 1:
+        return run(keys, 0)
+    traces = jax.lax.map(
+        lambda xs: run(*xs), (keys.reshape(num_groups, group, 2), jnp.arange(num_groups))
     )
+    return jax.tree.map(lambda x: x.reshape(num_chains, *x.shape[2:]), traces)
+
+
+def _run_group(
+    kernel, position, data, keys, group_index, *, step_size, num_draws, num_burnin, thinning,
+    batch_size, progress_every, transition_check, check_every, total,
+) -> ChainTrace:  # fmt: skip
+    """Chains of one group: steps scanned, the group's chains vmapped inside each step (so the
+    step counter t stays unbatched for ``lax.cond``)."""
+    n = data_size(data)
+    num_chains = keys.shape[0]
+    init_keys, chain_keys = keys[:, 0], keys[:, 1]
     full_batch = batch_size == n
     batch_axis = None if full_batch else 0
 
@@ -130,7 +162,7 @@ def run_chains(
         if progress_every:
             jax.lax.cond(
                 (t + 1) % progress_every == 0,
-                lambda: jax.debug.callback(progress.report, t + 1),
+                lambda: jax.debug.callback(progress.report, group_index * total + t + 1),
                 lambda: None,
             )
         return (states, first_bad, accept_sum, check_sum, check_count), info.loss

@@ -138,6 +138,7 @@ def sample_llc(
     sampler_options: Mapping[str, Any] | tuple = (),
     eval_batch_size: int | None = None,
     acceptance_checks: int = 50,
+    chain_batch_size: int | None = None,
     progress_every: int = 0,
 ) -> LLCResult:
     """Traceable core of ``estimate_llc``: no validation, no printing; jit and vmap it freely.
@@ -172,6 +173,7 @@ def sample_llc(
         progress_every=progress_every,
         transition_check=check,
         check_every=max(1, (num_draws * thinning) // max(acceptance_checks, 1)),
+        chain_batch_size=chain_batch_size,
     )
     loss_trace = trace.loss_trace.astype(init_loss.dtype)
     nbeta = jnp.asarray(nbeta, init_loss.dtype)
@@ -210,6 +212,7 @@ _STATIC = (
     "sampler_options",
     "eval_batch_size",
     "acceptance_checks",
+    "chain_batch_size",
     "progress_every",
 )
 _sample_llc_jit = jax.jit(sample_llc, static_argnums=(0,), static_argnames=_STATIC)
@@ -233,6 +236,7 @@ def estimate_llc(
     sampler_options: Mapping[str, Any] | None = None,
     eval_batch_size: int | None = None,
     acceptance_checks: int = 50,
+    chain_batch_size: int | None = None,
     diagnostics: bool = True,
     progress: bool | None = None,
 ) -> LLCResult:
@@ -267,6 +271,10 @@ def estimate_llc(
       acceptance_checks: at how many evenly spaced steps after burn-in to evaluate the MALA
         acceptance of SGLD transitions (``result.mala_accept``; two extra gradients each);
         0 disables it.
+      chain_batch_size: run the chains in groups of this many (a divisor of ``num_chains``),
+        one group after another, so that at most this many chain states are live at once
+        (memory ≈ (k + 2) × parameter bytes instead of (num_chains + 2)×); same result as
+        all chains at once. ``None``: all chains vmapped.
       diagnostics: diagnose the run (``result.diagnostics``: R-hat, ESS, MALA acceptance,
         drift, divergences) and warn (``LLCWarning``) for each failed check, naming the cause
         and the remedy.
@@ -308,6 +316,7 @@ def estimate_llc(
         localization=localization,
         eval_batch_size=eval_batch_size,
         acceptance_checks=acceptance_checks,
+        chain_batch_size=chain_batch_size,
     )
     options = validation.check_sampler(sampler, sampler_options, batch_size=batch_size, n=n)
     if sampler == "rmsprop_sgld" and num_burnin > 0:
@@ -336,7 +345,10 @@ def estimate_llc(
         sampler_options=tuple(sorted(options.items())),
         eval_batch_size=eval_batch_size,
         acceptance_checks=acceptance_checks,
+        chain_batch_size=chain_batch_size,
     )
+    if chain_batch_size:
+        total *= num_chains // min(chain_batch_size, num_chains)
     if show:
         with progress_bar(total, f"LLC ({num_chains} chains)"):
             result = jax.block_until_ready(run(progress_every=max(1, total // 100)))

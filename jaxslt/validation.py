@@ -110,6 +110,7 @@ def check_settings(
     localization: Any,
     eval_batch_size: Any,
     acceptance_checks: Any = 0,
+    chain_batch_size: Any = None,
 ) -> None:
     if _real("step_size", step_size) <= 0:
         raise ValueError(
@@ -128,6 +129,13 @@ def check_settings(
             f"(batch_size={n} is full-batch)"
         )
     _int("acceptance_checks", acceptance_checks, 0, "Use 0 to skip the MALA acceptance checks.")
+    if chain_batch_size is not None:
+        _int("chain_batch_size", chain_batch_size, 1, "It is how many chains run at once.")
+        if num_chains % min(chain_batch_size, num_chains):
+            raise ValueError(
+                f"chain_batch_size={chain_batch_size} must divide num_chains={num_chains}; "
+                f"e.g. use one of {[k for k in range(1, num_chains + 1) if num_chains % k == 0]}"
+            )
     if eval_batch_size is not None:
         _int("eval_batch_size", eval_batch_size, 1, "It is the chunk size for L_n(w*).")
     if nbeta is not None and _real("nbeta", nbeta) <= 0:

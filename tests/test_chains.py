@@ -89,3 +89,37 @@ def test_progress_reports_reach_the_total(every, monkeypatch):
     jax.block_until_ready(_run(num_draws=30, num_burnin=20, thinning=2, progress_every=every))
     jax.effects_barrier()
     assert sorted(seen) == list(range(every, 81, every))
+
+
+@pytest.mark.parametrize("group", [1, 3])
+def test_chain_groups_give_the_same_chains(group):
+    kw = dict(num_chains=6, num_draws=40, num_burnin=10, thinning=2)
+    together = _run(**kw)
+    grouped = _run(chain_batch_size=group, **kw)
+    chex.assert_trees_all_close(grouped, together, rtol=1e-6, atol=1e-7)
+
+
+def test_chain_groups_bound_the_live_memory():
+    """At most k chain states live at once: compiled temporaries shrink with the group size."""
+    params = {"w": jnp.zeros((512, 512))}
+
+    def big_loss(p, batch):
+        return 0.5 * jnp.sum(p["w"] ** 2) + jnp.mean(batch[:, 0])
+
+    kernel = sgld(localized_posterior(big_loss, params, nbeta=10.0, localization=1.0))
+
+    def temp_bytes(group):
+        run = jax.jit(lambda k: run_chains(
+            kernel, params, DATA, k, step_size=1e-3, num_chains=8, num_draws=3, batch_size=8,
+            chain_batch_size=group,
+        ))  # fmt: skip
+        return run.lower(jax.random.key(0)).compile().memory_analysis().temp_size_in_bytes
+
+    param_bytes = 512 * 512 * 4
+    one, two, together = temp_bytes(1), temp_bytes(2), temp_bytes(None)
+    per_chain = two - one  # the live bytes one more chain costs
+    assert 2 * param_bytes < per_chain < 8 * param_bytes
+    assert together == pytest.approx(one + 7 * per_chain, rel=0.05)  # linear in live chains
+    assert together > 4 * one
+    with pytest.raises(ValueError, match="must divide num_chains"):
+        temp_bytes(3)
