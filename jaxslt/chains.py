@@ -64,6 +64,7 @@ def run_chains(
     transition_check: Callable[[Any, Any, PyTree, jax.Array], jax.Array] | None = None,
     check_every: int = 0,
     chain_batch_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> ChainTrace:
     """Run ``num_chains`` chains of ``kernel`` from ``position`` for
     ``num_burnin + num_draws * thinning`` steps each; traceable (jit/vmap it freely).
@@ -72,6 +73,12 @@ def run_chains(
     group after another (``lax.map``), so that at most k chain states are live at once; the
     result is the same as with all chains vmapped (each chain's randomness depends only on its
     own key).
+
+    ``mesh``: a ``jax.sharding.Mesh`` with a ``"chain"`` axis; the chains of each group are
+    spread over that axis (their states, keys and minibatches carry a
+    ``NamedSharding(mesh, P("chain"))`` constraint; data and w* are replicated), so each device
+    steps its own chains. The group size must be a multiple of the axis size. Same result as on
+    one device.
 
     ``progress_every > 0`` reports the step count to ``jaxslt.progress`` every that many steps
     through a host callback; 0 compiles no callback at all.
@@ -90,7 +97,7 @@ def run_chains(
         _run_group, kernel, position, data, step_size=step_size, num_draws=num_draws,
         num_burnin=num_burnin, thinning=thinning, batch_size=batch_size,
         progress_every=progress_every, transition_check=transition_check,
-        check_every=check_every, total=total,
+        check_every=check_every, total=total, mesh=mesh,
     )  # fmt: skip
     if num_groups == 1:
         return run(keys, 0)
@@ -102,12 +109,20 @@ def run_chains(
 
 def _run_group(
     kernel, position, data, keys, group_index, *, step_size, num_draws, num_burnin, thinning,
-    batch_size, progress_every, transition_check, check_every, total,
+    batch_size, progress_every, transition_check, check_every, total, mesh,
 ) -> ChainTrace:  # fmt: skip
     """Chains of one group: steps scanned, the group's chains vmapped inside each step (so the
     step counter t stays unbatched for ``lax.cond``)."""
     n = data_size(data)
     num_chains = keys.shape[0]
+
+    def spread(tree):  # chain axis over the mesh's "chain" axis
+        if mesh is None:
+            return tree
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("chain"))
+        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+    keys = spread(keys)
     init_keys, chain_keys = keys[:, 0], keys[:, 1]
     full_batch = batch_size == n
     batch_axis = None if full_batch else 0
@@ -120,11 +135,13 @@ def _run_group(
             idx = jax.random.randint(k, (batch_size,), 0, n)
             return jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
 
-        return jax.vmap(one)(keys)
+        return spread(jax.vmap(one)(keys))
 
     # the init batch comes from the init key, so it never repeats a step's batch
-    states = jax.vmap(kernel.init, in_axes=(None, 0, batch_axis))(
-        position, init_keys, minibatches(jax.vmap(jax.random.fold_in, (0, None))(init_keys, 1))
+    states = spread(
+        jax.vmap(kernel.init, in_axes=(None, 0, batch_axis))(
+            position, init_keys, minibatches(jax.vmap(jax.random.fold_in, (0, None))(init_keys, 1))
+        )
     )
 
     reports_accept = []
@@ -149,6 +166,7 @@ def _run_group(
         states, info = jax.vmap(kernel.step, in_axes=(0, 0, batch_axis, None))(
             kernel_keys, states, batches, step_size
         )
+        states = spread(states)
         if checking:
             value = check(old, states, batches, t)
             ok = ~jnp.isnan(value)

@@ -139,6 +139,7 @@ def sample_llc(
     eval_batch_size: int | None = None,
     acceptance_checks: int = 50,
     chain_batch_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
     progress_every: int = 0,
 ) -> LLCResult:
     """Traceable core of ``estimate_llc``: no validation, no printing; jit and vmap it freely.
@@ -174,6 +175,7 @@ def sample_llc(
         transition_check=check,
         check_every=max(1, (num_draws * thinning) // max(acceptance_checks, 1)),
         chain_batch_size=chain_batch_size,
+        mesh=mesh,
     )
     loss_trace = trace.loss_trace.astype(init_loss.dtype)
     nbeta = jnp.asarray(nbeta, init_loss.dtype)
@@ -213,6 +215,7 @@ _STATIC = (
     "eval_batch_size",
     "acceptance_checks",
     "chain_batch_size",
+    "mesh",
     "progress_every",
 )
 _sample_llc_jit = jax.jit(sample_llc, static_argnums=(0,), static_argnames=_STATIC)
@@ -237,6 +240,7 @@ def estimate_llc(
     eval_batch_size: int | None = None,
     acceptance_checks: int = 50,
     chain_batch_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
     diagnostics: bool = True,
     progress: bool | None = None,
 ) -> LLCResult:
@@ -318,6 +322,7 @@ def estimate_llc(
         acceptance_checks=acceptance_checks,
         chain_batch_size=chain_batch_size,
     )
+    validation.check_mesh(mesh, num_chains, chain_batch_size)
     options = validation.check_sampler(sampler, sampler_options, batch_size=batch_size, n=n)
     if sampler == "rmsprop_sgld" and num_burnin > 0:
         options = {"adapt_steps": num_burnin, **options}
@@ -346,6 +351,7 @@ def estimate_llc(
         eval_batch_size=eval_batch_size,
         acceptance_checks=acceptance_checks,
         chain_batch_size=chain_batch_size,
+        mesh=mesh,
     )
     if chain_batch_size:
         total *= num_chains // min(chain_batch_size, num_chains)

@@ -146,6 +146,24 @@ def check_settings(
         raise ValueError(f"localization (γ) must be >= 0; got {localization}. Use 0 for none")
 
 
+def check_mesh(mesh: Any, num_chains: int, chain_batch_size: int | None) -> None:
+    if mesh is None:
+        return
+    if not isinstance(mesh, jax.sharding.Mesh) or "chain" not in mesh.axis_names:
+        raise TypeError(
+            f"mesh must be a jax.sharding.Mesh with a 'chain' axis; got {mesh!r}. Build one with "
+            "jax.make_mesh((jax.device_count(),), ('chain',), "
+            "axis_types=(jax.sharding.AxisType.Auto,))"
+        )
+    group = num_chains if chain_batch_size is None else min(chain_batch_size, num_chains)
+    size = mesh.shape["chain"]
+    if group % size:
+        raise ValueError(
+            f"{group} chains per group do not split over the mesh's 'chain' axis of size {size}; "
+            f"use num_chains (and chain_batch_size) a multiple of {size}"
+        )
+
+
 def check_sampler(
     sampler: Any, options: Mapping[str, Any] | None, *, batch_size: int | None, n: int
 ) -> dict[str, Any]:
