@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import jaxslt
@@ -103,10 +104,13 @@ def dln_rows(widths, rank, steps, samplers, gamma=1.0):
                                       localization=gamma)  # fmt: skip
         h_max = float(max_hessian_eigenvalue(p.loss_fn, probe, batch, key=jax.random.key(3)))
     start = time.perf_counter()
-    exact = gibbs.gibbs_llc_from_statistics(
-        p.params, stats, key=jax.random.key(2), nbeta=nbeta, localization=gamma,
-        num_chains=4, num_sweeps=4000, num_burnin=2000,
-    )  # fmt: skip
+    with jax.enable_x64(True):  # the exact reference in float64 (float32 Gibbs can blow up)
+        exact = gibbs.gibbs_llc_from_statistics(
+            tuple(jnp.asarray(np.asarray(w), jnp.float64) for w in p.params),
+            gibbs.dln_statistics(*(jnp.asarray(np.asarray(a), jnp.float64) for a in p.data)),
+            key=jax.random.key(2), nbeta=nbeta, localization=gamma, num_chains=4,
+            num_sweeps=4000, num_burnin=2000,
+        )  # fmt: skip
     target = float(exact.llc_mean)
     label = f"DLN {'-'.join(map(str, widths))} r={rank}"
     print(f"{label}: {params} params, λ = {float(p.truth.llc):g}, Gibbs target "

@@ -31,7 +31,10 @@ The excess L_n(W) − L_n(W*) is evaluated in the difference form
 ⟨D, Σxx F* − Σxy⟩ + ½⟨D, Σxx D⟩ with D = F − F*, F = W_1⋯W_L, never as the difference of two
 losses (which in float32 would lose the O(1/nβ) excess against L_n(W*) ≈ σ²/2).
 
-Precision: everything runs in float64 when ``jax_enable_x64`` is on and in float32 otherwise
+Precision: use float64 for reference runs (``with jax.enable_x64(True):`` and float64 inputs).
+In float32 a wide network at small γ can blow up within a few sweeps (seen on
+[50,40,30,40,50], rank 10, γ = 1, nβ ≈ 8.7e3: losses 1e9 → NaN at sweep 2; float64 is fine).
+Everything runs in float64 when ``jax_enable_x64`` is on and in float32 otherwise
 (matmuls at ``Precision.HIGHEST``, so no TF32 on GPUs). Eigenvalues are clamped at 0; in float32
 they carry an absolute error ~1e−7·||A||, i.e. a relative error ~1e−7·nβ·||A||·||B||/γ in the
 smallest conditional precision (≲1e−3 for nβ ~ 1e4, γ ≥ 1 and O(1) weights).
