@@ -140,6 +140,7 @@ def sample_llc(
     acceptance_checks: int = 50,
     chain_batch_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    compute_dtype: Any = None,
     progress_every: int = 0,
 ) -> LLCResult:
     """Traceable core of ``estimate_llc``: no validation, no printing; jit and vmap it freely.
@@ -149,6 +150,8 @@ def sample_llc(
     ``nbeta=None`` means n / log n with n the leading-axis length of ``data``.
     """
     n = data_size(data)
+    if compute_dtype is not None:
+        loss_fn = _computed_in(loss_fn, compute_dtype)
     batch_size = min(n, DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
     nbeta = default_nbeta(n) if nbeta is None else nbeta
     init_loss = full_data_loss(loss_fn, params, data, eval_batch_size or batch_size)
@@ -204,6 +207,21 @@ def sample_llc(
     )
 
 
+def _computed_in(loss_fn: Callable, dtype: Any) -> Callable:
+    """loss_fn evaluated with float params and data cast to ``dtype`` (e.g. bfloat16), the loss
+    returned in float32. Gradients flow back through the casts into the float32 chain state."""
+
+    def cast(tree):
+        return jax.tree.map(
+            lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+        )
+
+    def wrapped(params, batch):
+        return loss_fn(cast(params), cast(batch)).astype(jnp.float32)
+
+    return wrapped
+
+
 _STATIC = (
     "num_chains",
     "num_draws",
@@ -216,6 +234,7 @@ _STATIC = (
     "acceptance_checks",
     "chain_batch_size",
     "mesh",
+    "compute_dtype",
     "progress_every",
 )
 _sample_llc_jit = jax.jit(sample_llc, static_argnums=(0,), static_argnames=_STATIC)
@@ -241,6 +260,7 @@ def estimate_llc(
     acceptance_checks: int = 50,
     chain_batch_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    compute_dtype: Any = None,
     diagnostics: bool = True,
     progress: bool | None = None,
 ) -> LLCResult:
@@ -352,6 +372,7 @@ def estimate_llc(
         acceptance_checks=acceptance_checks,
         chain_batch_size=chain_batch_size,
         mesh=mesh,
+        compute_dtype=None if compute_dtype is None else jnp.dtype(compute_dtype),
     )
     if chain_batch_size:
         total *= num_chains // min(chain_batch_size, num_chains)

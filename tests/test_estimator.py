@@ -420,3 +420,26 @@ def test_mala_acceptance_of_sgld_steps_falls_as_the_step_grows():
     assert np.isnan(off.mala_accept).all()
     other = _estimate(step_size=1e-4, sampler="sghmc", **kw)
     assert np.isnan(other.mala_accept).all()
+
+
+def test_bfloat16_compute_keeps_a_float32_chain_and_agrees_statistically():
+    p = problems.deep_linear_network([4, 4, 4], 2, key=jax.random.key(7), num_examples=4000)
+    kw = dict(step_size=1e-4, localization=10.0, num_chains=8, num_draws=2000, num_burnin=1000,
+              diagnostics=False)  # fmt: skip
+    full = jaxslt.estimate_llc(p.loss_fn, p.params, p.data, key=jax.random.key(1), **kw)
+    half = jaxslt.estimate_llc(
+        p.loss_fn, p.params, p.data, key=jax.random.key(2), compute_dtype=jnp.bfloat16, **kw
+    )
+    assert half.loss_trace.dtype == jnp.float32
+    se = np.hypot(float(full.llc_std), float(half.llc_std)) / np.sqrt(8)
+    assert abs(float(half.llc_mean) - float(full.llc_mean)) < Z * se
+
+
+def test_float64_reference_runs_stay_in_float64():
+    with jax.enable_x64(True):
+        result = _estimate(
+            params={"w": jnp.asarray(quadratic_params()["w"], jnp.float64)},
+            step_size=1e-3, nbeta=100.0, num_chains=2, num_draws=20, diagnostics=False,
+        )  # fmt: skip
+        assert result.loss_trace.dtype == jnp.float64
+        assert result.init_loss.dtype == jnp.float64
