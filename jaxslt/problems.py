@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import operator
 from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import Any, NamedTuple
@@ -35,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxslt import truth as _truth
+from jaxslt.truth import _int  # the same integer checks as the ground truths
 
 PyTree = Any
 
@@ -69,20 +69,6 @@ class Problem(NamedTuple):
 
 # ---------------------------------------------------------------------------------------------
 # argument checks
-
-
-def _int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got bool {value!r}")
-    try:
-        out = operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"{name} must be an integer, got {type(value).__name__} {value!r}"
-        ) from None
-    if out < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {out}")
-    return out
 
 
 def _real(name: str, value: object, *, positive: bool = False) -> float:
