@@ -61,7 +61,7 @@ def run_chains(
     thinning: int = 1,
     batch_size: int,
     progress_every: int = 0,
-    transition_check: Callable[[Any, Any, PyTree, jax.Array], jax.Array] | None = None,
+    transition_check: Callable[..., jax.Array] | None = None,
     check_every: int = 0,
     chain_batch_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
@@ -83,7 +83,7 @@ def run_chains(
     ``progress_every > 0`` reports the step count to ``jaxslt.progress`` every that many steps
     through a host callback; 0 compiles no callback at all.
 
-    ``transition_check(old_state, new_state, minibatch, step_size)`` (one chain; vmapped here)
+    ``transition_check(old_state, new_state, minibatch, step_size, info)`` (one chain; vmapped)
     is evaluated on every ``check_every``-th step after burn-in, under a ``lax.cond`` on the step
     counter (which no vmap batches), so the other steps pay nothing for it.
     """
@@ -148,10 +148,10 @@ def _run_group(
 
     checking = transition_check is not None and check_every > 0
 
-    def check(old, new, batches, t):
+    def check(old, new, batches, info, t):
         def run():
-            return jax.vmap(transition_check, in_axes=(0, 0, batch_axis, None))(
-                old, new, batches, step_size
+            return jax.vmap(transition_check, in_axes=(0, 0, batch_axis, None, 0))(
+                old, new, batches, step_size, info
             ).astype(jnp.float32)
 
         due = (t >= num_burnin) & ((t - num_burnin) % check_every == 0)
@@ -168,7 +168,7 @@ def _run_group(
         )
         states = spread(states)
         if checking:
-            value = check(old, states, batches, t)
+            value = check(old, states, batches, info, t)
             ok = ~jnp.isnan(value)
             check_sum = check_sum + jnp.where(ok, value, 0.0)
             check_count = check_count + ok

@@ -160,8 +160,11 @@ def sample_llc(
     check = None
     if acceptance_checks > 0 and sampler in SGLD_SAMPLERS:
 
-        def check(old, new, batch, eps):
-            return sgld_acceptance(posterior, state_position(old), state_position(new), batch, eps)
+        def check(old, new, batch, eps, info):
+            reuse = None if info.grad is None else (info.loss, info.grad)
+            return sgld_acceptance(
+                posterior, state_position(old), state_position(new), batch, eps, reuse
+            )
 
     trace = run_chains(
         kernel,
@@ -293,7 +296,7 @@ def estimate_llc(
         ``rmsprop_sgld``'s ``adapt_steps`` defaults to ``num_burnin``).
       eval_batch_size: chunk size for the full-data L_n(w*) (default ``batch_size``).
       acceptance_checks: at how many evenly spaced steps after burn-in to evaluate the MALA
-        acceptance of SGLD transitions (``result.mala_accept``; two extra gradients each);
+        acceptance of SGLD transitions (``result.mala_accept``; one extra gradient each);
         0 disables it.
       chain_batch_size: run the chains in groups of this many (a divisor of ``num_chains``),
         one group after another, so that at most this many chain states are live at once

@@ -34,10 +34,12 @@ PyTree = Any
 
 class StepInfo(NamedTuple):
     """What one transition reports: ``loss`` = L_B(w_t) before the update; ``accept_prob`` for
-    Metropolis-adjusted kernels."""
+    Metropolis-adjusted kernels; ``grad`` = ∇log p(w_t) on the batch where the kernel has it
+    (reused by in-loop checks; XLA drops it when nothing reads it)."""
 
     loss: jax.Array
     accept_prob: jax.Array | None = None
+    grad: PyTree = None
 
 
 class SamplingKernel(NamedTuple):
@@ -85,7 +87,7 @@ def sgld(posterior: LocalizedPosterior) -> SamplingKernel:
         loss, grad = posterior.value_and_grad(state.position, minibatch)
         noise = _noise(rng_key, state.position)
         position = _axpy(state.position, (0.5 * step_size, grad), (jnp.sqrt(step_size), noise))
-        return SGLDState(position), StepInfo(loss)
+        return SGLDState(position), StepInfo(loss, grad=grad)
 
     return SamplingKernel(init, step)
 
@@ -279,7 +281,12 @@ def mala(posterior: LocalizedPosterior) -> SamplingKernel:
 
 
 def sgld_acceptance(
-    posterior: LocalizedPosterior, old: PyTree, new: PyTree, minibatch: PyTree, step_size
+    posterior: LocalizedPosterior,
+    old: PyTree,
+    new: PyTree,
+    minibatch: PyTree,
+    step_size,
+    old_value_and_grad: tuple[jax.Array, PyTree] | None = None,
 ) -> jax.Array:
     """MALA acceptance probability of an SGLD transition w → w′ (reference §3), on its batch:
 
@@ -287,9 +294,12 @@ def sgld_acceptance(
         α = min(1, exp(U(w) − U(w′) + log q(w|w′) − log q(w′|w))).
 
     A healthy chain sits near 0.9; low values mean ε is too large for the local curvature.
-    Costs two value-and-gradients on the batch.
+    Costs one value-and-gradient on the batch at w′, plus one at w unless the step's own
+    (loss, gradient) is passed as ``old_value_and_grad``.
     """
-    loss0, g0 = posterior.value_and_grad(old, minibatch)
+    if old_value_and_grad is None:
+        old_value_and_grad = posterior.value_and_grad(old, minibatch)
+    loss0, g0 = old_value_and_grad
     loss1, g1 = posterior.value_and_grad(new, minibatch)
     u0 = -posterior.logdensity_from_loss(old, loss0)
     u1 = -posterior.logdensity_from_loss(new, loss1)
