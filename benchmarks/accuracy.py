@@ -148,7 +148,7 @@ def markdown(rows, header):
         header,
         "",
         "| problem | params | λ (m) | exact target | sampler | ε | estimate ± std | rel. err "
-        "vs λ | vs target | chain-steps | wall (s) |",
+        "vs λ | vs target | diagnostics | chain-steps | wall (s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

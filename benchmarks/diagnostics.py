@@ -53,10 +53,10 @@ def main():
                        num_burnin=steps // 5, num_draws=steps - steps // 5)
             for name, (c, gamma, steps) in SETTINGS.items()
         }  # fmt: skip
-        # calibration: 6 steps × γ ∈ {1, 10} × 4 chains × 2,000 steps, then the recommended run
+        # calibration: 6 steps × γ ∈ {1, 10} × 4 chains × 3,000 steps, then the recommended run
         cal = jaxslt.calibrate(
             p.loss_fn, p.params, p.data, key=jax.random.key(2), localizations=(1.0, 10.0),
-            num_burnin=1000, num_draws=1000,
+            num_burnin=1000, num_draws=2000,
         )  # fmt: skip
         if cal.recommended:
             runs["auto"] = cal.recommended | dict(num_draws=STEPS - STEPS // 5)
@@ -110,7 +110,7 @@ def main():
         f"| flagged | {counts[(True, True)]} | {counts[(True, False)]} |",
         f"| not flagged | {counts[(False, True)]} | {counts[(False, False)]} |",
         "",
-        f"Calibrated (`jaxslt.calibrate`, 12 cells × 4 chains × 2,000 steps, then the "
+        f"Calibrated (`jaxslt.calibrate`, 12 cells × 4 chains × 3,000 steps, then the "
         f"recommended settings): {sum(abs(r['estimate'] / r['truth'] - 1) <= 0.1 for r in auto)}"
         f" of {len(auto)} within 10% of λ (of {len(MODELS)} models).",
         "",
