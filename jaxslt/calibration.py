@@ -37,6 +37,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxslt import validation
 from jaxslt.estimator import DEFAULT_BATCH_SIZE, LLCResult, sample_llc
@@ -60,26 +61,15 @@ def max_hessian_eigenvalue(
         return jax.jvp(lambda w: jax.grad(loss_fn)(w, batch), (params,), (v,))[1]
 
     def normalize(v):  # a zero Hessian maps v to 0: keep it 0 rather than 0/0
-        norm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(v)))
+        norm = optax.tree.norm(v)
         return jax.tree.map(lambda x: x / jnp.where(norm > 0, norm, 1.0), v)
 
     def body(v, _):
         return normalize(hvp(v)), None
 
-    start = normalize(jax.tree.map(lambda w, z: z.astype(w.dtype), params,
-                                   _random_like(key, params)))  # fmt: skip
+    start = normalize(optax.tree.random_like(key, params, jax.random.normal))
     v, _ = jax.lax.scan(body, start, None, length=num_iters)
-    hv = hvp(v)
-    return jnp.abs(sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(hv),
-                                                       strict=True)))  # fmt: skip
-
-
-def _random_like(key, tree):
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten(
-        [jax.random.normal(k, jnp.shape(x)) for k, x in zip(keys, leaves, strict=True)]
-    )
+    return jnp.abs(optax.tree.vdot(v, hvp(v)))
 
 
 @dataclass(eq=False)

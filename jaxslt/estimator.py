@@ -34,7 +34,7 @@ from jaxslt.kernels import (
     sgld_acceptance,
     state_position,
 )
-from jaxslt.posterior import default_nbeta, full_data_loss, localized_posterior
+from jaxslt.posterior import default_nbeta, full_data_loss, localized_posterior, running_llc
 from jaxslt.progress import progress_bar
 
 PyTree = Any
@@ -77,9 +77,7 @@ class LLCResult(NamedTuple):
 
     def running_llc(self) -> jax.Array:
         """nβ·(cumsum_t L(w_t)/t − L_n(w*)) per chain, shape (num_chains, num_draws)."""
-        t = jnp.arange(1, self.loss_trace.shape[-1] + 1)
-        running = jnp.cumsum(self.loss_trace, axis=-1) / t
-        return self.nbeta[..., None, None] * (running - self.init_loss[..., None, None])
+        return running_llc(self.loss_trace, self.init_loss, self.nbeta)
 
     def summary(self) -> str:
         """A few readable lines: the estimate, its spread, the settings, the chains' health."""

@@ -49,7 +49,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxslt.posterior import default_nbeta
+from jaxslt.posterior import default_nbeta, running_llc
 
 __all__ = [
     "DLNStatistics",
@@ -318,9 +318,7 @@ class GibbsResult(NamedTuple):
 
     def running_llc(self) -> jax.Array:
         """nβ·(cumsum_t L_n(W_t)/t − L_n(W*)) per chain, shape (num_chains, num_sweeps)."""
-        t = jnp.arange(1, self.loss_trace.shape[-1] + 1)
-        running = jnp.cumsum(self.loss_trace - self.init_loss[..., None, None], axis=-1) / t
-        return self.nbeta[..., None, None] * running
+        return running_llc(self.loss_trace, self.init_loss, self.nbeta)
 
 
 def _check(weights_star, num_chains, num_sweeps, num_burnin, localization, h0=None, hl=None):

@@ -101,6 +101,14 @@ def localized_posterior(
     )
 
 
+def running_llc(loss_trace: jax.Array, init_loss: jax.Array, nbeta: jax.Array) -> jax.Array:
+    """Running estimate nβ·(Σ_{s≤t} (L_s − L_n(w*)) / t) along the last axis (the draws), the
+    per-chain λ̂ after t kept draws; differences are taken before summing, for accuracy."""
+    t = jnp.arange(1, loss_trace.shape[-1] + 1)
+    excess = loss_trace - jnp.asarray(init_loss)[..., None, None]
+    return jnp.asarray(nbeta)[..., None, None] * jnp.cumsum(excess, axis=-1) / t
+
+
 def full_data_loss(loss_fn: LossFn, params: PyTree, data: PyTree, chunk_size: int) -> jax.Array:
     """L_n(w) = (1/n) Σ_i l_i(w) over all n examples, evaluated in chunks of ``chunk_size``.
 
