@@ -6,6 +6,9 @@ The public API is deliberately small:
   diagnose, and return an ``LLCResult``; ``sample_llc`` is its traceable core (jit/vmap it).
 - ``calibrate``: choose step size, localization (and nβ) on a grid, by a documented rule.
 - ``diagnose`` / ``to_inference_data``: R-hat, ESS, MALA acceptance, drift; ArviZ export.
+- ``llc_trajectory``: λ̂ over a sequence of training checkpoints, one compile, as a DataFrame.
+- ``estimate_llc(restrict=...)``: weight-refined LLC (``tree_paths`` lists what patterns match);
+  ``estimate_llc(observables=True)``: singular fluctuation, WAIC, WBIC (``Observables``).
 - ``localized_posterior``: p(w) ∝ exp(−nβ·L_n(w) − γ/2·||w − w*||²) as pure functions;
   ``sgld`` … ``mala`` and ``run_chains``: the kernels and chain runner beneath the estimator.
 - Modules: ``truth`` (exact learning coefficients), ``problems`` (reference problems),
@@ -28,7 +31,10 @@ from jaxslt.kernels import (
     sgld,
     sgnht,
 )
+from jaxslt.observables import Observables
 from jaxslt.posterior import LocalizedPosterior, default_nbeta, localized_posterior
+from jaxslt.restriction import Restriction, make_restriction, tree_paths
+from jaxslt.trajectory import llc_trajectory
 
 __version__ = "0.1.0"
 
@@ -40,6 +46,8 @@ __all__ = [
     "LLCResult",
     "LLCWarning",
     "LocalizedPosterior",
+    "Observables",
+    "Restriction",
     "SamplingKernel",
     "StepInfo",
     "calibrate",
@@ -48,7 +56,9 @@ __all__ = [
     "estimate_llc",
     "from_blackjax",
     "gibbs",
+    "llc_trajectory",
     "localized_posterior",
+    "make_restriction",
     "mala",
     "plots",
     "problems",
@@ -59,5 +69,6 @@ __all__ = [
     "sgld",
     "sgnht",
     "to_inference_data",
+    "tree_paths",
     "truth",
 ]

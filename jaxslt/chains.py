@@ -12,6 +12,7 @@ replacement* (i.i.d., O(batch_size) per step, an unbiased estimate of L_n and âˆ
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -35,6 +36,7 @@ class ChainTrace(NamedTuple):
       burn-in, for kernels that report one (NaN otherwise).
     - ``check_mean`` (num_chains,): mean of ``transition_check`` over the checked steps after
       burn-in (NaN when nothing was checked), e.g. the MALA acceptance of SGLD transitions.
+    - ``accumulated``: the per-chain accumulator of ``accumulate`` (None without one).
     """
 
     loss_trace: jax.Array
@@ -42,10 +44,136 @@ class ChainTrace(NamedTuple):
     divergence_step: jax.Array
     accept_rate: jax.Array
     check_mean: jax.Array
+    accumulated: Any = None
+
+
+class Accumulator(NamedTuple):
+    """A running statistic of the kept draws, per chain (vmapped): ``init()`` gives the empty
+    state, ``update(acc, chain_state)`` folds in one draw. ``every``: fold in every that-many-th
+    kept draw (others skip it under a ``lax.cond`` on the unbatched draw counter)."""
+
+    init: Callable[[], PyTree]
+    update: Callable[[PyTree, PyTree], PyTree]
+    every: int = 1
 
 
 def data_size(data: PyTree) -> int:
     return jax.tree.leaves(data)[0].shape[0]
+
+
+MIN_SHARDED_SIZE = 2**14
+"""The automatic model-axis rule replicates parameter leaves with fewer elements than this
+(biases, norms): splitting them saves little memory and costs a collective per use."""
+
+
+def _is_spec(x: Any) -> bool:
+    return x is None or isinstance(x, jax.sharding.PartitionSpec)
+
+
+def param_partition_specs(
+    params: PyTree, mesh: jax.sharding.Mesh | None, param_specs: PyTree | None = None
+) -> PyTree:
+    """One ``PartitionSpec`` per leaf of ``params`` (parameter dimensions only, no chain axis):
+    how each parameter, its gradient and w* are split over the mesh.
+
+    ``param_specs``: a pytree of ``PartitionSpec`` (``None`` = replicated) with the structure
+    of ``params``, e.g. ``flax.linen.get_partition_spec(variables)`` mapped to mesh axes, or
+    the same specs as a flat tuple in ``jax.tree.leaves(params)`` order (hashable, so a valid
+    static argument). ``None`` = the automatic rule: a leaf of at least ``MIN_SHARDED_SIZE``
+    elements is split over the mesh's ``"model"`` axis along its largest dimension divisible
+    by the axis size (the last one on a tie); smaller leaves, leaves without such a dimension,
+    and every leaf when the mesh has no ``"model"`` axis (or it has size 1) are replicated.
+    """
+    spec = jax.sharding.PartitionSpec
+    leaves, treedef = jax.tree.flatten(params)
+    if param_specs is not None:
+        flat, spec_def = jax.tree.flatten(param_specs, is_leaf=_is_spec)
+        if spec_def != treedef:  # a flat tuple in leaf order
+            flat = list(param_specs)
+        return jax.tree.unflatten(treedef, [spec() if s is None else s for s in flat])
+    size = 1 if mesh is None else dict(mesh.shape).get("model", 1)
+
+    def auto(x):
+        shape = jnp.shape(x)
+        dims = [d for d, length in enumerate(shape) if length % size == 0]
+        if size == 1 or not dims or math.prod(shape) < MIN_SHARDED_SIZE:
+            return spec()
+        d = max(dims, key=lambda d: (shape[d], d))
+        return spec(*[None] * d, "model")
+
+    return jax.tree.unflatten(treedef, [auto(x) for x in leaves])
+
+
+def shard_params(params: PyTree, mesh: jax.sharding.Mesh | None, specs: PyTree) -> PyTree:
+    """Constrain each leaf of ``params`` (w*, unstacked) to ``NamedSharding(mesh, its spec)``."""
+    if mesh is None:
+        return params
+    return jax.tree.map(
+        lambda x, s: jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, s)),
+        params,
+        specs,
+    )
+
+
+def place_params(
+    params: PyTree, mesh: jax.sharding.Mesh | None, param_specs: PyTree | None = None
+) -> PyTree:
+    """``jax.device_put`` w* onto ``mesh``, split as ``param_partition_specs`` says, so that no
+    device needs a whole copy of a model split over ``"model"`` (the outer layer does this
+    before calling the compiled core). Without a mesh, ``params`` unchanged."""
+    if mesh is None:
+        return params
+    specs = param_partition_specs(params, mesh, param_specs)
+    shardings = jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), specs, is_leaf=_is_spec)
+    return jax.device_put(params, shardings)
+
+
+def shard_chains(
+    tree: PyTree, mesh: jax.sharding.Mesh | None, position: PyTree | None, specs: PyTree
+) -> PyTree:
+    """Constrain chain-stacked arrays (leading axis = chains) to ``mesh``.
+
+    The chain axis goes over the mesh's ``"chain"`` axis (replicated on a mesh without one).
+    Inside every subtree stacked like ``position`` (same structure, leaf shapes (C, *shape)):
+    positions, momenta, preconditioner moments, gradients, leaf i's parameter dimensions follow
+    ``specs`` leaf i, i.e. ``P("chain", *spec_i)``. Other leaves (keys, per-chain scalars,
+    minibatches) are replicated past the chain axis; all of them when ``position`` is None.
+    """
+    if mesh is None:
+        return tree
+    spec = jax.sharding.PartitionSpec
+    chain = "chain" if "chain" in mesh.axis_names else None
+    treedef = jax.tree.structure(position)
+    shapes = [jnp.shape(x) for x in jax.tree.leaves(position)]
+    leaf_specs = jax.tree.leaves(specs, is_leaf=_is_spec)
+
+    def stacked(node):
+        return (
+            position is not None
+            and jax.tree.structure(node) == treedef
+            and [jnp.shape(x)[1:] for x in jax.tree.leaves(node)] == shapes
+        )
+
+    def constrain(x, s):
+        sharding = jax.sharding.NamedSharding(mesh, spec(chain, *s))
+        return jax.lax.with_sharding_constraint(x, sharding)
+
+    def node(sub):
+        if stacked(sub):
+            parts = [constrain(x, s) for x, s in zip(jax.tree.leaves(sub), leaf_specs, strict=True)]
+            return jax.tree.unflatten(treedef, parts)
+        return constrain(sub, spec())
+
+    return jax.tree.map(node, tree, is_leaf=stacked)
+
+
+def replicate(tree: PyTree, mesh: jax.sharding.Mesh | None) -> PyTree:
+    """Constrain every leaf to be replicated on ``mesh``: small outputs (traces, estimates)
+    become fully addressable on every process, as multi-host callers need."""
+    if mesh is None:
+        return tree
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
 
 def run_chains(
@@ -65,6 +193,8 @@ def run_chains(
     check_every: int = 0,
     chain_batch_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    accumulate: Accumulator | None = None,
+    param_specs: PyTree | None = None,
 ) -> ChainTrace:
     """Run ``num_chains`` chains of ``kernel`` from ``position`` for
     ``num_burnin + num_draws * thinning`` steps each; traceable (jit/vmap it freely).
@@ -74,11 +204,15 @@ def run_chains(
     result is the same as with all chains vmapped (each chain's randomness depends only on its
     own key).
 
-    ``mesh``: a ``jax.sharding.Mesh`` with a ``"chain"`` axis; the chains of each group are
-    spread over that axis (their states, keys and minibatches carry a
-    ``NamedSharding(mesh, P("chain"))`` constraint; data and w* are replicated), so each device
-    steps its own chains. The group size must be a multiple of the axis size. Same result as on
-    one device.
+    ``mesh``: a ``jax.sharding.Mesh`` with a ``"chain"`` axis, a ``"model"`` axis, or both.
+    The chains of each group are spread over ``"chain"`` (their states, keys and minibatches
+    carry a ``NamedSharding(mesh, P("chain", ...))`` constraint), so each device steps its own
+    chains; the group size must be a multiple of that axis size. Each parameter leaf of the
+    chain states is split over ``"model"`` by ``param_specs`` (see ``param_partition_specs``;
+    ``None`` = the automatic rule), stacked as ``P("chain", *spec)``. Data are replicated. The
+    outputs are replicated (fully addressable on every process of a multi-host mesh). Same
+    result as on one device up to float rounding: each device runs a program for its own
+    share of chains and parameters, whose sums XLA may associate differently.
 
     ``progress_every > 0`` reports the step count to ``jaxslt.progress`` every that many steps
     through a host callback; 0 compiles no callback at all.
@@ -86,6 +220,9 @@ def run_chains(
     ``transition_check(old_state, new_state, minibatch, step_size, info)`` (one chain; vmapped)
     is evaluated on every ``check_every``-th step after burn-in, under a ``lax.cond`` on the step
     counter (which no vmap batches), so the other steps pay nothing for it.
+
+    ``accumulate``: an ``Accumulator`` folded over the chain states at the kept draws (the
+    state whose loss the trace records), e.g. per-example loss moments for WAIC.
     """
     group = num_chains if chain_batch_size is None else min(chain_batch_size, num_chains)
     if num_chains % group:
@@ -97,32 +234,31 @@ def run_chains(
         _run_group, kernel, position, data, step_size=step_size, num_draws=num_draws,
         num_burnin=num_burnin, thinning=thinning, batch_size=batch_size,
         progress_every=progress_every, transition_check=transition_check,
-        check_every=check_every, total=total, mesh=mesh,
+        check_every=check_every, total=total, mesh=mesh, accumulate=accumulate,
+        param_specs=param_partition_specs(position, mesh, param_specs),
     )  # fmt: skip
     if num_groups == 1:
-        return run(keys, 0)
+        return replicate(run(keys, 0), mesh)
     traces = jax.lax.map(
         lambda xs: run(*xs), (keys.reshape(num_groups, group, 2), jnp.arange(num_groups))
     )
-    return jax.tree.map(lambda x: x.reshape(num_chains, *x.shape[2:]), traces)
+    return replicate(jax.tree.map(lambda x: x.reshape(num_chains, *x.shape[2:]), traces), mesh)
 
 
 def _run_group(
     kernel, position, data, keys, group_index, *, step_size, num_draws, num_burnin, thinning,
-    batch_size, progress_every, transition_check, check_every, total, mesh,
+    batch_size, progress_every, transition_check, check_every, total, mesh, accumulate,
+    param_specs,
 ) -> ChainTrace:  # fmt: skip
     """Chains of one group: steps scanned, the group's chains vmapped inside each step (so the
     step counter t stays unbatched for ``lax.cond``)."""
     n = data_size(data)
     num_chains = keys.shape[0]
 
-    def spread(tree):  # chain axis over the mesh's "chain" axis
-        if mesh is None:
-            return tree
-        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("chain"))
-        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+    def spread(tree, params=True):  # chains over "chain", parameter dimensions over "model"
+        return shard_chains(tree, mesh, position if params else None, param_specs)
 
-    keys = spread(keys)
+    keys = spread(keys, params=False)
     init_keys, chain_keys = keys[:, 0], keys[:, 1]
     full_batch = batch_size == n
     batch_axis = None if full_batch else 0
@@ -135,7 +271,7 @@ def _run_group(
             idx = jax.random.randint(k, (batch_size,), 0, n)
             return jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
 
-        return spread(jax.vmap(one)(keys))
+        return spread(jax.vmap(one)(keys), params=False)
 
     # the init batch comes from the init key, so it never repeats a step's batch
     states = spread(
@@ -189,7 +325,20 @@ def _run_group(
     carry = (states, jnp.full((num_chains,), -1, jnp.int32), zeros, zeros, zeros)
     carry, burnin = jax.lax.scan(step, carry, jnp.arange(num_burnin, dtype=jnp.int32))
 
-    def draw(carry, t0):
+    def fold(acc, states, k):
+        if accumulate is None:
+            return acc
+        return jax.lax.cond(
+            k % accumulate.every == 0,
+            lambda: spread(jax.vmap(accumulate.update)(acc, states)),
+            lambda: acc,
+        )
+
+    def draw(draw_carry, xs):
+        carry, acc = draw_carry
+        t0, k = xs
+        acc = fold(acc, carry[0], k)
+
         def inner(inner_carry, j):
             chain_carry, kept = inner_carry
             chain_carry, loss = step(chain_carry, t0 + j)
@@ -197,10 +346,15 @@ def _run_group(
 
         kept = jnp.zeros((num_chains,), burnin.dtype)
         (carry, kept), _ = jax.lax.scan(inner, (carry, kept), jnp.arange(thinning, dtype=jnp.int32))
-        return carry, kept
+        return (carry, acc), kept
 
-    starts = num_burnin + thinning * jnp.arange(num_draws, dtype=jnp.int32)
-    (_, first_bad, accept_sum, check_sum, check_count), draws = jax.lax.scan(draw, carry, starts)
+    acc = None
+    if accumulate is not None:
+        acc = spread(jax.vmap(lambda _: accumulate.init())(jnp.arange(num_chains)))
+    draw_index = jnp.arange(num_draws, dtype=jnp.int32)
+    starts = num_burnin + thinning * draw_index
+    (carry, acc), draws = jax.lax.scan(draw, (carry, acc), (starts, draw_index))
+    _, first_bad, accept_sum, check_sum, check_count = carry
     accept_rate = accept_sum / (num_draws * thinning) if reports_accept else zeros + jnp.nan
     check_mean = jnp.where(check_count > 0, check_sum / jnp.maximum(check_count, 1), jnp.nan)
-    return ChainTrace(draws.T, burnin.T, first_bad, accept_rate, check_mean)
+    return ChainTrace(draws.T, burnin.T, first_bad, accept_rate, check_mean, acc)

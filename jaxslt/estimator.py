@@ -15,6 +15,7 @@ all did, so a NaN is never returned silently.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import warnings
@@ -26,7 +27,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxslt import validation
-from jaxslt.chains import data_size, run_chains
+from jaxslt.chains import (
+    Accumulator,
+    data_size,
+    param_partition_specs,
+    place_params,
+    replicate,
+    run_chains,
+    shard_params,
+)
 from jaxslt.kernels import (
     FULL_BATCH_SAMPLERS,
     SGLD_SAMPLERS,
@@ -34,8 +43,11 @@ from jaxslt.kernels import (
     sgld_acceptance,
     state_position,
 )
+from jaxslt.observables import init_moments, per_example_losses, update_moments
+from jaxslt.observables import observables as pool
 from jaxslt.posterior import default_nbeta, full_data_loss, localized_posterior, running_llc
 from jaxslt.progress import progress_bar
+from jaxslt.restriction import Restriction, make_restriction
 
 PyTree = Any
 DEFAULT_BATCH_SIZE = 256
@@ -56,7 +68,9 @@ class LLCResult(NamedTuple):
     ``divergence_step`` (num_chains,; −1 where the chain stayed finite) and ``accept_rate``
     (num_chains,; mean Metropolis acceptance after burn-in, NaN for unadjusted samplers),
     ``mala_accept`` (num_chains,; mean MALA acceptance probability of the SGLD transitions at
-    ``acceptance_checks`` evenly spaced steps after burn-in; NaN for other samplers).
+    ``acceptance_checks`` evenly spaced steps after burn-in; NaN for other samplers),
+    ``observables`` (a ``jaxslt.observables.Observables`` when requested: singular fluctuation,
+    WAIC, WBIC, ...; else None).
     """
 
     llc_mean: jax.Array
@@ -72,6 +86,7 @@ class LLCResult(NamedTuple):
     divergence_step: jax.Array
     accept_rate: jax.Array
     mala_accept: jax.Array
+    observables: Any = None
     diagnostics: Any = None
     calibration: Any = None
 
@@ -140,16 +155,29 @@ def sample_llc(
     mesh: jax.sharding.Mesh | None = None,
     compute_dtype: Any = None,
     progress_every: int = 0,
+    restrict: Restriction | str | tuple[str, ...] | None = None,
+    observables: bool = False,
+    observable_draws: int = 100,
+    param_specs: PyTree | tuple | None = None,
 ) -> LLCResult:
     """Traceable core of ``estimate_llc``: no validation, no printing; jit and vmap it freely.
 
-    Integer settings, ``sampler`` and ``loss_fn`` shape the program (static under ``jit``);
-    ``params``, ``data``, ``key``, ``step_size``, ``nbeta`` and ``localization`` may be traced.
-    ``nbeta=None`` means n / log n with n the leading-axis length of ``data``.
+    Integer settings, ``sampler``, ``restrict`` and ``loss_fn`` shape the program (static under
+    ``jit``); ``params``, ``data``, ``key``, ``step_size``, ``nbeta`` and ``localization`` may
+    be traced. ``nbeta=None`` means n / log n with n the leading-axis length of ``data``.
+    ``restrict``: a ``jaxslt.restriction.Restriction`` (or glob pattern(s)): sample only those
+    weights, the others frozen at w* (the chains carry only the sampled part).
+    ``param_specs``: how the sampled parameters (and w*) split over ``mesh``'s ``"model"`` axis
+    (see ``jaxslt.chains.param_partition_specs``; under ``jit`` a flat tuple in leaf order;
+    ``None`` = the automatic rule). Outputs are replicated over ``mesh``.
     """
     n = data_size(data)
     if compute_dtype is not None:
         loss_fn = _computed_in(loss_fn, compute_dtype)
+    if restrict is not None:
+        loss_fn, params = _restricted(loss_fn, params, make_restriction(params, restrict))
+    specs = param_partition_specs(params, mesh, param_specs)
+    params = shard_params(params, mesh, specs)  # w*, hence the localizer, split like the chains
     batch_size = min(n, DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
     nbeta = default_nbeta(n) if nbeta is None else nbeta
     init_loss = full_data_loss(loss_fn, params, data, eval_batch_size or batch_size)
@@ -164,6 +192,16 @@ def sample_llc(
                 posterior, state_position(old), state_position(new), batch, eps, reuse
             )
 
+    accumulate = None
+    if observables:
+        chunk = eval_batch_size or batch_size
+        accumulate = Accumulator(
+            init=lambda: init_moments(n, init_loss.dtype),
+            update=lambda acc, state: update_moments(
+                acc, per_example_losses(loss_fn, state_position(state), data, chunk)
+            ),
+            every=max(1, num_draws // max(1, observable_draws)),
+        )
     trace = run_chains(
         kernel,
         params,
@@ -180,6 +218,8 @@ def sample_llc(
         check_every=max(1, (num_draws * thinning) // max(acceptance_checks, 1)),
         chain_batch_size=chain_batch_size,
         mesh=mesh,
+        accumulate=accumulate,
+        param_specs=specs,
     )
     loss_trace = trace.loss_trace.astype(init_loss.dtype)
     nbeta = jnp.asarray(nbeta, init_loss.dtype)
@@ -191,7 +231,7 @@ def sample_llc(
     mean = jnp.where(count > 0, jnp.sum(safe) / jnp.maximum(count, 1), jnp.nan)
     var = jnp.sum(jnp.where(healthy, (per_chain - mean) ** 2, 0.0)) / jnp.maximum(count - 1, 1)
     std = jnp.where(count > 1, jnp.sqrt(var), jnp.nan)
-    return LLCResult(
+    result = LLCResult(
         llc_mean=mean,
         llc_std=std,
         llc_per_chain=jnp.where(healthy, per_chain, jnp.nan),
@@ -205,7 +245,18 @@ def sample_llc(
         divergence_step=trace.divergence_step,
         accept_rate=trace.accept_rate,
         mala_accept=trace.check_mean,
+        observables=None if accumulate is None else pool(trace.accumulated, healthy, nbeta),
     )
+    return replicate(result, mesh)  # host-local values on every process of a multi-host mesh
+
+
+def _restricted(loss_fn: Callable, center: PyTree, restrict: Restriction) -> tuple:
+    """The loss of the sampled part v (the rest frozen at w*) and v* = the part of w*."""
+
+    def loss_v(free, batch):
+        return loss_fn(restrict.scatter(center, free), batch)
+
+    return loss_v, restrict.gather(center)
 
 
 def _computed_in(loss_fn: Callable, dtype: Any) -> Callable:
@@ -237,6 +288,10 @@ _STATIC = (
     "mesh",
     "compute_dtype",
     "progress_every",
+    "restrict",
+    "observables",
+    "observable_draws",
+    "param_specs",
 )
 _sample_llc_jit = jax.jit(sample_llc, static_argnums=(0,), static_argnames=_STATIC)
 
@@ -261,7 +316,11 @@ def estimate_llc(
     acceptance_checks: int = 50,
     chain_batch_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    param_specs: Any = None,
     compute_dtype: Any = None,
+    restrict: Any = None,
+    observables: bool = False,
+    observable_draws: int = 100,
     diagnostics: bool = True,
     progress: bool | None = None,
 ) -> LLCResult:
@@ -300,22 +359,93 @@ def estimate_llc(
         one group after another, so that at most this many chain states are live at once
         (memory ≈ (k + 2) × parameter bytes instead of (num_chains + 2)×); same result as
         all chains at once. ``None``: all chains vmapped.
+      mesh: a ``jax.sharding.Mesh`` (build it with ``AxisType.Auto`` axes) with a ``"chain"``
+        axis, a ``"model"`` axis, or both. Each group's chains are spread over ``"chain"``
+        (group size a multiple of its size); each parameter leaf of the chain states, its
+        gradient and w* are split over ``"model"`` as ``param_specs`` says; data are
+        replicated. Works across processes after ``jax.distributed.initialize()`` (a global
+        mesh): every process gets the whole result. Same result as on one device, to float
+        rounding.
+      param_specs: one ``jax.sharding.PartitionSpec`` (or None = replicated) per leaf of
+        ``params``, as a pytree of the same structure (e.g. from
+        ``flax.linen.get_partition_spec``) or a list in ``jax.tree.leaves(params)`` order;
+        never name ``"chain"``. ``None``: split every leaf of at least
+        ``jaxslt.chains.MIN_SHARDED_SIZE`` (2**14) elements along its largest dimension
+        divisible by the ``"model"`` axis size; replicate the rest.
+      restrict: weight-refined LLC λ(w*; V): sample only the weights V selected by glob
+        pattern(s) over ``jaxslt.tree_paths(params)`` (``"params/block_0/attn/**"``), a
+        predicate ``(path, leaf) -> bool | bool array`` or a boolean mask pytree (per leaf or
+        per element, e.g. one head of a packed attention kernel); the others stay frozen at
+        w* (no drift, no noise). λ̂ = nβ·(E[L_n(u*, v)] − L_n(w*)). See ``jaxslt.restriction``.
+      observables: also compute the functional variance, singular fluctuation, WAIC, WBIC and
+        Bayes/Gibbs training losses (``result.observables``; ``jaxslt.observables``) from
+        per-example losses on the full data at ``observable_draws`` evenly spaced kept draws
+        per chain (one full-data forward pass each, in chunks of ``eval_batch_size``).
       diagnostics: diagnose the run (``result.diagnostics``: R-hat, ESS, MALA acceptance,
         drift, divergences) and warn (``LLCWarning``) for each failed check, naming the cause
         and the remedy.
       progress: show a progress bar; ``None`` shows one on a terminal only.
 
+    Data-refined LLC λ(w*; q'): pass the other data set (e.g. one slice) as ``data``; it is
+    used both for sampling and for L_n(w*), and nβ defaults to its own n / log n (pass
+    ``nbeta`` to keep the full data's). w* need not minimise the slice's loss, so values can
+    be negative.
+
     Raises ValueError/TypeError for bad arguments (before anything compiles) and
     FloatingPointError if every chain diverged. Warns when some chains diverged.
     """
+    plan = _plan(
+        loss_fn, params, data, key=key, step_size=step_size, num_chains=num_chains,
+        num_draws=num_draws, num_burnin=num_burnin, thinning=thinning, batch_size=batch_size,
+        nbeta=nbeta, localization=localization, sampler=sampler,
+        sampler_options=sampler_options, eval_batch_size=eval_batch_size,
+        acceptance_checks=acceptance_checks, chain_batch_size=chain_batch_size, mesh=mesh,
+        compute_dtype=compute_dtype, restrict=restrict, observables=observables,
+        observable_draws=observable_draws, param_specs=param_specs,
+    )  # fmt: skip
+    params = place_params(params, mesh, plan.settings["param_specs"])
+    run = functools.partial(_sample_llc_jit, loss_fn, params, data, key, **plan.settings)
+    with _progress(progress, plan.total_steps, f"LLC ({num_chains} chains)") as every:
+        result = jax.block_until_ready(run(progress_every=every))
+    _check_divergence(result, plan.settings["step_size"], raise_if_all=True)
+    return _finish(result, plan, diagnostics)
+
+
+class _Plan(NamedTuple):
+    settings: dict  # keyword arguments of sample_llc, validated
+    total_steps: int  # sampler steps, summed over chain groups, for the progress bar
+    calibration: Any
+
+
+def _plan(loss_fn, params, data, *, key, step_size, num_chains, num_draws, num_burnin,
+          thinning, batch_size, nbeta, localization, sampler, sampler_options, eval_batch_size,
+          acceptance_checks, chain_batch_size, mesh, compute_dtype, restrict, observables,
+          observable_draws, param_specs=None) -> _Plan:  # fmt: skip
+    """Validate everything (before anything compiles), resolve defaults and ``"auto"``, and
+    return the keyword arguments of ``sample_llc``."""
+    n = validation.check_data(data)
+    validation.check_params(params)
+    validation.check_key(key)
+    if restrict is not None:
+        restrict = make_restriction(params, restrict)
+    if not isinstance(observables, bool):
+        raise TypeError(f"observables must be True or False; got {observables!r}")
+    if observables:
+        validation.check_positive_int(
+            "observable_draws", observable_draws, "the number of kept draws per chain at "
+            "which to evaluate per-example losses on the full data"
+        )  # fmt: skip
     calibration = None
     if isinstance(step_size, str):
         if step_size != "auto":
             raise TypeError(f'step_size must be a number or "auto"; got {step_size!r}')
         from jaxslt.calibration import calibrate
 
+        cal_loss, cal_params = (
+            (loss_fn, params) if restrict is None else _restricted(loss_fn, params, restrict)
+        )
         calibration = calibrate(
-            loss_fn, params, data, key=jax.random.fold_in(key, 1), num_chains=num_chains,
+            cal_loss, cal_params, data, key=jax.random.fold_in(key, 1), num_chains=num_chains,
             batch_size=batch_size, sampler=sampler if isinstance(sampler, str) else "sgld",
             **({} if localization is None else {"localizations": [localization]}),
             **({} if nbeta is None else {"nbetas": [nbeta]}),
@@ -326,9 +456,6 @@ def estimate_llc(
         step_size, localization, nbeta = rec["step_size"], rec["localization"], rec["nbeta"]
         num_burnin = max(num_burnin, rec["num_burnin"])
     localization = DEFAULT_LOCALIZATION if localization is None else localization
-    n = validation.check_data(data)
-    validation.check_params(params)
-    validation.check_key(key)
     validation.check_settings(
         n=n,
         step_size=step_size,
@@ -343,7 +470,10 @@ def estimate_llc(
         acceptance_checks=acceptance_checks,
         chain_batch_size=chain_batch_size,
     )
-    validation.check_mesh(mesh, num_chains, chain_batch_size)
+    validation.check_mesh(mesh, num_chains, chain_batch_size, param_specs)
+    param_specs = validation.check_param_specs(
+        param_specs, params, mesh, restricted=restrict is not None
+    )
     options = validation.check_sampler(sampler, sampler_options, batch_size=batch_size, n=n)
     if sampler == "rmsprop_sgld" and num_burnin > 0:
         options = {"adapt_steps": num_burnin, **options}
@@ -352,13 +482,9 @@ def estimate_llc(
     batch_size = min(n, DEFAULT_BATCH_SIZE) if batch_size is None else batch_size
     validation.check_loss_fn(loss_fn, params, data, batch_size)
     total = num_burnin + num_draws * thinning
-    show = progress if progress is not None else (total >= 2000 and sys.stderr.isatty())
-    run = functools.partial(
-        _sample_llc_jit,
-        loss_fn,
-        params,
-        data,
-        key,
+    if chain_batch_size:
+        total *= num_chains // min(chain_batch_size, num_chains)
+    settings = dict(
         step_size=jnp.float32(step_size),
         nbeta=jnp.float32(default_nbeta(n) if nbeta is None else nbeta),
         localization=jnp.float32(localization),
@@ -374,34 +500,53 @@ def estimate_llc(
         chain_batch_size=chain_batch_size,
         mesh=mesh,
         compute_dtype=None if compute_dtype is None else jnp.dtype(compute_dtype),
+        restrict=restrict,
+        observables=observables,
+        observable_draws=observable_draws,
+        param_specs=param_specs,
     )
-    if chain_batch_size:
-        total *= num_chains // min(chain_batch_size, num_chains)
-    if show:
-        with progress_bar(total, f"LLC ({num_chains} chains)"):
-            result = jax.block_until_ready(run(progress_every=max(1, total // 100)))
-    else:
-        result = jax.block_until_ready(run(progress_every=0))
+    return _Plan(settings, total, calibration)
+
+
+@contextlib.contextmanager
+def _progress(progress: bool | None, total: int, label: str):
+    """Yield ``progress_every`` for ``sample_llc``: 0 (no callback compiled) unless a bar is
+    shown; ``None`` shows one on a terminal for runs of 2000 steps or more."""
+    show = progress if progress is not None else (total >= 2000 and sys.stderr.isatty())
+    if not show:
+        yield 0
+        return
+    with progress_bar(total, label):
+        yield max(1, total // 100)
+
+
+def _check_divergence(result: LLCResult, step_size: Any, *, raise_if_all: bool) -> None:
     diverged = np.asarray(result.diverged)
-    if diverged.all():
+    num_chains = diverged.size
+    step_size = float(step_size)
+    if diverged.all() and raise_if_all:
         raise FloatingPointError(
             f"all {num_chains} chains diverged (first non-finite loss at steps "
-            f"{np.asarray(result.divergence_step).tolist()}); lower step_size (now {step_size}) "
+            f"{np.asarray(result.divergence_step).tolist()}); lower step_size (now {step_size:g}) "
             "or check the loss for NaN at w*"
         )
     if diverged.any():
         warnings.warn(
             f"{int(diverged.sum())} of {num_chains} chains diverged and were excluded from the "
-            f"estimate; lower step_size (now {step_size})",
+            f"estimate; lower step_size (now {step_size:g})",
             LLCWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
+
+
+def _finish(result: LLCResult, plan: _Plan, diagnostics: bool) -> LLCResult:
+    """Attach the diagnostics (warning for each failed check) and the calibration."""
     if diagnostics:
         from jaxslt.diagnostics import diagnose
 
         report = diagnose(result)
         for message in report.warnings:
-            if "diverged" not in message:  # already said above
-                warnings.warn(message, LLCWarning, stacklevel=2)
+            if "diverged" not in message:  # already said by _check_divergence
+                warnings.warn(message, LLCWarning, stacklevel=3)
         result = result._replace(diagnostics=report)
-    return result._replace(calibration=calibration)
+    return result._replace(calibration=plan.calibration)

@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from jaxslt.kernels import FULL_BATCH_SAMPLERS, SAMPLERS
 
@@ -87,6 +88,10 @@ def _int(name: str, value: Any, low: int, hint: str) -> None:
         raise ValueError(f"{name} must be >= {low}; got {value}. {hint}")
 
 
+def check_positive_int(name: str, value: Any, meaning: str) -> None:
+    _int(name, value, 1, f"It is {meaning}.")
+
+
 def _real(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
         if not (isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) == 0):
@@ -146,22 +151,123 @@ def check_settings(
         raise ValueError(f"localization (γ) must be >= 0; got {localization}. Use 0 for none")
 
 
-def check_mesh(mesh: Any, num_chains: int, chain_batch_size: int | None) -> None:
+_MESH_HINT = (
+    "Build one with jax.make_mesh((num_chain_devices, num_model_devices), ('chain', 'model'), "
+    "axis_types=(jax.sharding.AxisType.Auto,) * 2); either axis may have size 1, or be left out"
+)
+
+
+def _is_spec(x: Any) -> bool:
+    return x is None or isinstance(x, P)
+
+
+def _spec_axes(entry: Any) -> tuple:
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def check_mesh(
+    mesh: Any, num_chains: int, chain_batch_size: int | None, param_specs: Any = None
+) -> None:
+    """``mesh``: a ``jax.sharding.Mesh`` with a ``"chain"`` axis (chains spread over it), a
+    ``"model"`` axis (parameters split over it), or both; other axes only where
+    ``param_specs`` names them."""
     if mesh is None:
         return
-    if not isinstance(mesh, jax.sharding.Mesh) or "chain" not in mesh.axis_names:
+    if not isinstance(mesh, jax.sharding.Mesh) or not {"chain", "model"} & set(mesh.axis_names):
         raise TypeError(
-            f"mesh must be a jax.sharding.Mesh with a 'chain' axis; got {mesh!r}. Build one with "
-            "jax.make_mesh((jax.device_count(),), ('chain',), "
-            "axis_types=(jax.sharding.AxisType.Auto,))"
+            f"mesh must be a jax.sharding.Mesh with a 'chain' axis, a 'model' axis or both; "
+            f"got {mesh!r}. {_MESH_HINT}"
+        )
+    used = set()
+    if param_specs is not None:
+        specs = jax.tree.leaves(param_specs, is_leaf=_is_spec)
+        used = {a for spec in specs if isinstance(spec, P) for e in spec for a in _spec_axes(e)}
+    idle = [a for a in mesh.axis_names if a not in {"chain", "model"} | used]
+    if idle:
+        raise ValueError(
+            f"mesh axes {idle} are used neither for chains nor for parameters; name the axes "
+            f"'chain' and 'model', or use {idle} in param_specs. {_MESH_HINT}"
         )
     group = num_chains if chain_batch_size is None else min(chain_batch_size, num_chains)
-    size = mesh.shape["chain"]
+    size = dict(mesh.shape).get("chain", 1)
     if group % size:
         raise ValueError(
             f"{group} chains per group do not split over the mesh's 'chain' axis of size {size}; "
             f"use num_chains (and chain_batch_size) a multiple of {size}"
         )
+
+
+def check_param_specs(
+    param_specs: Any, params: PyTree, mesh: Any, *, restricted: bool = False
+) -> tuple | None:
+    """Check ``param_specs`` against ``params`` and ``mesh``; return one ``PartitionSpec`` per
+    leaf of ``params`` as a flat tuple (hashable: a static argument of the compiled core).
+
+    Accepted: a pytree with the structure of ``params`` whose leaves are ``PartitionSpec`` or
+    ``None`` (replicated), or such specs in a list/tuple in ``jax.tree.leaves(params)`` order.
+    Each spec names mesh axes other than ``"chain"`` (the chain axis is the stacked leading
+    dimension), has at most ``leaf.ndim`` entries, and every split dimension is divisible by
+    the product of its axes' sizes.
+    """
+    if param_specs is None:
+        return None
+    if mesh is None:
+        raise ValueError(
+            "param_specs splits parameters over a mesh; pass mesh= a jax.sharding.Mesh with a "
+            f"'model' axis, or drop param_specs. {_MESH_HINT}"
+        )
+    if restricted:
+        raise ValueError(
+            "param_specs cannot be combined with restrict= (the chains carry only the sampled "
+            "part, whose leaves differ from params'); drop param_specs: the sampled part is "
+            "split by the automatic rule"
+        )
+    leaves, treedef = jax.tree.flatten(params)
+    paths = [jax.tree_util.keystr(p) or "params" for p, _ in
+             jax.tree_util.tree_leaves_with_path(params)]  # fmt: skip
+    flat, spec_def = jax.tree.flatten(param_specs, is_leaf=_is_spec)
+    if spec_def != treedef:
+        if not (isinstance(param_specs, (list, tuple)) and len(param_specs) == len(leaves)):
+            raise ValueError(
+                f"param_specs must have the structure of params ({treedef}) with a "
+                f"PartitionSpec or None per leaf, or list {len(leaves)} specs in "
+                f"jax.tree.leaves(params) order; got {spec_def}"
+            )
+        flat = list(param_specs)
+    sizes = dict(mesh.shape)
+    out = []
+    for spec, leaf, where in zip(flat, leaves, paths, strict=True):
+        if spec is None:
+            spec = P()
+        if not isinstance(spec, P):
+            raise TypeError(
+                f"param_specs at {where} must be a jax.sharding.PartitionSpec or None; got {spec!r}"
+            )
+        shape = np.shape(leaf)
+        if len(spec) > len(shape):
+            raise ValueError(
+                f"param_specs at {where} is {spec} with {len(spec)} entries, but the leaf has "
+                f"shape {shape}; give at most {len(shape)} entries"
+            )
+        axes = [a for e in spec for a in _spec_axes(e)]
+        for a in axes:
+            if a == "chain" or a not in sizes:
+                raise ValueError(
+                    f"param_specs at {where} names axis {a!r}; use axes of the mesh other than "
+                    f"'chain' (the mesh has {list(mesh.axis_names)}; 'chain' splits the chains)"
+                )
+        if len(set(axes)) < len(axes):
+            raise ValueError(f"param_specs at {where} is {spec}: it uses a mesh axis twice")
+        for dim, entry in enumerate(spec):
+            parts = math.prod(sizes[a] for a in _spec_axes(entry))
+            if shape[dim] % parts:
+                raise ValueError(
+                    f"param_specs at {where} splits dimension {dim} (length {shape[dim]}) of "
+                    f"shape {shape} over {parts} devices ({entry!r}); it must divide evenly: "
+                    "choose another dimension, or None to replicate it"
+                )
+        out.append(spec)
+    return tuple(out)
 
 
 def check_sampler(

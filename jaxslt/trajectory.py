@@ -1,0 +1,204 @@
+"""The LLC over a training trajectory: λ̂(w_t) for a sequence of checkpoints w_t, one compile.
+
+Every checkpoint is estimated with the same settings and the same key (common random numbers:
+the chains of two checkpoints see the same minibatches and noise, so differences along the
+curve are not blurred by independent Monte-Carlo noise). The compiled program is shared: either
+a Python loop over checkpoints calls one compiled ``sample_llc`` (``checkpoint_batch_size=1``,
+memory of one estimate, a progress bar per checkpoint), or ``lax.map`` runs all checkpoints in
+one program, ``checkpoint_batch_size`` of them vmapped at a time (memory ≈ that many estimates).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import pandas as pd
+
+from jaxslt import estimator
+from jaxslt.estimator import LLCResult
+
+PyTree = Any
+
+# estimate_llc's sampling settings and their defaults: the same knobs, the same meaning
+_SETTINGS = {
+    name: param.default
+    for name, param in inspect.signature(estimator.estimate_llc).parameters.items()
+    if param.kind is inspect.Parameter.KEYWORD_ONLY
+    and name not in ("key", "step_size", "diagnostics", "progress")
+}
+
+
+def _checkpoint_list(checkpoints: Any, steps: Sequence[int] | None) -> tuple[list[int], list]:
+    """(steps, list of pytrees) from a Mapping step → pytree, a sequence, or a stacked pytree."""
+    if (
+        isinstance(checkpoints, Mapping)
+        and checkpoints
+        and all(isinstance(k, (int, np.integer)) for k in checkpoints)
+    ):
+        if steps is not None:
+            raise ValueError("steps: give steps either as the Mapping's keys or here, not both")
+        items = sorted(checkpoints.items())
+        return [int(k) for k, _ in items], [v for _, v in items]
+    if isinstance(checkpoints, (list, tuple)):
+        trees = list(checkpoints)
+    else:
+        leaves = jax.tree.leaves(checkpoints)
+        sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
+        if not leaves or len(sizes) != 1 or None in sizes:
+            raise ValueError(
+                "checkpoints must be a sequence of pytrees, a Mapping step -> pytree, or a "
+                "pytree stacked along a leading checkpoint axis (every leaf with the same "
+                f"leading length); got leading lengths {sorted(map(str, sizes))}"
+            )
+        trees = [jax.tree.map(lambda x, i=i: x[i], checkpoints) for i in range(sizes.pop())]
+    if not trees:
+        raise ValueError("checkpoints is empty; give at least one checkpoint")
+    steps = list(range(len(trees))) if steps is None else [int(s) for s in steps]
+    if len(steps) != len(trees):
+        raise ValueError(f"steps has {len(steps)} entries for {len(trees)} checkpoints")
+    structure = jax.tree.structure(trees[0])
+    shapes = [np.shape(x) for x in jax.tree.leaves(trees[0])]
+    for step, tree in zip(steps, trees, strict=True):
+        if (
+            jax.tree.structure(tree) != structure
+            or [np.shape(x) for x in jax.tree.leaves(tree)] != shapes
+        ):
+            raise ValueError(
+                f"checkpoint at step {step} differs in structure or shapes from the first; "
+                "every checkpoint must have the same parameter pytree"
+            )
+    return steps, trees
+
+
+@functools.partial(
+    jax.jit, static_argnums=(0,), static_argnames=(*estimator._STATIC, "checkpoint_batch_size")
+)
+def _mapped(loss_fn, stacked, data, key, *, checkpoint_batch_size, **settings):
+    return jax.lax.map(
+        lambda params: estimator.sample_llc(loss_fn, params, data, key, **settings),
+        stacked,
+        batch_size=checkpoint_batch_size,
+    )
+
+
+def llc_trajectory(
+    loss_fn: Callable[[PyTree, PyTree], jax.Array],
+    checkpoints: Sequence[PyTree] | Mapping[int, PyTree] | PyTree,
+    data: PyTree,
+    *,
+    key: jax.Array,
+    step_size: float | str,
+    steps: Sequence[int] | None = None,
+    checkpoint_batch_size: int | None = 1,
+    diagnostics: bool = True,
+    progress: bool | None = None,
+    **settings: Any,
+) -> pd.DataFrame:
+    """λ̂(w_t) for every checkpoint w_t, as a table; the same conventions as ``estimate_llc``.
+
+    Args:
+      loss_fn, data: as for ``estimate_llc`` (data-refined curves: pass the slice).
+      checkpoints: a sequence of parameter pytrees, a Mapping training step → pytree, or one
+        pytree stacked along a leading checkpoint axis.
+      key: one key for every checkpoint (common random numbers along the curve).
+      step_size: ε for every checkpoint, or ``"auto"``: calibrate once at the *last*
+        checkpoint (the trained model) and use its settings throughout, so that every point
+        of the curve is the same measurement.
+      steps: training steps of the checkpoints (default: their keys, else 0, 1, ...).
+      checkpoint_batch_size: 1 (default) runs the checkpoints one after another through one
+        compiled program; k > 1 runs them in one program, k vmapped at a time (≈ k times the
+        memory of one estimate); ``None`` vmaps them all.
+      **settings: any sampling setting of ``estimate_llc`` (num_chains, num_draws, nbeta,
+        localization, sampler, restrict, observables, ...).
+
+    Returns a DataFrame, one row per checkpoint: ``step``, ``llc_mean``, ``llc_std``,
+    ``init_loss`` (L_n(w_t)), ``num_diverged``, ``mala_accept``, ``rhat``, ``ess_bulk``,
+    ``ok`` and ``warnings`` (the diagnostics, when ``diagnostics``), plus the observables'
+    columns when requested. ``df.attrs["results"]`` holds the ``LLCResult`` of every row and
+    ``df.attrs["calibration"]`` the calibration of ``"auto"``. Chains that diverge are left
+    out as in ``estimate_llc``; a checkpoint whose chains all diverge gets NaN and a warning
+    instead of stopping the whole curve.
+    """
+    unknown = sorted(set(settings) - set(_SETTINGS))
+    if unknown:
+        raise TypeError(
+            f"llc_trajectory got unknown setting(s) {unknown}; it takes estimate_llc's "
+            f"sampling settings: {sorted(_SETTINGS)}"
+        )
+    steps, trees = _checkpoint_list(checkpoints, steps)
+    if checkpoint_batch_size is not None:
+        estimator.validation.check_positive_int(
+            "checkpoint_batch_size", checkpoint_batch_size, "how many checkpoints to vmap at once"
+        )  # fmt: skip
+    plan = estimator._plan(
+        loss_fn, trees[-1], data, key=key, step_size=step_size, **{**_SETTINGS, **settings}
+    )
+    if checkpoint_batch_size == 1:
+        results = []
+        for i, (step, params) in enumerate(zip(steps, trees, strict=True)):
+            label = f"LLC at step {step} ({i + 1}/{len(trees)})"
+            with estimator._progress(progress, plan.total_steps, label) as every:
+                results.append(
+                    jax.block_until_ready(
+                        estimator._sample_llc_jit(
+                            loss_fn, params, data, key, **plan.settings, progress_every=every
+                        )
+                    )
+                )
+    else:
+        stacked = jax.tree.map(lambda *xs: np.stack(xs), *trees)
+        batched = _mapped(
+            loss_fn, stacked, data, key, **plan.settings, progress_every=0,
+            checkpoint_batch_size=len(trees) if checkpoint_batch_size is None
+            else min(checkpoint_batch_size, len(trees)),
+        )  # fmt: skip
+        results = [jax.tree.map(lambda x, i=i: x[i], batched) for i in range(len(trees))]
+    rows, finished = [], []
+    for step, result in zip(steps, results, strict=True):
+        estimator._check_divergence(result, plan.settings["step_size"], raise_if_all=False)
+        if np.asarray(result.diverged).all():
+            result = result._replace(calibration=plan.calibration)
+        else:
+            result = estimator._finish(result, plan, diagnostics)
+        finished.append(result)
+        rows.append(_row(step, result))
+    table = pd.DataFrame(rows)
+    table.attrs["results"] = finished
+    table.attrs["calibration"] = plan.calibration
+    return table
+
+
+def _row(step: int, result: LLCResult) -> dict:
+    row = {
+        "step": step,
+        "llc_mean": float(result.llc_mean),
+        "llc_std": float(result.llc_std),
+        "init_loss": float(result.init_loss),
+        "num_diverged": int(np.sum(result.diverged)),
+        "mala_accept": float(np.nanmean(result.mala_accept))
+        if not np.isnan(result.mala_accept).all()
+        else float("nan"),
+    }
+    report = result.diagnostics
+    if report is not None:
+        row.update(
+            rhat=report.rhat, ess_bulk=report.ess_bulk, ok=report.ok,
+            warnings="; ".join(report.warnings),
+        )  # fmt: skip
+    if result.observables is not None:
+        obs = result.observables
+        row.update(
+            {
+                name: float(getattr(obs, name))
+                for name in (
+                    "singular_fluctuation", "functional_variance", "waic", "wbic",
+                    "bayes_train_loss", "gibbs_train_loss",
+                )
+            }
+        )  # fmt: skip
+    return row
