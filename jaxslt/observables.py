@@ -41,18 +41,19 @@ class PointwiseMoments(NamedTuple):
 
 
 class Observables(NamedTuple):
-    """The quantities of the module docstring (scalars), pooled over healthy chains, plus
-    ``singular_fluctuation_per_chain`` (its spread measures the Monte-Carlo error) and
-    ``num_evaluations`` (full-data evaluations per chain)."""
+    """The quantities of the module docstring, pooled over the healthy chains (scalars).
+    ``per_chain`` holds the same quantities from each chain's own draws (shape (num_chains,),
+    NaN for diverged chains): their spread measures the Monte-Carlo error.
+    ``num_evaluations``: full-data evaluations per chain."""
 
     functional_variance: jax.Array
     singular_fluctuation: jax.Array
-    singular_fluctuation_per_chain: jax.Array
     bayes_train_loss: jax.Array
     gibbs_train_loss: jax.Array
     waic: jax.Array
     wbic: jax.Array
     num_evaluations: jax.Array
+    per_chain: Any = None
 
 
 def per_example_losses(
@@ -95,22 +96,26 @@ def update_moments(acc: PointwiseMoments, losses: jax.Array) -> PointwiseMoments
 
 def observables(moments: PointwiseMoments, healthy: jax.Array, nbeta: jax.Array) -> Observables:
     """Pool per-chain ``moments`` (leading chain axis) over the ``healthy`` chains and form the
-    observables; V_n uses the unbiased (ddof=1) variance over all pooled draws."""
+    observables (and each chain's own, in ``per_chain``). V_n uses the unbiased (ddof=1)
+    variance over all pooled draws; fewer than two draws give NaN."""
+    chains = jnp.arange(healthy.shape[0])
+    per_chain = jax.vmap(lambda c: _pooled(moments, healthy & (chains == c), nbeta))(chains)
+    return _pooled(moments, healthy, nbeta)._replace(per_chain=per_chain)
+
+
+def _pooled(moments: PointwiseMoments, include: jax.Array, nbeta: jax.Array) -> Observables:
     n = moments.mean.shape[-1]
     beta = nbeta / n
-    count = jnp.where(healthy, moments.count, 0.0)
+    count = jnp.where(include, moments.count, 0.0)
     total = jnp.sum(count)
     weight = (count / jnp.maximum(total, 1.0))[:, None]
-    mean = jnp.sum(weight * jnp.where(healthy[:, None], moments.mean, 0.0), axis=0)
-    spread = jnp.where(
-        healthy[:, None], moments.m2 + count[:, None] * (moments.mean - mean) ** 2, 0
-    )
+    mean = jnp.sum(weight * jnp.where(include[:, None], moments.mean, 0.0), axis=0)
+    between = count[:, None] * (moments.mean - mean) ** 2  # Chan et al.'s parallel update
+    spread = jnp.where(include[:, None], moments.m2 + between, 0.0)
     variance = jnp.sum(spread, axis=0) / jnp.maximum(total - 1.0, 1.0)
-    log_mean_exp = jax.scipy.special.logsumexp(
-        jnp.where(healthy[:, None], moments.log_sum_exp, -jnp.inf), axis=0
-    ) - jnp.log(total)
+    log_sum_exp = jnp.where(include[:, None], moments.log_sum_exp, -jnp.inf)
+    log_mean_exp = jax.scipy.special.logsumexp(log_sum_exp, axis=0) - jnp.log(total)
     functional_variance = jnp.sum(variance)
-    per_chain = 0.5 * beta * jnp.sum(moments.m2, axis=-1) / jnp.maximum(moments.count - 1.0, 1.0)
     bayes_train = -jnp.mean(log_mean_exp)
     gibbs_train = jnp.mean(mean)
     enough = total > 1
@@ -118,7 +123,6 @@ def observables(moments: PointwiseMoments, healthy: jax.Array, nbeta: jax.Array)
     return Observables(
         functional_variance=nan_unless(functional_variance),
         singular_fluctuation=nan_unless(0.5 * beta * functional_variance),
-        singular_fluctuation_per_chain=jnp.where(healthy & (moments.count > 1), per_chain, jnp.nan),
         bayes_train_loss=nan_unless(bayes_train),
         gibbs_train_loss=nan_unless(gibbs_train),
         waic=nan_unless(bayes_train + beta / n * functional_variance),

@@ -23,7 +23,9 @@ import numpy as np
 __all__ = [
     "EstimatorMoments",
     "LearningCoefficient",
+    "LinearGaussianObservables",
     "deep_linear_network",
+    "linear_gaussian_observables",
     "normal_crossing",
     "quadratic_posterior",
     "quadratic_sghmc",
@@ -320,4 +322,48 @@ def quadratic_sghmc(
         num_burnin=num_burnin,
         num_draws=num_draws,
         thinning=thinning,
+    )
+
+
+class LinearGaussianObservables(NamedTuple):
+    """Exact posterior observables of a linear-Gaussian model (``linear_gaussian_observables``)."""
+
+    functional_variance: float
+    singular_fluctuation: float
+    bayes_train_loss: float
+    gibbs_train_loss: float
+    waic: float
+    mean: np.ndarray
+    covariance: np.ndarray
+
+
+def linear_gaussian_observables(
+    x: np.ndarray, y: np.ndarray, center: np.ndarray, *, nbeta: float, localization: float
+) -> LinearGaussianObservables:
+    """Exact V_n, ν, T_n, G_t and WAIC (``jaxslt.observables``' definitions) for the per-example
+    loss l_i(w) = ½(y_i − x_i·w)² under p(w) ∝ exp(−nβ·L_n(w) − γ/2·||w − w*||²).
+
+    The posterior is N(m, Σ) with Σ⁻¹ = nβ·XᵀX/n + γI and m = Σ(nβ·Xᵀy/n + γ·w*). Then
+    y_i − x_i·w ~ N(r_i, s_i) with r_i = y_i − x_i·m, s_i = x_iᵀΣx_i, so
+    E[l_i] = (r_i² + s_i)/2, Var[l_i] = s_i²/2 + r_i²·s_i and
+    log E[exp(−l_i)] = −½·log(1 + s_i) − r_i²/(2(1 + s_i)). Computed in float64.
+    """
+    x, y, center = (np.asarray(a, np.float64) for a in (x, y, center))
+    n, d = x.shape
+    precision = nbeta * x.T @ x / n + localization * np.eye(d)
+    covariance = np.linalg.inv(precision)
+    mean = covariance @ (nbeta * x.T @ y / n + localization * center)
+    r = y - x @ mean
+    s = np.einsum("ij,jk,ik->i", x, covariance, x)
+    variance = np.sum(s**2 / 2 + r**2 * s)
+    bayes_train = float(np.mean(0.5 * np.log1p(s) + r**2 / (2 * (1 + s))))
+    beta = nbeta / n
+    return LinearGaussianObservables(
+        functional_variance=float(variance),
+        singular_fluctuation=float(beta / 2 * variance),
+        bayes_train_loss=bayes_train,
+        gibbs_train_loss=float(np.mean((r**2 + s) / 2)),
+        waic=float(bayes_train + beta / n * variance),
+        mean=mean,
+        covariance=covariance,
     )
