@@ -443,3 +443,29 @@ def test_float64_reference_runs_stay_in_float64():
         )  # fmt: skip
         assert result.loss_trace.dtype == jnp.float64
         assert result.init_loss.dtype == jnp.float64
+
+
+@pytest.mark.slow
+def test_data_refined_llc_on_a_slice_matches_the_exact_posterior():
+    """Data-refined LLC: w* is the MLE of the full data, sampled and evaluated on one slice (w*
+    is not the slice's minimum). The localized posterior on the slice is Gaussian, so the exact
+    expected estimate is nβ·(E_p[L'_n] − L'_n(w*)) with E_p[L'_n] from
+    ``truth.linear_gaussian_observables``. MALA must land within 4 SE of it."""
+    problem = jaxslt.problems.regular_linear_gaussian(3, key=jax.random.key(2), num_examples=400)
+    x, y = problem.data
+    sl = (x[:100], y[:100])
+    nbeta, gamma = 50.0, 1.0
+    result = jaxslt.estimate_llc(
+        problem.loss_fn, problem.params, sl, key=jax.random.key(3), step_size=2e-3,
+        nbeta=nbeta, localization=gamma, sampler="mala", num_chains=8, num_draws=3000,
+        num_burnin=300, diagnostics=False,
+    )  # fmt: skip
+    exact = jaxslt.truth.linear_gaussian_observables(
+        sl[0], sl[1], problem.params, nbeta=nbeta, localization=gamma
+    )
+    w = np.asarray(problem.params, np.float64)
+    init = 0.5 * np.mean((np.asarray(sl[1]) - np.asarray(sl[0]) @ w) ** 2)
+    target = nbeta * (exact.gibbs_train_loss - init)
+    assert float(result.init_loss) == pytest.approx(init, rel=1e-5)
+    se = float(result.llc_std) / np.sqrt(8)
+    assert abs(float(result.llc_mean) - target) < 4 * se
