@@ -9,13 +9,14 @@ The public API is deliberately small:
 - ``llc_trajectory``: λ̂ over a sequence of training checkpoints, one compile, as a DataFrame.
 - ``estimate_llc(restrict=...)``: weight-refined LLC (``tree_paths`` lists what patterns match);
   ``estimate_llc(observables=True)``: singular fluctuation, WAIC, WBIC (``Observables``).
+- ``detect_stages``: developmental stages (peaks, troughs, plateaus) of an LLC curve.
 - ``localized_posterior``: p(w) ∝ exp(−nβ·L_n(w) − γ/2·||w − w*||²) as pure functions;
   ``sgld`` … ``mala`` and ``run_chains``: the kernels and chain runner beneath the estimator.
 - Modules: ``truth`` (exact learning coefficients), ``problems`` (reference problems),
   ``gibbs`` (exact block-Gibbs sampler for deep linear networks), ``plots`` (matplotlib files).
 """
 
-from jaxslt import gibbs, plots, problems, truth
+from jaxslt import gibbs, plots, problems, stages, truth
 from jaxslt.calibration import Calibration, calibrate
 from jaxslt.chains import ChainTrace, run_chains
 from jaxslt.diagnostics import Diagnostics, diagnose, to_inference_data
@@ -34,6 +35,7 @@ from jaxslt.kernels import (
 from jaxslt.observables import Observables
 from jaxslt.posterior import LocalizedPosterior, default_nbeta, localized_posterior
 from jaxslt.restriction import Restriction, make_restriction, tree_paths
+from jaxslt.stages import Stages, detect_stages
 from jaxslt.trajectory import llc_trajectory
 
 __version__ = "0.1.0"
@@ -49,9 +51,11 @@ __all__ = [
     "Observables",
     "Restriction",
     "SamplingKernel",
+    "Stages",
     "StepInfo",
     "calibrate",
     "default_nbeta",
+    "detect_stages",
     "diagnose",
     "estimate_llc",
     "from_blackjax",
@@ -68,6 +72,7 @@ __all__ = [
     "sghmc",
     "sgld",
     "sgnht",
+    "stages",
     "to_inference_data",
     "tree_paths",
     "truth",

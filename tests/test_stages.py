@@ -1,0 +1,413 @@
+"""jaxslt.stages: stage detection recovers known critical points of noisy LLC curves to within
+the Fisher-information limit of the stage model, finds no stage in pure noise, no peak in
+monotone curves, and refuses bad input with errors that name it; plot_stages renders."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import matplotlib
+import matplotlib.image
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxslt import plots
+from jaxslt.stages import Stages, detect_stages, noise_scale, step_axis
+
+# A rise–peak–fall–plateau curve on log steps, the shape of the in-context linear-regression
+# transformer (reference §4): 0 → 170 at step 1e3, → 120 at 1e4, flat to 1e5. 81 checkpoints,
+# 20 per decade, so the true corners x = 3 and x = 4 are checkpoints.
+STEPS = np.geomspace(10.0, 1e5, 81)
+X = np.log10(STEPS)
+CORNERS_X = np.array([1.0, 3.0, 4.0, 5.0])
+CORNERS_Y = np.array([0.0, 170.0, 120.0, 120.0])
+TRUTH = np.interp(X, CORNERS_X, CORNERS_Y)
+SPACING = float(X[1] - X[0])
+
+fast = settings(max_examples=25, deadline=None, derandomize=True)
+
+
+def _corner_se(sigma: float) -> np.ndarray:
+    """Asymptotic standard errors of the two interior corner positions (decades): the inverse
+    Fisher information σ²(JᵀJ)⁻¹ of the continuous piecewise-linear model with free corner
+    values and positions (Feder 1975: its least-squares estimate is asymptotically normal)."""
+
+    def model(p):
+        return np.interp(X, [1.0, p[4], p[5], 5.0], p[:4])
+
+    p0, eps = np.r_[CORNERS_Y, 3.0, 4.0], 1e-6
+    jac = np.stack([(model(p0 + eps * e) - model(p0 - eps * e)) / (2 * eps) for e in np.eye(6)], 1)
+    cov = sigma**2 * np.linalg.inv(jac.T @ jac)
+    return np.sqrt(np.diag(cov))[4:]
+
+
+def _noisy(seed: int, sigma: float, base=TRUTH) -> np.ndarray:
+    return base + sigma * np.random.default_rng(seed).standard_normal(base.size)
+
+
+# ---------------------------------------------------------------------------------------------
+# known critical points
+
+
+def test_noise_free_corners_are_exact():
+    stages = detect_stages(STEPS, TRUTH)
+    np.testing.assert_allclose(np.log10(stages.boundaries), CORNERS_X, atol=1e-12)
+    assert list(stages.stages.kind) == ["rising", "falling", "flat"]
+    np.testing.assert_allclose(stages.stages.llc_start, CORNERS_Y[:-1], atol=1e-9)
+    np.testing.assert_allclose(stages.stages.llc_end, CORNERS_Y[1:], atol=1e-9)
+    points = stages.critical_points
+    assert list(points.kind) == ["peak", "plateau"]
+    np.testing.assert_allclose(points.step, [1e3, 1e4], rtol=1e-12)
+    np.testing.assert_allclose(points.value, [170.0, 120.0], atol=1e-9)
+    assert points.end_step.iloc[1] == pytest.approx(1e5)
+    assert points.boundary.all() and (points.curve == "llc").all()
+
+
+@pytest.mark.parametrize("sigma", [3.0, 5.0])
+def test_noisy_corners_within_fisher_limit(sigma):
+    """Noise of 2–3% of the peak: every draw finds rising → falling → flat, the corners' RMS
+    error over 20 draws is within 2 Fisher standard errors (measured over 200 draws: 0.8–1.25)
+    and no draw is off by more than 6 (change-point estimates have heavier tails than normal)."""
+    se = _corner_se(sigma)
+    errors = []
+    for seed in range(20):
+        stages = detect_stages(STEPS, _noisy(seed, sigma), llc_std=sigma)
+        assert list(stages.stages.kind) == ["rising", "falling", "flat"], seed
+        assert list(stages.critical_points.kind) == ["peak", "plateau"], seed
+        errors.append(np.log10(stages.boundaries[1:3]) - [3.0, 4.0])
+    errors = np.array(errors)
+    assert np.all(np.sqrt(np.mean(errors**2, axis=0)) <= 2.0 * se + SPACING / 2), errors
+    assert np.all(np.abs(errors) <= 6.0 * se + SPACING / 2), errors
+
+
+def test_estimated_noise_matches_given_noise():
+    """Without llc_std the noise is estimated from the scatter: the same stages, and σ̂ within
+    sampling error: ν ≈ 59 residual degrees of freedom give a relative sd of 1/√(2ν) ≈ 9%, so
+    σ̂/σ ∈ [0.7, 1.4] is −3.3 to +4.3 sd (the larger-of-two rule only raises σ̂)."""
+    sigma = 3.0
+    for seed in range(5):
+        y = _noisy(seed, sigma)
+        known = detect_stages(STEPS, y, llc_std=sigma)
+        unknown = detect_stages(STEPS, y)
+        assert list(unknown.stages.kind) == list(known.stages.kind)
+        np.testing.assert_allclose(
+            np.log10(unknown.boundaries), np.log10(known.boundaries), atol=3 * SPACING
+        )
+        assert 0.7 * sigma < unknown.noise[0] < 1.4 * sigma
+
+
+def test_trough_then_rise():
+    """λ̂ < 0 at initialisation is normal: a curve that dips below zero, bottoms out and rises."""
+    y_true = np.interp(X, [1.0, 2.0, 4.0, 5.0], [-10.0, -40.0, 80.0, 80.0])
+    stages = detect_stages(STEPS, _noisy(1, 2.0, y_true), llc_std=2.0)
+    assert list(stages.stages.kind) == ["falling", "rising", "flat"]
+    assert list(stages.critical_points.kind) == ["trough", "plateau"]
+    np.testing.assert_allclose(np.log10(stages.boundaries[1:3]), [2.0, 4.0], atol=0.15)
+
+
+def test_step_zero_and_linear_axis():
+    # a step 0 on a log axis is placed as symlog places it: one decade left of the first step
+    steps0 = np.r_[0.0, STEPS[1:]]
+    x0 = step_axis(steps0, "log")
+    np.testing.assert_allclose(x0[1:] - x0[1], X[1:] - X[1], atol=1e-12)
+    assert x0[1] - x0[0] == pytest.approx(1.0)
+    y0 = np.interp(x0, [0.0, x0[41], x0[61], x0[-1]], [0.0, 170.0, 120.0, 120.0])
+    stages = detect_stages(steps0, _noisy(0, 3.0, y0), llc_std=3.0)
+    assert stages.scale == "log"
+    assert list(stages.stages.kind) == ["rising", "falling", "flat"]
+    np.testing.assert_allclose(np.log10(stages.boundaries[1:3]), [3.0, 4.0], atol=3 * SPACING)
+    # linearly spaced checkpoints over < 2 decades of positive steps read on a linear axis
+    steps = np.arange(0, 10_001, 100.0)
+    y = np.interp(steps, [0, 3000, 6000, 10_000], [0.0, 50.0, 30.0, 30.0])
+    stages = detect_stages(steps[1:], _noisy(0, 1.0, y[1:]))
+    assert stages.scale == "linear"
+    assert list(stages.stages.kind) == ["rising", "falling", "flat"]
+    np.testing.assert_allclose(stages.boundaries[1:3], [3000, 6000], atol=300)
+
+
+# ---------------------------------------------------------------------------------------------
+# no false stages
+
+
+@pytest.mark.parametrize("given_std", [True, False])
+def test_pure_noise_is_one_flat_stage(given_std):
+    for seed in range(150):
+        y = _noisy(10_000 + seed, 5.0, np.full(80, 50.0))
+        stages = detect_stages(STEPS[:80], y, llc_std=5.0 if given_std else None)
+        assert stages.num_stages == 1, (seed, stages.stages)
+        assert list(stages.stages.kind) == ["flat"]
+        assert stages.critical_points.empty
+
+
+def test_few_checkpoints_pure_noise():
+    """With 20 checkpoints σ̂ rests on ~12 degrees of freedom; thresholds become Student-t
+    quantiles, without which about 1 curve in 200 showed a false stage."""
+    steps = np.geomspace(10.0, 1e5, 20)
+    for seed in range(400):
+        stages = detect_stages(steps, _noisy(20_000 + seed, 5.0, np.full(20, 50.0)))
+        assert stages.num_stages == 1, (seed, stages.stages)
+
+
+@pytest.mark.parametrize(("height", "kinds"), [(40.0, 4), (1.0, 1)])
+def test_bump_significance(height, kinds):
+    """A noise-free triangular bump on a flat line, with llc_std = 2 as the noise: 20σ high it
+    is a peak (flat, rising, falling, flat), 0.5σ high it is no stage at all."""
+    y = 100.0 + height * np.clip(1.0 - np.abs(X - 3.0) / 0.5, 0.0, None)
+    stages = detect_stages(STEPS, y, llc_std=2.0)
+    assert stages.num_stages == kinds
+    if kinds == 4:
+        assert list(stages.stages.kind) == ["flat", "rising", "falling", "flat"]
+        np.testing.assert_allclose(np.log10(stages.boundaries[1:4]), [2.5, 3.0, 3.5], atol=1e-9)
+        assert list(stages.critical_points.kind) == ["plateau", "peak", "plateau"]
+
+
+@fast
+@given(
+    n=st.integers(20, 300),
+    sigma=st.floats(1e-3, 1e3),
+    level=st.floats(-1e3, 1e3),
+    seed=st.integers(0, 2**32 - 1),
+    log_spaced=st.booleans(),
+)
+def test_pure_noise_property(n, sigma, level, seed, log_spaced):
+    steps = np.geomspace(1.0, 1e6, n) if log_spaced else np.arange(1.0, n + 1.0)
+    y = level + sigma * np.random.default_rng(seed).standard_normal(n)
+    stages = detect_stages(steps, y)
+    assert stages.num_stages == 1
+    assert stages.critical_points.empty
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        lambda x: 100.0 / (1.0 + np.exp(-(x - 3.0) / 0.3)),  # sigmoid rise
+        lambda x: 100.0 * (1.0 - np.exp(-(x - 1.0))),  # saturating rise
+        lambda x: 20.0 * x,  # straight rise
+        lambda x: 60.0 * np.tanh(x - 3.0) + 10.0 * x,  # rise with a fast middle
+    ],
+)
+def test_monotone_curves_have_no_peaks(shape):
+    for seed in range(15):
+        for sign, forbidden in ((1.0, "falling"), (-1.0, "rising")):
+            stages = detect_stages(STEPS, _noisy(seed, 3.0, sign * shape(X)), llc_std=3.0)
+            assert not stages.critical_points.kind.isin(["peak", "trough"]).any(), seed
+            assert forbidden not in set(stages.stages.kind), (seed, stages.stages)
+
+
+# ---------------------------------------------------------------------------------------------
+# exact invariances
+
+
+@fast
+@given(
+    scale=st.floats(1e-2, 1e2),
+    shift=st.floats(-1e3, 1e3),
+    seed=st.integers(0, 1000),
+)
+def test_affine_invariance(scale, shift, seed):
+    """a·λ̂ + b (noise a·σ) has the same stages; −λ̂ swaps rising/falling and peak/trough."""
+    y = _noisy(seed, 5.0)
+    base = detect_stages(STEPS, y, llc_std=5.0)
+    moved = detect_stages(STEPS, scale * y + shift, llc_std=5.0 * scale)
+    np.testing.assert_array_equal(moved.boundaries, base.boundaries)
+    assert list(moved.stages.kind) == list(base.stages.kind)
+    np.testing.assert_allclose(moved.stages.llc_change, scale * base.stages.llc_change, rtol=1e-6)
+    flipped = detect_stages(STEPS, -y, llc_std=5.0)
+    np.testing.assert_array_equal(flipped.boundaries, base.boundaries)
+    swap = {"rising": "falling", "falling": "rising", "flat": "flat"}
+    assert list(flipped.stages.kind) == [swap[k] for k in base.stages.kind]
+    swap_points = {"peak": "trough", "trough": "peak", "plateau": "plateau"}
+    assert list(flipped.critical_points.kind) == [swap_points[k] for k in base.critical_points.kind]
+
+
+@fast
+@given(factor=st.floats(1e-3, 1e3), seed=st.integers(0, 1000))
+def test_step_units_do_not_matter(factor, seed):
+    """Steps in other units (×c) give the same stages on either axis (x shifts or scales)."""
+    y = _noisy(seed, 4.0)
+    for scale in ("log", "linear"):
+        base = detect_stages(STEPS, y, llc_std=4.0, scale=scale)
+        moved = detect_stages(STEPS * factor, y, llc_std=4.0, scale=scale)
+        np.testing.assert_allclose(moved.boundaries, base.boundaries * factor, rtol=1e-9)
+        assert list(moved.stages.kind) == list(base.stages.kind)
+
+
+def test_structure_of_the_result():
+    y = _noisy(3, 4.0)
+    loss = 2.0 - 1.5 / (1.0 + np.exp(-(X - 2.0) / 0.1)) + 0.01 * _noisy(4, 1.0, np.zeros(81))
+    stages = detect_stages(list(STEPS), list(y), llc_std=4.0, loss=loss)
+    assert isinstance(stages, Stages)
+    table = stages.stages
+    assert list(table.columns) == [
+        "stage",
+        "start_step",
+        "end_step",
+        "kind",
+        "llc_start",
+        "llc_end",
+        "llc_change",
+        "loss_start",
+        "loss_end",
+        "loss_change",
+    ]
+    assert stages.boundaries[0] == STEPS[0] and stages.boundaries[-1] == STEPS[-1]
+    assert np.isin(stages.boundaries, STEPS).all()
+    np.testing.assert_array_equal(table.start_step, stages.boundaries[:-1])
+    np.testing.assert_array_equal(table.end_step, stages.boundaries[1:])
+    np.testing.assert_allclose(table.llc_change, table.llc_end - table.llc_start)
+    np.testing.assert_allclose(table.llc_start.iloc[1:], table.llc_end.iloc[:-1])
+    assert stages.num_stages == len(table) == len(stages.boundaries) - 1
+    assert stages.smoothed.shape == stages.smoothed_std.shape == stages.noise.shape == (81,)
+    assert (stages.smoothed_std > 0).all() and np.all(stages.noise >= 4.0)
+    with pytest.raises(AttributeError):
+        stages.scale = "linear"  # frozen
+
+
+# ---------------------------------------------------------------------------------------------
+# the loss curve
+
+
+def test_loss_plateau_end_and_drop_become_boundaries():
+    """A loss plateau that ends in a sudden drop at 10^2 and flattens at 10^2.4, where the LLC
+    has no corner: both ends of the drop become stage boundaries, from the loss."""
+    llc = _noisy(0, 3.0)
+    loss_true = np.interp(X, [1.0, 2.0, 2.4, 5.0], [2.0, 2.0, 0.5, 0.45])
+    loss = _noisy(1, 0.01, loss_true)
+    without = detect_stages(STEPS, llc, llc_std=3.0)
+    stages = detect_stages(STEPS, llc, llc_std=3.0, loss=loss)
+    assert set(without.boundaries) <= set(stages.boundaries)
+    added = np.log10(sorted(set(stages.boundaries) - set(without.boundaries)))
+    np.testing.assert_allclose(added, [2.0, 2.4], atol=2 * SPACING)
+    from_loss = stages.critical_points.query("curve == 'loss'")
+    assert list(from_loss.kind) == ["plateau", "plateau"]
+    assert from_loss.boundary.all()
+    drop = stages.stages[np.isclose(np.log10(stages.stages.start_step), added[0])]
+    assert drop.loss_change.iloc[0] == pytest.approx(-1.5, abs=0.05)
+    # the LLC is still rising on both sides of the loss boundaries
+    assert list(stages.stages.kind) == ["rising", "rising", "rising", "falling", "flat"]
+
+
+def test_loss_boundary_near_an_llc_boundary_is_merged():
+    """A loss drop from 10^3.05 to 10^3.3, within min_stage (0.4 decades) of the LLC peak at
+    10^3: the LLC boundary stands for both ends; the loss plateaus are listed, not boundaries."""
+    llc = _noisy(0, 3.0)
+    loss = _noisy(1, 0.01, np.interp(X, [1.0, 3.05, 3.3, 5.0], [2.0, 2.0, 0.5, 0.45]))
+    stages = detect_stages(STEPS, llc, llc_std=3.0, loss=loss)
+    without = detect_stages(STEPS, llc, llc_std=3.0)
+    np.testing.assert_array_equal(stages.boundaries, without.boundaries)
+    from_loss = stages.critical_points.query("curve == 'loss'")
+    assert list(from_loss.kind) == ["plateau", "plateau"]
+    np.testing.assert_allclose(np.log10(from_loss.end_step.iloc[0]), 3.05, atol=2 * SPACING)
+    assert not from_loss.boundary.any()
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"steps": STEPS[:4], "llc": np.ones(4)}, ValueError, "at least 5"),
+        ({"llc": np.ones(80)}, ValueError, "llc has 80 values but steps has 81"),
+        ({"llc_std": np.ones(3)}, ValueError, "llc_std has 3 values"),
+        ({"loss": np.ones(82)}, ValueError, "loss has 82 values"),
+        ({"steps": STEPS[::-1]}, ValueError, r"strictly increasing; steps\[1\]"),
+        ({"steps": np.r_[STEPS[:5], STEPS[4:]][:81]}, ValueError, r"steps\[5\] = .* follows"),
+        ({"llc": np.where(np.arange(81) == 7, np.nan, 1.0)}, ValueError, r"llc\[7\] \(step 22"),
+        ({"loss": np.r_[np.ones(80), np.inf]}, ValueError, r"loss\[80\] \(step 100000\) is inf"),
+        ({"steps": np.where(np.arange(81) == 2, np.nan, STEPS)}, ValueError, r"steps\[2\] is nan"),
+        ({"llc_std": -1.0}, ValueError, "negative"),
+        ({"llc": np.ones((81, 2))}, ValueError, "1-D"),
+        ({"llc": "abc"}, TypeError, "numbers"),
+        ({"scale": "loglog"}, ValueError, "scale must be one of"),
+        ({"steps": STEPS - 100, "scale": "log"}, ValueError, "scale='linear'"),
+        ({"smoothing": 0.0}, ValueError, r"smoothing must lie in \(0, 1\)"),
+        ({"smoothing": 1.5}, ValueError, "smoothing"),
+        ({"significance": -1.0}, ValueError, "significance"),
+        ({"significance": True}, TypeError, "significance must be a number"),
+        ({"flat": "0.1"}, TypeError, "flat must be a number"),
+        ({"min_stage": 1.0}, ValueError, "min_stage"),
+    ],
+)
+def test_validation(kwargs, error, match):
+    arguments = {"steps": STEPS, "llc": TRUTH, **kwargs}
+    with pytest.raises(error, match=match):
+        detect_stages(**arguments)
+
+
+def test_noise_scale_of_white_noise():
+    """σ̂ of N(0, σ²) noise on a straight line is σ to within sampling error (±3 sd of a
+    ~300-dof estimate: ±12%) and never below the MAD estimate."""
+    x = np.linspace(0.0, 1.0, 400)
+    for seed in range(5):
+        y = 3.0 * x + 0.5 * np.random.default_rng(seed).standard_normal(400)
+        assert noise_scale(x, y, 0.05) == pytest.approx(0.5, rel=0.12)
+
+
+# ---------------------------------------------------------------------------------------------
+# the plot
+
+
+@pytest.fixture(autouse=True)
+def _no_pyplot_figures():
+    backend = matplotlib.get_backend()
+    yield
+    assert matplotlib.get_backend() == backend
+    if "matplotlib.pyplot" in sys.modules:
+        assert sys.modules["matplotlib.pyplot"].get_fignums() == []
+
+
+def _png(fig) -> np.ndarray:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=plots.DPI)
+    buffer.seek(0)
+    return matplotlib.image.imread(buffer, format="png")
+
+
+def test_plot_stages_renders(tmp_path):
+    y = _noisy(0, 4.0)
+    loss = _noisy(1, 0.01, np.interp(X, [1.0, 2.0, 2.4, 5.0], [2.0, 2.0, 0.5, 0.45]))
+    stages = detect_stages(STEPS, y, llc_std=4.0, loss=loss)
+    fig = plots.plot_stages(STEPS, y, stages, llc_std=4.0, loss=loss, title="synthetic")
+    image = _png(fig)
+    w, h = plots.STAGES_FIGSIZE
+    assert image.shape[:2] == (round(h * plots.DPI), round(w * plots.DPI))
+    assert image[..., :3].std() > 0.05  # not a blank page
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert len(fig.axes) == 2  # the loss on a twin axis
+    assert fig.get_suptitle() == f"synthetic: {stages.num_stages} stages"
+    # written to a file only when asked, in the format of the suffix
+    out = tmp_path / "stages.pdf"
+    plots.plot_stages(STEPS, y, stages, path=out)
+    assert out.read_bytes()[:5] == b"%PDF-"
+
+
+def test_plot_stages_linear_and_step_zero():
+    steps = np.arange(0, 10_001, 100.0)
+    y = _noisy(0, 1.0, np.interp(steps, [0, 3000, 6000, 10_000], [0.0, 50.0, 30.0, 30.0]))
+    stages = detect_stages(steps, y, scale="linear")
+    fig = plots.plot_stages(steps, y, stages)
+    assert fig.axes[0].get_xscale() == "linear"
+    assert _png(fig)[..., :3].std() > 0.05
+    steps0 = np.r_[0.0, STEPS[1:]]
+    y0 = _noisy(0, 3.0)
+    fig = plots.plot_stages(steps0, y0, detect_stages(steps0, y0))
+    assert fig.axes[0].get_xscale() == "symlog"
+    assert _png(fig)[..., :3].std() > 0.05
+
+
+def test_plot_stages_rejects_mismatched_input():
+    stages = detect_stages(STEPS, TRUTH)
+    with pytest.raises(TypeError, match=r"Stages that jaxslt\.detect_stages returned"):
+        plots.plot_stages(STEPS, TRUTH, stages.stages)
+    with pytest.raises(ValueError, match="same steps and llc"):
+        plots.plot_stages(STEPS[:40], TRUTH[:40], stages)
+    with pytest.raises(ValueError, match=r"llc\[3\]"):
+        plots.plot_stages(STEPS, np.where(np.arange(81) == 3, np.nan, TRUTH), stages)
+    with pytest.raises(ValueError, match="suffix"):
+        plots.plot_stages(STEPS, TRUTH, stages, path="stages.jpg2")
