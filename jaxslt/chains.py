@@ -323,38 +323,40 @@ def _run_group(
 
     zeros = jnp.zeros((num_chains,), jnp.float32)
     carry = (states, jnp.full((num_chains,), -1, jnp.int32), zeros, zeros, zeros)
-    carry, burnin = jax.lax.scan(step, carry, jnp.arange(num_burnin, dtype=jnp.int32))
+    # One scan over all steps, so the model's forward and backward passes are compiled once
+    # (not once for burn-in and once for the draws); losses land in preallocated traces, O(C)
+    # per step, so memory is chains × (burn-in + draws) floats whatever the thinning.
+    dtype = jax.eval_shape(lambda: step(carry, jnp.int32(0))[1]).dtype
 
-    def fold(acc, states, k):
-        if accumulate is None:
-            return acc
-        return jax.lax.cond(
-            k % accumulate.every == 0,
-            lambda: spread(jax.vmap(accumulate.update)(acc, states)),
-            lambda: acc,
-        )
+    def record(trace, index, value, due):
+        if trace.shape[1] == 0:
+            return trace
+        index = jnp.clip(index, 0, trace.shape[1] - 1)
+        return trace.at[:, index].set(jnp.where(due, value, trace[:, index]))
 
-    def draw(draw_carry, xs):
-        carry, acc = draw_carry
-        t0, k = xs
-        acc = fold(acc, carry[0], k)
-
-        def inner(inner_carry, j):
-            chain_carry, kept = inner_carry
-            chain_carry, loss = step(chain_carry, t0 + j)
-            return (chain_carry, jnp.where(j == 0, loss, kept)), None
-
-        kept = jnp.zeros((num_chains,), burnin.dtype)
-        (carry, kept), _ = jax.lax.scan(inner, (carry, kept), jnp.arange(thinning, dtype=jnp.int32))
-        return (carry, acc), kept
+    def body(body_carry, t):
+        carry, acc, burnin, draws = body_carry
+        k, offset = jnp.divmod(t - num_burnin, thinning)
+        kept = (t >= num_burnin) & (offset == 0)
+        if accumulate is not None:
+            acc = jax.lax.cond(
+                kept & (k % accumulate.every == 0),
+                lambda: spread(jax.vmap(accumulate.update)(acc, carry[0])),
+                lambda: acc,
+            )
+        carry, loss = step(carry, t)
+        burnin = record(burnin, t, loss, t < num_burnin)
+        draws = record(draws, k, loss, kept)
+        return (carry, acc, burnin, draws), None
 
     acc = None
     if accumulate is not None:
         acc = spread(jax.vmap(lambda _: accumulate.init())(jnp.arange(num_chains)))
-    draw_index = jnp.arange(num_draws, dtype=jnp.int32)
-    starts = num_burnin + thinning * draw_index
-    (carry, acc), draws = jax.lax.scan(draw, (carry, acc), (starts, draw_index))
+    traces = (jnp.zeros((num_chains, num_burnin), dtype), jnp.zeros((num_chains, num_draws), dtype))
+    (carry, acc, burnin, draws), _ = jax.lax.scan(
+        body, (carry, acc, *traces), jnp.arange(total, dtype=jnp.int32)
+    )
     _, first_bad, accept_sum, check_sum, check_count = carry
     accept_rate = accept_sum / (num_draws * thinning) if reports_accept else zeros + jnp.nan
     check_mean = jnp.where(check_count > 0, check_sum / jnp.maximum(check_count, 1), jnp.nan)
-    return ChainTrace(draws.T, burnin.T, first_bad, accept_rate, check_mean, acc)
+    return ChainTrace(draws, burnin, first_bad, accept_rate, check_mean, acc)
