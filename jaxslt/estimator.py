@@ -165,8 +165,9 @@ def sample_llc(
     Integer settings, ``sampler``, ``restrict`` and ``loss_fn`` shape the program (static under
     ``jit``); ``params``, ``data``, ``key``, ``step_size``, ``nbeta`` and ``localization`` may
     be traced. ``nbeta=None`` means n / log n with n the leading-axis length of ``data``.
-    ``restrict``: a ``jaxslt.restriction.Restriction`` (or glob pattern(s)): sample only those
-    weights, the others frozen at w* (the chains carry only the sampled part).
+    ``restrict``: a ``jaxslt.Restriction`` (``jaxslt.make_restriction(params, selection)``; a
+    pytree whose index arrays may be traced) or glob pattern(s) when not jitted: sample only
+    those weights, the others frozen at w* (the chains carry only the sampled part).
     ``param_specs``: how the sampled parameters (and w*) split over ``mesh``'s ``"model"`` axis
     (see ``jaxslt.chains.param_partition_specs``; under ``jit`` a flat tuple in leaf order;
     ``None`` = the automatic rule). Outputs are replicated over ``mesh``.
@@ -288,7 +289,6 @@ _STATIC = (
     "mesh",
     "compute_dtype",
     "progress_every",
-    "restrict",
     "observables",
     "observable_draws",
     "param_specs",

@@ -92,12 +92,17 @@ def glob_to_regex(pattern: str) -> re.Pattern:
     return re.compile("".join(out) + r"\Z")
 
 
+@jax.tree_util.register_pytree_node_class
 class Restriction:
-    """Which elements of each leaf are sampled; hashable, so it can be a static jit argument.
+    """Which elements of each leaf are sampled.
 
     ``kinds[i]`` is ``"free"`` (whole leaf sampled), ``"frozen"`` or ``"partial"`` (the flat
     indices ``indices[i]`` are sampled). ``gather(w)`` returns the tuple of sampled parts of
     the non-frozen leaves; ``scatter(w, v)`` writes them back into ``w``.
+
+    A pytree: the index arrays are its leaves and the layout (structure, shapes, kinds) its
+    static part, so under ``jit`` two selections of the same layout and sizes (say two heads
+    of one layer) share one compiled program.
     """
 
     def __init__(self, treedef, shapes, kinds, indices, paths):
@@ -106,18 +111,14 @@ class Restriction:
         self.kinds = tuple(kinds)
         self.indices = tuple(indices)
         self.paths = tuple(paths)
-        self._key = (
-            treedef,
-            self.shapes,
-            self.kinds,
-            tuple(None if ix is None else ix.tobytes() for ix in self.indices),
-        )
 
-    def __hash__(self) -> int:
-        return hash(self._key)
+    def tree_flatten(self):
+        return self.indices, (self.treedef, self.shapes, self.kinds, self.paths)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Restriction) and self._key == other._key
+    @classmethod
+    def tree_unflatten(cls, aux, indices):
+        treedef, shapes, kinds, paths = aux
+        return cls(treedef, shapes, kinds, indices, paths)
 
     @property
     def num_free(self) -> int:

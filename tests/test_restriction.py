@@ -154,6 +154,32 @@ def test_same_selection_reuses_the_compiled_program():
     assert estimator._sample_llc_jit._cache_size() == size
 
 
+def test_two_heads_of_one_layer_share_the_compiled_program():
+    """Selections with the same layout and sizes differ only in traced index arrays."""
+    problem = _dln("linen")
+    from jaxslt import estimator
+
+    def head(cols):
+        def select(path, leaf):
+            mask = np.zeros(leaf.shape, bool)
+            if path == "params/layer_1/kernel":
+                mask[:, cols] = True
+            return mask
+
+        return select
+
+    def run(cols):
+        key = jax.random.key(0)
+        return jaxslt.estimate_llc(problem.loss_fn, problem.params, problem.data, key=key,
+                                   restrict=head(cols), **SETTINGS)  # fmt: skip
+
+    first = run(slice(0, 1))  # layer_1 kernel is (5, 3): one column each
+    size = estimator._sample_llc_jit._cache_size()
+    second = run(slice(2, 3))
+    assert estimator._sample_llc_jit._cache_size() == size
+    assert not np.allclose(first.loss_trace, second.loss_trace)
+
+
 def test_sample_llc_takes_a_restriction_under_jit():
     problem = _dln("linen")
     r = make_restriction(problem.params, "params/layer_2/**")
