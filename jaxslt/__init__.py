@@ -12,11 +12,11 @@ The public API is deliberately small:
 - ``detect_stages``: developmental stages (peaks, troughs, plateaus) of an LLC curve.
 - ``localized_posterior``: p(w) ∝ exp(−nβ·L_n(w) − γ/2·||w − w*||²) as pure functions;
   ``sgld`` … ``mala`` and ``run_chains``: the kernels and chain runner beneath the estimator.
-- Modules: ``truth`` (exact learning coefficients), ``problems`` (reference problems),
+- Modules: ``checkpoints`` (orbax checkpoint directories in and out), ``truth`` (exact learning coefficients), ``problems`` (reference problems),
   ``gibbs`` (exact block-Gibbs sampler for deep linear networks), ``plots`` (matplotlib files).
 """
 
-from jaxslt import gibbs, plots, problems, stages, truth
+from jaxslt import checkpoints, gibbs, plots, problems, stages, truth
 from jaxslt.calibration import Calibration, calibrate
 from jaxslt.chains import ChainTrace, run_chains
 from jaxslt.diagnostics import Diagnostics, diagnose, to_inference_data
@@ -54,6 +54,7 @@ __all__ = [
     "Stages",
     "StepInfo",
     "calibrate",
+    "checkpoints",
     "default_nbeta",
     "detect_stages",
     "diagnose",
