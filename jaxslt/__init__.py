@@ -12,8 +12,9 @@ The public API is deliberately small:
 - ``detect_stages``: developmental stages (peaks, troughs, plateaus) of an LLC curve.
 - ``localized_posterior``: p(w) ∝ exp(−nβ·L_n(w) − γ/2·||w − w*||²) as pure functions;
   ``sgld`` … ``mala`` and ``run_chains``: the kernels and chain runner beneath the estimator.
-- Modules: ``checkpoints`` (orbax checkpoint directories in and out), ``truth`` (exact learning coefficients), ``problems`` (reference problems),
-  ``gibbs`` (exact block-Gibbs sampler for deep linear networks), ``plots`` (matplotlib files).
+- Modules: ``checkpoints`` (orbax checkpoint directories in and out), ``truth`` (exact
+  learning coefficients), ``problems`` (reference problems), ``gibbs`` (exact block-Gibbs
+  sampler for deep linear networks), ``plots`` (matplotlib files), ``stages``, ``study``.
 """
 
 from jaxslt import checkpoints, gibbs, plots, problems, stages, truth
