@@ -17,7 +17,7 @@ The public API is deliberately small:
   sampler for deep linear networks), ``plots`` (matplotlib files), ``stages``, ``study``.
 """
 
-from jaxslt import checkpoints, gibbs, plots, problems, stages, truth
+from jaxslt import checkpoints, gibbs, plots, problems, stages, study, truth
 from jaxslt.calibration import Calibration, calibrate
 from jaxslt.chains import ChainTrace, run_chains
 from jaxslt.diagnostics import Diagnostics, diagnose, to_inference_data
@@ -75,6 +75,7 @@ __all__ = [
     "sgld",
     "sgnht",
     "stages",
+    "study",
     "to_inference_data",
     "tree_paths",
     "truth",

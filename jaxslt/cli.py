@@ -1,4 +1,5 @@
-"""The ``jaxslt`` command line: ``jaxslt demo`` estimates a deep linear network's LLC."""
+"""The ``jaxslt`` command line: ``jaxslt demo`` estimates a deep linear network's LLC;
+``jaxslt study run|status|report SPEC`` runs and reads resumable studies (``jaxslt.study``)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,41 @@ def _gibbs_target(problem, args, nbeta: float) -> float:
     return float(exact.llc_mean)
 
 
+def study(args: argparse.Namespace) -> int:
+    from jaxslt import study as st
+
+    if args.study_command == "run":
+        summary = st.run(
+            args.spec, address=args.address, max_cells=args.max_cells,
+            retry_failed=args.retry_failed,
+        )  # fmt: skip
+        print(summary)
+        return 1 if summary.failed else 0
+    if args.study_command == "status":
+        print(st.status(args.spec))
+        return 0
+    result = st.report(args.spec, out=args.out)
+    print(result.summary)
+    for path in result.files:
+        print(f"wrote {path}")
+    return 0
+
+
+def _study_parser(sub) -> None:
+    s = sub.add_parser("study", help="resumable grids of LLC estimates (run, status, report)")
+    commands = s.add_subparsers(dest="study_command", required=True)
+    r = commands.add_parser("run", help="run the cells of SPEC not finished yet")
+    r.add_argument("spec", help="the study's TOML file")
+    r.add_argument("--address", default=None, help="Ray address (auto, ray://host:port, local)")
+    r.add_argument("--max-cells", type=int, default=None, help="stop after this many cells")
+    r.add_argument("--retry-failed", action="store_true", help="rerun cells stored as failed")
+    t = commands.add_parser("status", help="done / running / failed / pending cells and ETA")
+    t.add_argument("spec", help="the study's TOML file")
+    p = commands.add_parser("report", help="results table and plots of LLC vs checkpoint")
+    p.add_argument("spec", help="the study's TOML file")
+    p.add_argument("--out", default=None, help="folder for results.csv, plots and summary.txt")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jaxslt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,11 +128,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--burnin", type=int, default=5_000)
     d.add_argument("--batch-size", type=int, default=256)
     d.add_argument("--seed", type=int, default=0)
+    _study_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        try:
+            return demo(args)
+        except (ValueError, TypeError) as err:
+            parser.exit(2, f"jaxslt {args.command}: error: {err}\n")
     try:
-        return demo(args)
-    except (ValueError, TypeError) as err:
-        parser.exit(2, f"jaxslt {args.command}: error: {err}\n")
+        return study(args)
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as err:
+        # OSError: a missing spec or store, a Ray address with no cluster behind it
+        parser.exit(2, f"jaxslt study {args.study_command}: error: {err}\n")
+    except KeyboardInterrupt:  # finished cells are stored; the one in flight reruns next time
+        parser.exit(130, f"jaxslt study {args.study_command}: interrupted; run again to resume\n")
 
 
 if __name__ == "__main__":

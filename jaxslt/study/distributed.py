@@ -1,0 +1,137 @@
+"""The Ray runner: each cell is a Ray task; only the driver writes the store.
+
+Fault tolerance is Ray's task retry: ``ray.remote(max_retries=spec.max_retries)`` reruns a task
+whose worker process died (killed, out of memory, node lost) on another worker; an exception
+*inside* a cell is not a worker failure: ``execute_cell`` turns it into a ``failed`` outcome
+(``retry_exceptions`` stays off, since it would repeat). A task that still fails after its
+retries is stored as ``failed`` with Ray's error. The driver marks a cell ``running`` when it
+dispatches it and records each outcome (sidecar, then row) as it arrives, so a driver crash
+loses only the tasks in flight.
+
+Workers need the problem entry point importable (install the package on the cluster, or pass
+``runtime_env`` to your own ``ray.init``) and, for orbax checkpoints, the directory at the same
+path (a shared file system). In-memory checkpoints go through Ray's object store, once each.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from jaxslt.study.runner import (
+    _failed,
+    _Tracker,
+    enable_compilation_cache,
+    execute_cell,
+    load_problem,
+    worker_name,
+)
+from jaxslt.study.spec import Cell, MemoryCheckpoints, OrbaxCheckpoints, Spec
+from jaxslt.study.store import CellOutcome, Store
+
+PyTree = Any
+
+# Per worker process: the last orbax checkpoint loaded, and whether the cache dir is set. (The
+# problem is memoised by load_problem: the same loss_fn object across tasks, so estimate_llc's
+# jit cache hits.)
+_checkpoint: dict[tuple, PyTree] = {}
+_configured: set[str] = set()
+
+
+def _remote_cell(spec: Spec, params: PyTree, cell: Cell, cache_dir: str | None) -> CellOutcome:
+    """The task body, run in a Ray worker: ``execute_cell`` with the worker's cached problem."""
+    if cache_dir is not None and cache_dir not in _configured:
+        try:
+            enable_compilation_cache(cache_dir)
+        except OSError:  # no such folder possible on this node: compile without the cache
+            pass
+        _configured.add(cache_dir)
+    problem = load_problem(spec)  # memoised per worker process
+    load_seconds = 0.0
+    if params is None:  # orbax: read on the worker (the directory must be reachable there)
+        checkpoints = spec.checkpoints
+        ckey = (checkpoints.directory, checkpoints.root, checkpoints.item, cell.step)
+        if ckey not in _checkpoint:
+            clock, started = time.perf_counter(), time.time()
+            try:
+                loaded = checkpoints.load(cell.step, like=problem.like)
+            except Exception as err:  # the cell's failure, stored by the driver
+                return _failed(cell, f"loading checkpoint step {cell.step}: {err}", started)
+            _checkpoint.clear()
+            _checkpoint[ckey] = loaded
+            load_seconds = time.perf_counter() - clock
+        params = _checkpoint[ckey]
+    return execute_cell(problem, params, cell, load_seconds=load_seconds)
+
+
+def run_on_ray(
+    spec: Spec,
+    checkpoints: OrbaxCheckpoints | MemoryCheckpoints,
+    todo: Sequence[Cell],
+    store: Store,
+    tracker: _Tracker,
+    outcomes: list[CellOutcome],
+    address: str,
+    cache_dir: pathlib.Path | None,
+) -> None:
+    """Dispatch ``todo`` as Ray tasks (a window of as many as the cluster has CPUs for) and
+    record every outcome as it arrives."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("running a study on Ray needs ray: pip install 'jaxslt[study]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        extra = {"include_dashboard": False} if address == "local" else {}
+        ray.init(address=address, **extra)
+    try:
+        remote = ray.remote(
+            num_cpus=spec.num_cpus, max_retries=spec.max_retries, retry_exceptions=False
+        )(_remote_cell)
+        capacity = max(1, int(ray.cluster_resources().get("CPU", 1) // spec.num_cpus))
+        cache = None if cache_dir is None else str(pathlib.Path(cache_dir).resolve())
+        spec_ref = ray.put(spec if isinstance(checkpoints, OrbaxCheckpoints) else _light(spec))
+        params_refs: dict[int, Any] = {}
+        pending: dict[Any, tuple[Cell, float]] = {}
+        queue = list(todo)
+        queue.reverse()
+        driver = worker_name()
+        while queue or pending:
+            while queue and len(pending) < capacity:
+                cell = queue.pop()
+                params = None
+                if isinstance(checkpoints, MemoryCheckpoints):
+                    if cell.step not in params_refs:
+                        params_refs.clear()  # cells are checkpoint-major: free the last one
+                        params_refs[cell.step] = ray.put(checkpoints.trees[cell.step])
+                    params = params_refs[cell.step]
+                store.mark_running(cell, f"ray (driver {driver})")
+                tracker.started()
+                pending[remote.remote(spec_ref, params, cell, cache)] = (cell, time.time())
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                cell, dispatched = pending.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except ray.exceptions.RayError as err:  # retries used up: store the failure
+                    outcome = _failed(
+                        cell,
+                        f"Ray task failed after {spec.max_retries} retries: "
+                        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+                        dispatched,
+                    )
+                store.record(outcome)
+                tracker.finished_cell(outcome)
+                outcomes.append(outcome)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _light(spec: Spec) -> Spec:
+    """The spec without its in-memory checkpoints (they travel as object refs, one each)."""
+    import dataclasses
+
+    return dataclasses.replace(spec, checkpoints=MemoryCheckpoints({0: None}))

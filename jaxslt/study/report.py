@@ -1,0 +1,262 @@
+"""Reading a study back: status (counts and ETA), the results table, plots of LLC vs checkpoint.
+
+- ``status(spec)``: how many of the spec's cells are done, running, failed or pending, and an
+  ETA = (pending + running cells) × mean time of the finished cells ÷ max(1, cells running),
+  a rough figure that assumes the remaining cells cost what the finished ones did.
+- ``load_results(spec or store)``: a pandas DataFrame, one row per stored cell: ``cell_id``,
+  ``status``, ``step`` (checkpoint), ``data`` (slice), ``seed``, one column per setting (lists
+  and tables as canonical JSON text), the estimate (``llc_mean``, ``llc_std`` across chains,
+  ddof=1), the nβ, γ, ε actually used (``nbeta_used``, ...), diagnostics, ``error``, timings,
+  ``versions``. ``to_csv`` writes it.
+- ``report(spec, out=...)``: the table of finished cells and one figure per data slice of LLC
+  vs checkpoint step, one line per setting (the grid values other than seed), the mean over
+  seeds with error bars = the std across seeds (ddof=1) when there are several seeds, else the
+  cell's own across-chain std. Figures are ``matplotlib.figure.Figure`` objects (no pyplot).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from jaxslt.study.runner import _duration, as_spec
+from jaxslt.study.spec import Spec, expand
+from jaxslt.study.store import Store
+
+DPI = 150
+
+
+class StudyStatus(NamedTuple):
+    """Counts over the spec's cells; ``interrupted``: rows left ``running`` by a run that is
+    no longer alive (they rerun next time); ``eta_s`` None when nothing finished yet."""
+
+    name: str
+    total: int
+    done: int
+    running: int
+    failed: int
+    pending: int
+    interrupted: int
+    eta_s: float | None
+    active: bool
+
+    def __str__(self) -> str:
+        parts = [
+            f"study {self.name!r}: {self.done}/{self.total} done",
+            f"{self.running} running",
+            f"{self.failed} failed",
+            f"{self.pending} pending",
+        ]
+        if self.interrupted:
+            parts.append(f"{self.interrupted} interrupted (rerun by the next run)")
+        text = ", ".join(parts)
+        if not self.active:
+            text += "; no run in progress"
+        elif self.eta_s is not None:
+            text += f"; ETA {_duration(self.eta_s)}"
+        return text
+
+
+def _store(spec: Spec) -> Store | None:
+    path = spec.store_path
+    return Store(path, create=False) if path.exists() else None
+
+
+def status(spec: Spec | str | pathlib.Path) -> StudyStatus:
+    """Where the study stands (reads the store; starts nothing)."""
+    spec = as_spec(spec)
+    cells = expand(spec)
+    store = _store(spec)
+    if store is None:
+        return StudyStatus(spec.name, len(cells), 0, 0, 0, len(cells), 0, None, False)
+    with store:
+        active = store.writer_active()
+        rows = {r["cell_id"]: r for r in store.rows()}
+    mine = [rows.get(c.cell_id) for c in cells]
+    count = {s: sum(r is not None and r["status"] == s for r in mine) for s in ("done", "failed")}
+    running = sum(r is not None and r["status"] == "running" for r in mine)
+    pending = len(cells) - count["done"] - count["failed"] - running
+    times = [
+        (r["run_seconds"] or 0.0) + (r["load_seconds"] or 0.0)
+        for r in mine
+        if r is not None and r["status"] == "done"
+    ]
+    eta = None
+    if active and times:
+        eta = (pending + running) * float(np.mean(times)) / max(1, running)
+    return StudyStatus(
+        spec.name,
+        len(cells),
+        count["done"],
+        running if active else 0,
+        count["failed"],
+        pending if active else pending + running,
+        0 if active else running,
+        eta,
+        active,
+    )
+
+
+def load_results(source: Spec | str | pathlib.Path, *, traces: bool = False):
+    """The stored cells as a pandas DataFrame (see the module docstring for the columns).
+
+    ``source``: a ``Spec`` or a TOML spec path (only that spec's cells), or a store file
+    (``.sqlite``: every row in it). ``traces=True`` adds a ``loss_trace`` column holding each
+    finished cell's (chains, draws) array from its sidecar.
+    """
+    import pandas as pd
+
+    if isinstance(source, str | pathlib.PurePath) and pathlib.Path(source).suffix != ".toml":
+        path = pathlib.Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"study store {str(path)!r} does not exist")
+        store, wanted = Store(path, create=False), None
+    else:
+        spec = as_spec(source)
+        store = _store(spec)
+        wanted = {c.cell_id for c in expand(spec)}
+    if store is None:
+        return pd.DataFrame(columns=["cell_id", "status", "step", "data", "seed"])
+    with store:
+        rows = [r for r in store.rows() if wanted is None or r["cell_id"] in wanted]
+        loaded = {}
+        if traces:
+            for r in rows:
+                if r["status"] == "done":
+                    loaded[r["cell_id"]] = store.load_traces(r["cell_id"])["loss_trace"]
+    records = []
+    setting_names: list[str] = []
+    for r in rows:
+        settings = r.pop("settings") or {}
+        for k in settings:
+            if k not in setting_names:
+                setting_names.append(k)
+        flat = {
+            k: json.dumps(v, sort_keys=True) if isinstance(v, list | dict) else v
+            for k, v in settings.items()
+        }
+        r.pop("identity")
+        for key in ("llc_per_chain", "warnings", "observables", "versions"):
+            if r.get(key) is not None and key != "llc_per_chain":
+                r[key] = json.dumps(r[key], sort_keys=True)
+        if traces:
+            r["loss_trace"] = loaded.get(r["cell_id"])
+        records.append({**{k: r[k] for k in ("cell_id", "status", "step", "data", "seed")},
+                        **flat, **{k: v for k, v in r.items() if k not in flat}})  # fmt: skip
+    frame = pd.DataFrame.from_records(records)
+    if frame.empty:
+        return pd.DataFrame(columns=["cell_id", "status", "step", "data", "seed"])
+    order = ["step", "data", *[k for k in setting_names if k in frame], "seed"]
+    return frame.sort_values(order, kind="stable", key=_sortable).reset_index(drop=True)
+
+
+def _sortable(column):
+    """Sort key that tolerates mixed None/number/str columns (settings may be None)."""
+    return column.map(lambda v: (v is None, str(type(v)), v if v is not None else 0))
+
+
+def to_csv(source: Spec | str | pathlib.Path, path: str | pathlib.Path) -> pathlib.Path:
+    """Write ``load_results(source)`` to ``path`` as CSV; returns the path."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    load_results(source).to_csv(path, index=False)
+    return path
+
+
+class StudyReport(NamedTuple):
+    """``status``, ``table`` (the finished cells, a DataFrame), ``figures`` (data slice →
+    Figure of LLC vs checkpoint), ``summary`` (readable text: status, compact table, failed
+    cells' errors) and the files written (empty without ``out``)."""
+
+    status: StudyStatus
+    table: Any
+    figures: dict[str, Any]
+    summary: str
+    files: tuple[pathlib.Path, ...]
+
+
+def _setting_label(row, keys: list[str]) -> str:
+    return ", ".join(f"{k}={row[k]}" for k in keys) if keys else "LLC"
+
+
+def plot_llc_vs_checkpoint(table, spec: Spec):
+    """One Figure per data slice: λ̂ vs checkpoint step, a line per setting (grid values other
+    than seed and data), mean over seeds ± (std across seeds, or the cell's across-chain std
+    with one seed)."""
+    from matplotlib.figure import Figure
+
+    keys = [k for k in spec.grid if k not in ("seed", "data")]
+    done = table[table["status"] == "done"]
+    figures = {}
+    for data_name, part in done.groupby("data", sort=True):
+        fig = Figure(figsize=(8.0, 5.0), layout="constrained")
+        ax = fig.add_subplot()
+        seeds = part["seed"].nunique()
+        groups = part.groupby(keys, sort=False, dropna=False) if keys else [((), part)]
+        for _, rows in groups:
+            by_step = rows.groupby("step")["llc_mean"]
+            steps = np.asarray(sorted(by_step.groups))
+            mean = by_step.mean().loc[steps].to_numpy()
+            if seeds > 1:
+                err = by_step.std(ddof=1).loc[steps].to_numpy()
+            else:
+                err = rows.groupby("step")["llc_std"].mean().loc[steps].to_numpy()
+            ax.errorbar(steps, mean, yerr=np.nan_to_num(err), marker="o", capsize=3,
+                        label=_setting_label(rows.iloc[0], keys))  # fmt: skip
+        ax.set_xlabel("checkpoint step")
+        ax.set_ylabel("estimated LLC λ̂")
+        spread = "std across seeds" if seeds > 1 else "std across chains"
+        ax.set_title(f"{spec.name}: LLC vs checkpoint (data {data_name!r}; bars: {spread})")
+        ax.grid(alpha=0.3)
+        if keys or len(figures) == 0:
+            ax.legend(fontsize="small")
+        figures[str(data_name)] = fig
+    return figures
+
+
+def report(
+    spec: Spec | str | pathlib.Path, *, out: str | pathlib.Path | None = None
+) -> StudyReport:
+    """Status, the table of finished cells and the LLC-vs-checkpoint figures; with ``out``,
+    also write ``results.csv`` (every stored cell of the spec), ``summary.txt`` and
+    ``llc_vs_checkpoint[_<slice>].png`` there."""
+    spec = as_spec(spec)
+    state = status(spec)
+    table = load_results(spec)
+    figures = plot_llc_vs_checkpoint(table, spec) if len(table) else {}
+    files: list[pathlib.Path] = []
+    summary = summary_text(state, table, spec)
+    if out is not None:
+        out = pathlib.Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        files.append(out / "results.csv")
+        table.to_csv(files[-1], index=False)
+        for name, fig in figures.items():
+            suffix = "" if len(figures) == 1 else f"_{name}"
+            files.append(out / f"llc_vs_checkpoint{suffix}.png")
+            fig.savefig(files[-1], dpi=DPI)
+        files.append(out / "summary.txt")
+        files[-1].write_text(summary + "\n")
+    done = table[table["status"] == "done"] if len(table) else table
+    return StudyReport(state, done.reset_index(drop=True), figures, summary, tuple(files))
+
+
+def summary_text(state: StudyStatus, table, spec: Spec) -> str:
+    """The status line, a compact table (step, grid values, λ̂ ± std, diagnostics) and the
+    failed cells' errors."""
+    lines = [str(state)]
+    if not len(table):
+        return lines[0]
+    keys = [k for k in spec.grid if k != "data"]
+    cols = ["step", "data", *keys, "llc_mean", "llc_std", "diagnostics_ok"]
+    done = table[table["status"] == "done"]
+    if len(done):
+        lines += ["", done[[c for c in cols if c in done]].to_string(index=False)]
+    failed = table[table["status"] == "failed"]
+    if len(failed):
+        lines += ["", f"{len(failed)} failed cell(s):"]
+        lines += [f"  step {r.step} {r.cell_id[:12]}: {r.error}" for r in failed.itertuples()]
+    return "\n".join(lines)
