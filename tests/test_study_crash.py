@@ -19,7 +19,7 @@ import pytest
 from jaxslt import study
 
 KILLS = 8
-SEEDS = 30  # × 2 checkpoints = 60 cells, a few milliseconds each once compiled
+SEEDS = 100  # × 2 checkpoints = 200 cells, tens of milliseconds each once compiled
 
 CRASH_TOML = f"""
 [study]
@@ -107,7 +107,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path):
             while len(_done_rows(spec.store_path)) <= before and proc.poll() is None:
                 assert time.monotonic() < deadline, "the run made no progress"
                 time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.3))
+            time.sleep(rng.uniform(0.0, 0.05))  # within the next cell or two
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, "the run finished before it was killed"
