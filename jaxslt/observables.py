@@ -27,6 +27,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxslt.posterior import map_chunks
+
 PyTree = Any
 
 
@@ -62,22 +64,14 @@ def per_example_losses(
     """(l_1(w), …, l_n(w)) with l_i = ``loss_fn(w, example i as a batch of one)``, evaluated
     ``chunk_size`` examples at a time (``lax.map`` over chunks, ``vmap`` within one)."""
     n = jax.tree.leaves(data)[0].shape[0]
-    chunk_size = max(1, min(chunk_size, n))
-    num_full, rest = divmod(n, chunk_size)
 
     def chunk_losses(chunk):
         one = lambda example: loss_fn(params, jax.tree.map(lambda x: x[None], example))  # noqa: E731
         losses = jax.vmap(one)(chunk)
         return losses.astype(jnp.promote_types(losses.dtype, jnp.float32))
 
-    head = jax.tree.map(
-        lambda x: x[: num_full * chunk_size].reshape(num_full, chunk_size, *x.shape[1:]), data
-    )
-    losses = jax.lax.map(chunk_losses, head).reshape(-1)
-    if rest:
-        tail = chunk_losses(jax.tree.map(lambda x: x[num_full * chunk_size :], data))
-        losses = jnp.concatenate([losses, tail])
-    return losses
+    full, rest = map_chunks(chunk_losses, data, max(1, min(chunk_size, n)))
+    return full.reshape(-1) if rest is None else jnp.concatenate([full.reshape(-1), rest])
 
 
 def init_moments(n: int, dtype: Any = jnp.float32) -> PointwiseMoments:

@@ -109,6 +109,21 @@ def running_llc(loss_trace: jax.Array, init_loss: jax.Array, nbeta: jax.Array) -
     return jnp.asarray(nbeta)[..., None, None] * jnp.cumsum(excess, axis=-1) / t
 
 
+def map_chunks(fn: Callable[[PyTree], Any], data: PyTree, chunk_size: int) -> tuple[Any, Any]:
+    """``fn`` over consecutive chunks of ``chunk_size`` examples (``lax.map``: one chunk live at a
+    time). Returns (outputs of the full chunks stacked, output of the shorter last chunk or
+    ``None`` when ``chunk_size`` divides n)."""
+    n = jax.tree.leaves(data)[0].shape[0]
+    num_full = n // chunk_size
+    head = jax.tree.map(
+        lambda x: x[: num_full * chunk_size].reshape(num_full, chunk_size, *x.shape[1:]), data
+    )
+    rest = None
+    if n % chunk_size:
+        rest = fn(jax.tree.map(lambda x: x[num_full * chunk_size :], data))
+    return jax.lax.map(fn, head), rest
+
+
 def full_data_loss(loss_fn: LossFn, params: PyTree, data: PyTree, chunk_size: int) -> jax.Array:
     """L_n(w) = (1/n) Σ_i l_i(w) over all n examples, evaluated in chunks of ``chunk_size``.
 
@@ -117,16 +132,13 @@ def full_data_loss(loss_fn: LossFn, params: PyTree, data: PyTree, chunk_size: in
     """
     n = jax.tree.leaves(data)[0].shape[0]
     chunk_size = max(1, min(chunk_size, n))
-    num_full, rest = divmod(n, chunk_size)
 
     def chunk_loss(chunk):
         loss = loss_fn(params, chunk)
         return loss.astype(jnp.promote_types(loss.dtype, jnp.float32))
 
-    head = jax.tree.map(
-        lambda x: x[: num_full * chunk_size].reshape(num_full, chunk_size, *x.shape[1:]), data
-    )
-    total = jnp.sum(jax.lax.map(chunk_loss, head)) * chunk_size
-    if rest:
-        total = total + chunk_loss(jax.tree.map(lambda x: x[num_full * chunk_size :], data)) * rest
+    full, rest = map_chunks(chunk_loss, data, chunk_size)
+    total = jnp.sum(full) * chunk_size
+    if rest is not None:
+        total = total + rest * (n % chunk_size)
     return total / n
