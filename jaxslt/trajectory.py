@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -151,7 +152,7 @@ def llc_trajectory(
                     )
                 )
     else:
-        stacked = jax.tree.map(lambda *xs: np.stack(xs), *trees)
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *trees)  # stays on device
         batched = _mapped(
             loss_fn, stacked, data, key, **plan.settings, progress_every=0,
             checkpoint_batch_size=len(trees) if checkpoint_batch_size is None
