@@ -4,11 +4,22 @@
     python benchmarks/scale.py --sizes 1e4,1e5,1e6  # a quick subset
 
 For each size (a 4-layer square DLN, widths H = √(P/4)) and each execution strategy — all chains
-vmapped, chains in groups of one (``chain_batch_size=1``) — it reports the compile time, the time
-per step (a short run, minus nothing: the run is timed after compiling), chain-steps/s, XLA's
-compiled memory (arguments + temporaries + outputs, from ``memory_analysis``) in bytes per
-parameter and per live chain, and the same figures for a bare jitted ``value_and_grad`` step of
-one chain on the same batch (the floor). Results: benchmarks/results/scale-<platform>.md.
+vmapped, chains in groups of one (``chain_batch_size=1``) — it reports:
+
+- the compile time;
+- the time per step of all chains, as the difference between a run of 2s and a run of s steps
+  (each compiled beforehand) divided by s, so fixed costs (the full-data L_n(w*), chain set-up)
+  do not inflate it; chain-steps/s;
+- XLA's compiled memory (arguments + temporaries + outputs, from ``memory_analysis``, less the
+  data set) in units of one float32 copy of the parameters, per live chain, and against the
+  goal 1.2·(k + 2) copies for k live chains;
+- the floor: a bare jitted ``value_and_grad`` step of one chain on the same batch, and the time
+  of the step's Gaussian draw alone (``jaxslt.noise.tree_normal``), which a bare gradient step
+  does not pay; 'ratio' = time per chain-step / bare step;
+- achieved FLOP/s from XLA's cost analysis of the bare step (a chain-step does the same matmuls)
+  and, on a GPU whose peak is known, the fraction of peak.
+
+Results: benchmarks/results/scale-<platform>.md.
 """
 
 from __future__ import annotations
@@ -26,15 +37,23 @@ import jax.numpy as jnp
 import jaxslt
 from jaxslt import problems
 from jaxslt.estimator import _sample_llc_jit
+from jaxslt.noise import tree_normal
+
+# dense float32 peak (TF32 tensor cores, which XLA uses for float32 matmuls by default), TFLOP/s
+PEAK_TFLOPS = {"NVIDIA H100": 494.7, "NVIDIA H200": 494.7, "NVIDIA A100": 156.0}
 
 
-def bare_step_time(loss_fn, params, batch, repeats=3):
-    step = jax.jit(jax.value_and_grad(loss_fn))
-    jax.block_until_ready(step(params, batch))
+def timed(fn, *args, repeats=3):
+    jax.block_until_ready(fn(*args))
     start = time.perf_counter()
     for _ in range(repeats):
-        jax.block_until_ready(step(params, batch))
+        jax.block_until_ready(fn(*args))
     return (time.perf_counter() - start) / repeats
+
+
+def peak_tflops(device) -> float | None:
+    kind = device.device_kind
+    return next((v for k, v in PEAK_TFLOPS.items() if kind.startswith(k)), None)
 
 
 def measure(size, *, chains, group, steps, batch):
@@ -42,33 +61,43 @@ def measure(size, *, chains, group, steps, batch):
     p = problems.deep_linear_network([width] * 5, width // 4, key=jax.random.key(0),
                                      num_examples=max(4 * batch, 1024))  # fmt: skip
     num_params = sum(int(w.size) for w in p.params)
+    param_bytes = 4 * num_params
     kw = dict(step_size=jnp.float32(1e-7), nbeta=jnp.float32(1000.0),
               localization=jnp.float32(1.0))  # fmt: skip
-    statics = dict(num_chains=chains, num_draws=steps, num_burnin=0, batch_size=batch,
-                   chain_batch_size=group, acceptance_checks=0)  # fmt: skip
+    statics = dict(num_chains=chains, num_burnin=0, batch_size=batch, chain_batch_size=group,
+                   acceptance_checks=0)  # fmt: skip
     key = jax.random.key(1)
-    start = time.perf_counter()
-    compiled = _sample_llc_jit.lower(p.loss_fn, p.params, p.data, key, **kw, **statics).compile()
-    compile_s = time.perf_counter() - start
-    mem = compiled.memory_analysis()
+
+    def compiled(num_draws):
+        lowered = _sample_llc_jit.lower(p.loss_fn, p.params, p.data, key, **kw, **statics,
+                                        num_draws=num_draws)  # fmt: skip
+        start = time.perf_counter()
+        program = lowered.compile()
+        return program, time.perf_counter() - start
+
+    short, compile_s = compiled(steps)
+    long, _ = compiled(2 * steps)
+    t_short = timed(functools.partial(short, p.params, p.data, key, **kw), repeats=1)
+    t_long = timed(functools.partial(long, p.params, p.data, key, **kw), repeats=1)
+    step_s = max(t_long - t_short, 1e-9) / steps
+    mem = short.memory_analysis()
     data_bytes = sum(int(x.nbytes) for x in jax.tree.leaves(p.data))
     total = (
         mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - data_bytes
     )
-    run = functools.partial(compiled, p.params, p.data, key, **kw)
-    jax.block_until_ready(run())
-    start = time.perf_counter()
-    jax.block_until_ready(run())
-    step_s = (time.perf_counter() - start) / steps
     batch_data = jax.tree.map(lambda x: x[:batch], p.data)
-    bare = bare_step_time(p.loss_fn, p.params, batch_data)
+    bare = jax.jit(jax.value_and_grad(p.loss_fn))
+    bare_s = timed(bare, p.params, batch_data)
+    flops = bare.lower(p.params, batch_data).compile().cost_analysis().get("flops", float("nan"))
+    noise_s = timed(jax.jit(tree_normal), key, p.params)
     live = chains if group is None else group
-    strategy = "vmap all" if group is None else f"groups of {group}"
+    copies = total / param_bytes
     return dict(
-        size=size, params=num_params, strategy=strategy, chains=chains, compile=compile_s,
-        step=step_s, chain_steps=chains / step_s,
-        bytes_per_param=total / (4 * num_params), per_chain=(total / (4 * num_params) - 1) / live,
-        bare=bare, ratio=step_s / (chains * bare),
+        size=size, params=num_params, strategy="vmap all" if group is None else f"groups of {group}",
+        chains=chains, compile=compile_s, fixed=t_short - steps * step_s, step=step_s,
+        chain_steps=chains / step_s, copies=copies, per_chain=(copies - 1) / live,
+        goal=1.2 * (live + 2), bare=bare_s, noise=noise_s, ratio=step_s / (chains * bare_s),
+        gflops=flops * chains / step_s / 1e9,
     )  # fmt: skip
 
 
@@ -79,6 +108,8 @@ def main():
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    device = jax.devices()[0]
+    peak = peak_tflops(device)
     rows = []
     for size in (float(s) for s in args.sizes.split(",")):
         steps = max(2, int(2e7 / size))  # a few seconds per run
@@ -87,30 +118,36 @@ def main():
                                 batch=args.batch))  # fmt: skip
             r = rows[-1]
             print(f"{r['params']:.2e} params, {r['strategy']}: {r['step'] * 1e3:.1f} ms/step, "
-                  f"{r['bytes_per_param']:.1f}× param bytes, ratio to bare "
+                  f"{r['copies']:.2f}× param bytes (goal {r['goal']:.1f}), ratio to bare "
                   f"{r['ratio']:.2f}", flush=True)  # fmt: skip
-    device = jax.devices()[0]
     lines = [
         "# Scale: time and memory per step, DLNs 1e4–1e8 parameters",
         "",
         f"Machine: {platform.machine()} {device.device_kind} ({jax.device_count()} device), "
         f"jax {jax.__version__}, jaxslt {jaxslt.__version__}. Command: `python "
         f"benchmarks/scale.py --sizes {args.sizes}`. {args.chains} chains, batch {args.batch}, "
-        "SGLD, no in-loop acceptance checks. Memory: XLA compiled memory analysis (arguments + "
-        "temporaries + outputs, less the data set) in units of one float32 copy of the "
-        "parameters; 'per live chain' subtracts one copy (w*) and divides by the chains "
-        "alive at once. 'ratio' is the time per step of all chains over chains × a bare "
-        "jitted value_and_grad step.",
+        "SGLD, no in-loop acceptance checks. Time per step: (run of 2s steps − run of s "
+        "steps)/s, all chains; 'fixed' is the rest of a run (full-data L_n(w*), set-up). "
+        "Memory: XLA compiled memory analysis (arguments + temporaries + outputs, less the data "
+        "set) in float32 copies of the parameters; 'per live chain' subtracts one copy (w*) and "
+        "divides by the chains alive at once; 'goal' is 1.2·(k + 2) for k live chains. 'bare' "
+        "is a jitted value_and_grad step of one chain on the same batch, 'noise' the step's "
+        "Gaussian draw alone; 'ratio' = time per chain-step / bare. GFLOP/s from XLA's cost "
+        "analysis of the bare step"
+        + (f", peak {peak} TFLOP/s." if peak else "."),
         "",
-        "| params | strategy | compile (s) | ms/step (all chains) | chain-steps/s | memory "
-        "(× param bytes) | per live chain | bare v&g (ms) | ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| params | strategy | compile (s) | fixed (ms) | ms/step (all chains) | chain-steps/s "
+        "| memory (× param bytes) | goal | per live chain | bare v&g (ms) | noise (ms) | ratio "
+        "| GFLOP/s |" + (" % peak |" if peak else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if peak else ""),
     ]
     for r in rows:
         lines.append(
-            f"| {r['params']:,} | {r['strategy']} | {r['compile']:.1f} | {r['step'] * 1e3:.1f} | "
-            f"{r['chain_steps']:,.0f} | {r['bytes_per_param']:.1f} | {r['per_chain']:.1f} | "
-            f"{r['bare'] * 1e3:.1f} | {r['ratio']:.2f} |"
+            f"| {r['params']:,} | {r['strategy']} | {r['compile']:.1f} | {r['fixed'] * 1e3:.0f} "
+            f"| {r['step'] * 1e3:.1f} | {r['chain_steps']:,.1f} | {r['copies']:.2f} | "
+            f"{r['goal']:.1f} | {r['per_chain']:.2f} | {r['bare'] * 1e3:.1f} | "
+            f"{r['noise'] * 1e3:.1f} | {r['ratio']:.2f} | {r['gflops']:,.0f} |"
+            + (f" {100 * r['gflops'] / (peak * 1e3):.1f} |" if peak else "")
         )
     text = "\n".join(lines) + "\n"
     print(text)

@@ -12,8 +12,9 @@ Metropolis acceptance probability for adjusted kernels (None otherwise).
 ``step_size`` is always ε, jaxslt's SGLD noise variance. Kernels with momentum use the step
 h = √(ε/2) and a dimensionless ``friction`` f ∈ (0, 1] (the momentum's decay per step), chosen
 so that f = 1 is exactly SGLD with step size ε. blackjax kernels get blackjax's h = ε/2.
-All noise is drawn per pytree leaf (``optax.tree.random_like``), in each leaf's dtype and
-sharding; blackjax's own kernels flatten the tree instead (fine for small models only).
+All noise is drawn per pytree leaf (``jaxslt.noise.tree_normal``: ``jax.random.normal``'s
+numbers, fused into the update), in each leaf's dtype and sharding; blackjax's own kernels
+flatten the tree instead (fine for small models only).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import Any, NamedTuple
 import blackjax
 import jax
 import jax.numpy as jnp
-import optax
 
+from jaxslt.noise import tree_normal
 from jaxslt.posterior import LocalizedPosterior, sq_distance
 
 PyTree = Any
@@ -48,10 +49,6 @@ class SamplingKernel(NamedTuple):
 
     init: Callable[..., Any]
     step: Callable[[jax.Array, Any, PyTree, jax.Array], tuple[Any, StepInfo]]
-
-
-def _noise(key: jax.Array, tree: PyTree) -> PyTree:
-    return optax.tree.random_like(key, tree, jax.random.normal)
 
 
 def _axpy(tree: PyTree, *terms: tuple[Any, PyTree]) -> PyTree:
@@ -85,7 +82,7 @@ def sgld(posterior: LocalizedPosterior) -> SamplingKernel:
 
     def step(rng_key, state: SGLDState, minibatch, step_size):
         loss, grad = posterior.value_and_grad(state.position, minibatch)
-        noise = _noise(rng_key, state.position)
+        noise = tree_normal(rng_key, state.position)
         position = _axpy(state.position, (0.5 * step_size, grad), (jnp.sqrt(step_size), noise))
         return SGLDState(position), StepInfo(loss, grad=grad)
 
@@ -139,7 +136,7 @@ def rmsprop_sgld(
         square_avg = jax.tree.map(moment, state.square_avg, grad, localizer)
         correction = 1 - decay ** count.astype(jnp.float32)
         precond = jax.tree.map(lambda v: 1 / (jnp.sqrt(v / correction) + eps), square_avg)
-        noise = _noise(rng_key, state.position)
+        noise = tree_normal(rng_key, state.position)
         position = jax.tree.map(
             lambda w, g, p, z: (w + 0.5 * step_size * p * g + jnp.sqrt(step_size * p) * z).astype(
                 w.dtype
@@ -172,12 +169,12 @@ def sghmc(posterior: LocalizedPosterior, *, friction: float = 0.1) -> SamplingKe
 
     def init(position, rng_key, minibatch=None) -> SGHMCState:
         del minibatch
-        return SGHMCState(position, _noise(rng_key, position))
+        return SGHMCState(position, tree_normal(rng_key, position))
 
     def step(rng_key, state: SGHMCState, minibatch, step_size):
         loss, grad = posterior.value_and_grad(state.position, minibatch)
         h = jnp.sqrt(0.5 * step_size)
-        noise = _noise(rng_key, state.momentum)
+        noise = tree_normal(rng_key, state.momentum)
         momentum = _axpy(state.momentum, (-friction, state.momentum), (h, grad),
                          (jnp.sqrt(2 * friction), noise))  # fmt: skip
         position = _axpy(state.position, (h, momentum))
@@ -209,12 +206,14 @@ def sgnht(posterior: LocalizedPosterior, *, friction: float = 0.1) -> SamplingKe
 
     def init(position, rng_key, minibatch=None) -> SGNHTState:
         del minibatch
-        return SGNHTState(position, _noise(rng_key, position), jnp.asarray(friction, jnp.float32))
+        return SGNHTState(
+            position, tree_normal(rng_key, position), jnp.asarray(friction, jnp.float32)
+        )
 
     def step(rng_key, state: SGNHTState, minibatch, step_size):
         loss, grad = posterior.value_and_grad(state.position, minibatch)
         h = jnp.sqrt(0.5 * step_size)
-        noise = _noise(rng_key, state.momentum)
+        noise = tree_normal(rng_key, state.momentum)
         momentum = _axpy(state.momentum, (-state.thermostat, state.momentum), (h, grad),
                          (jnp.sqrt(2 * friction), noise))  # fmt: skip
         position = _axpy(state.position, (h, momentum))
@@ -260,7 +259,7 @@ def mala(posterior: LocalizedPosterior) -> SamplingKernel:
 
     def step(rng_key, state: MALAState, minibatch, step_size):
         key_prop, key_accept = jax.random.split(rng_key)
-        noise = _noise(key_prop, state.position)
+        noise = tree_normal(key_prop, state.position)
         proposal = _axpy(state.position, (0.5 * step_size, state.grad),
                          (jnp.sqrt(step_size), noise))  # fmt: skip
         loss, logdensity, grad = evaluate(proposal, minibatch)
