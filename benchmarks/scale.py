@@ -8,8 +8,8 @@ vmapped, chains in groups of one (``chain_batch_size=1``) — it reports:
 
 - the compile time;
 - the time per step of all chains, as the difference between a run of 2s and a run of s steps
-  (each compiled beforehand) divided by s, so fixed costs (the full-data L_n(w*), chain set-up)
-  do not inflate it; chain-steps/s;
+  (each compiled beforehand, best of 3) divided by s, so fixed costs (the full-data L_n(w*),
+  chain set-up) do not inflate it; chain-steps/s;
 - XLA's compiled memory (arguments + temporaries + outputs, from ``memory_analysis``, less the
   data set) in units of one float32 copy of the parameters, per live chain, and against the
   goal 1.2·(k + 2) copies for k live chains;
@@ -44,11 +44,14 @@ PEAK_TFLOPS = {"NVIDIA H100": 494.7, "NVIDIA H200": 494.7, "NVIDIA A100": 156.0}
 
 
 def timed(fn, *args, repeats=3):
+    """Best of ``repeats`` timed calls after a warm-up call."""
     jax.block_until_ready(fn(*args))
-    start = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        start = time.perf_counter()
         jax.block_until_ready(fn(*args))
-    return (time.perf_counter() - start) / repeats
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def peak_tflops(device) -> float | None:
@@ -77,8 +80,9 @@ def measure(size, *, chains, group, steps, batch):
 
     short, compile_s = compiled(steps)
     long, _ = compiled(2 * steps)
-    t_short = timed(functools.partial(short, p.params, p.data, key, **kw), repeats=1)
-    t_long = timed(functools.partial(long, p.params, p.data, key, **kw), repeats=1)
+    repeats = 3 if size < 5e7 else 1
+    t_short = timed(functools.partial(short, p.params, p.data, key, **kw), repeats=repeats)
+    t_long = timed(functools.partial(long, p.params, p.data, key, **kw), repeats=repeats)
     step_s = max(t_long - t_short, 1e-9) / steps
     mem = short.memory_analysis()
     data_bytes = sum(int(x.nbytes) for x in jax.tree.leaves(p.data))

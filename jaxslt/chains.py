@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -174,6 +175,47 @@ def replicate(tree: PyTree, mesh: jax.sharding.Mesh | None) -> PyTree:
         return tree
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+
+def available_memory(device: jax.Device) -> int | None:
+    """Bytes free for a new program on ``device``: the allocator's limit less what is in use on
+    GPU/TPU, the host's available physical memory for a CPU device; None when unknown."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    if device.platform == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # not Linux
+            return None
+    return None
+
+
+def auto_chain_batch_size(
+    num_chains: int,
+    *,
+    chain_bytes: int,
+    fixed_bytes: int,
+    available: int | None,
+    chain_axis: int = 1,
+    budget: float = 0.8,
+) -> int | None:
+    """How many chains to run at once: ``None`` (all vmapped) when they fit, else the largest
+    group size k (a divisor of ``num_chains``, a multiple of ``chain_axis``) with
+
+        fixed_bytes + (k / chain_axis) · chain_bytes ≤ budget · available
+
+    per device (``chain_bytes``: one live chain's bytes on a device, ``fixed_bytes``: w*, data
+    and one working copy there). When even the smallest group does not fit, the smallest group
+    (the run may then fail with an out-of-memory error that names the sizes). ``available``
+    None (unknown): all chains at once."""
+    groups = [k for k in range(chain_axis, num_chains + 1, chain_axis) if num_chains % k == 0]
+    if available is None or not groups:
+        return None
+    fits = [k for k in groups if fixed_bytes + k // chain_axis * chain_bytes <= budget * available]
+    if fits and fits[-1] == num_chains:
+        return None
+    return fits[-1] if fits else groups[0]
 
 
 def run_chains(

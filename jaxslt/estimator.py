@@ -29,6 +29,8 @@ import numpy as np
 from jaxslt import validation
 from jaxslt.chains import (
     Accumulator,
+    auto_chain_batch_size,
+    available_memory,
     data_size,
     param_partition_specs,
     place_params,
@@ -314,7 +316,7 @@ def estimate_llc(
     sampler_options: Mapping[str, Any] | None = None,
     eval_batch_size: int | None = None,
     acceptance_checks: int = 50,
-    chain_batch_size: int | None = None,
+    chain_batch_size: int | Literal["auto"] | None = "auto",
     mesh: jax.sharding.Mesh | None = None,
     param_specs: Any = None,
     compute_dtype: Any = None,
@@ -356,9 +358,12 @@ def estimate_llc(
         acceptance of SGLD transitions (``result.mala_accept``; one extra gradient each);
         0 disables it.
       chain_batch_size: run the chains in groups of this many (a divisor of ``num_chains``),
-        one group after another, so that at most this many chain states are live at once
-        (memory ≈ (k + 2) × parameter bytes instead of (num_chains + 2)×); same result as
-        all chains at once. ``None``: all chains vmapped.
+        one group after another, so that at most this many chain states are live at once;
+        same result as all chains at once. A live SGLD chain holds its state and its gradient
+        (2 copies of the parameters; the noise is fused into the update), plus its previous
+        state at an acceptance check. ``None``: all chains vmapped. ``"auto"``: all chains
+        vmapped if that fits in 80% of the free device (or host) memory by this count,
+        otherwise the largest group that does (``chains.auto_chain_batch_size``).
       mesh: a ``jax.sharding.Mesh`` (build it with ``AxisType.Auto`` axes) with a ``"chain"``
         axis, a ``"model"`` axis, or both. Each group's chains are spread over ``"chain"``
         (group size a multiple of its size); each parameter leaf of the chain states, its
@@ -470,7 +475,8 @@ def _plan(loss_fn, params, data, *, key, step_size, num_chains, num_draws, num_b
         acceptance_checks=acceptance_checks,
         chain_batch_size=chain_batch_size,
     )
-    validation.check_mesh(mesh, num_chains, chain_batch_size, param_specs)
+    auto = chain_batch_size == "auto"
+    validation.check_mesh(mesh, num_chains, None if auto else chain_batch_size, param_specs)
     param_specs = validation.check_param_specs(
         param_specs, params, mesh, restricted=restrict is not None
     )
@@ -481,6 +487,12 @@ def _plan(loss_fn, params, data, *, key, step_size, num_chains, num_draws, num_b
         batch_size = n
     batch_size = min(n, DEFAULT_BATCH_SIZE) if batch_size is None else batch_size
     validation.check_loss_fn(loss_fn, params, data, batch_size)
+    if auto:
+        chain_batch_size = _auto_chain_batch_size(
+            loss_fn, params, data, num_chains=num_chains, batch_size=batch_size,
+            sampler=sampler, options=options, mesh=mesh, restrict=restrict,
+            checks=acceptance_checks > 0 and sampler in SGLD_SAMPLERS, observables=observables,
+        )  # fmt: skip
     total = num_burnin + num_draws * thinning
     if chain_batch_size:
         total *= num_chains // min(chain_batch_size, num_chains)
@@ -506,6 +518,42 @@ def _plan(loss_fn, params, data, *, key, step_size, num_chains, num_draws, num_b
         param_specs=param_specs,
     )
     return _Plan(settings, total, calibration)
+
+
+def _nbytes(tree: PyTree) -> int:
+    return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def _auto_chain_batch_size(loss_fn, params, data, *, num_chains, batch_size, sampler, options,
+                           mesh, restrict, checks, observables) -> int | None:  # fmt: skip
+    """``chain_batch_size="auto"``: the memory model of a live chain (its kernel state, one
+    gradient, the previous position at acceptance checks, per-example moments for observables)
+    against the free memory of the devices, split over the mesh's axes."""
+    sampled_loss, sampled = (
+        (loss_fn, params) if restrict is None else _restricted(loss_fn, params, restrict)
+    )
+
+    def init_state():
+        posterior = localized_posterior(sampled_loss, sampled, nbeta=1.0, localization=1.0)
+        kernel = make_kernel(sampler, sampled_loss, posterior, tuple(options.items()))
+        batch = jax.tree.map(lambda x: x[:batch_size], data)
+        return kernel.init(sampled, jax.random.key(0), batch)
+
+    state_bytes, param_bytes = _nbytes(jax.eval_shape(init_state)), _nbytes(sampled)
+    chain_bytes = state_bytes + param_bytes * (2 if checks else 1)
+    if observables:
+        chain_bytes += 3 * 4 * data_size(data)  # running mean, M2 and log-sum-exp per example
+    shape = dict(mesh.shape) if mesh is not None else {}
+    model = shape.get("model", 1)
+    devices = mesh.devices.flat if mesh is not None else jax.local_devices()[:1]
+    free = [available_memory(d) for d in devices if d.process_index == jax.process_index()]
+    return auto_chain_batch_size(
+        num_chains,
+        chain_bytes=chain_bytes // model,
+        fixed_bytes=(_nbytes(params) + param_bytes) // model + _nbytes(data),
+        available=None if not free or None in free else min(free),
+        chain_axis=shape.get("chain", 1),
+    )
 
 
 @contextlib.contextmanager

@@ -134,7 +134,12 @@ def check_settings(
             f"(batch_size={n} is full-batch)"
         )
     _int("acceptance_checks", acceptance_checks, 0, "Use 0 to skip the MALA acceptance checks.")
-    if chain_batch_size is not None:
+    if isinstance(chain_batch_size, str) and chain_batch_size != "auto":
+        raise ValueError(
+            f'chain_batch_size must be an int, None (all chains at once) or "auto"; '
+            f"got {chain_batch_size!r}"
+        )
+    if chain_batch_size is not None and chain_batch_size != "auto":
         _int("chain_batch_size", chain_batch_size, 1, "It is how many chains run at once.")
         if num_chains % min(chain_batch_size, num_chains):
             raise ValueError(

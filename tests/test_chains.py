@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxslt import localized_posterior, progress, run_chains, sgld
+from jaxslt.chains import auto_chain_batch_size, available_memory
 
 
 def data_loss(params, batch):
@@ -124,3 +125,28 @@ def test_chain_groups_bound_the_live_memory():
     assert one < 4.1 * param_bytes
     with pytest.raises(ValueError, match="must divide num_chains"):
         temp_bytes(3)
+
+
+@pytest.mark.parametrize(
+    "available, chain_axis, expected",
+    [
+        (None, 1, None),  # memory unknown: all chains at once
+        (10_000, 1, None),  # 100 + 8·100 = 900 ≤ 8,000: all fit
+        (1_000, 1, 4),  # budget 800: 100 + 4·100 fits, 8 chains do not
+        (400, 1, 2),  # budget 320: 300 fits
+        (100, 1, 1),  # nothing fits: the smallest group
+        (1_000, 2, None),  # 2 devices on "chain": 4 chains per device fit (100 + 4·100 ≤ 800)
+        (400, 2, 4),  # 2 chains per device (300 ≤ 320)
+        (100, 4, 4),  # nothing fits: the smallest multiple of the chain axis
+    ],
+)
+def test_auto_chain_batch_size_is_the_largest_group_that_fits(available, chain_axis, expected):
+    got = auto_chain_batch_size(
+        8, chain_bytes=100, fixed_bytes=100, available=available, chain_axis=chain_axis
+    )
+    assert got == expected
+
+
+def test_available_memory_is_positive_on_this_host():
+    free = available_memory(jax.devices()[0])
+    assert free is None or free > 0

@@ -469,3 +469,30 @@ def test_data_refined_llc_on_a_slice_matches_the_exact_posterior():
     assert float(result.init_loss) == pytest.approx(init, rel=1e-5)
     se = float(result.llc_std) / np.sqrt(8)
     assert abs(float(result.llc_mean) - target) < 4 * se
+
+
+def test_auto_chain_batch_size_groups_chains_when_memory_is_short(monkeypatch):
+    p = problems.deep_linear_network([8, 8, 8], 2, key=jax.random.key(0), num_examples=256)
+    kw = dict(key=jax.random.key(1), step_size=1e-5, num_chains=4, num_draws=20, num_burnin=0)
+    plan = functools.partial(
+        jaxslt.estimator._plan, p.loss_fn, p.params, p.data, thinning=1, batch_size=None,
+        nbeta=None, localization=None, sampler="sgld", sampler_options=None,
+        eval_batch_size=None, acceptance_checks=5, mesh=None, compute_dtype=None,
+        restrict=None, observables=False, observable_draws=100, chain_batch_size="auto", **kw,
+    )  # fmt: skip
+    assert plan().settings["chain_batch_size"] is None  # plenty of memory: all chains at once
+    # a live SGLD chain with acceptance checks: state + gradient + previous state = 3 copies;
+    # fixed: w*, one working copy and the data
+    param_bytes = 4 * sum(int(w.size) for w in p.params)
+    fixed = 2 * param_bytes + sum(int(x.nbytes) for x in p.data)
+    monkeypatch.setattr(
+        jaxslt.estimator, "available_memory", lambda d: (fixed + 2 * 3 * param_bytes) / 0.8
+    )
+    assert plan().settings["chain_batch_size"] == 2
+    grouped = jaxslt.estimate_llc(p.loss_fn, p.params, p.data, diagnostics=False, **kw)
+    together = jaxslt.estimate_llc(
+        p.loss_fn, p.params, p.data, chain_batch_size=None, diagnostics=False, **kw
+    )
+    np.testing.assert_allclose(grouped.loss_trace, together.loss_trace, rtol=1e-6)
+    with pytest.raises(ValueError, match='"auto"'):
+        jaxslt.estimate_llc(p.loss_fn, p.params, p.data, chain_batch_size="all", **kw)
