@@ -96,8 +96,9 @@ def measure(size, *, chains, group, steps, batch):
     noise_s = timed(jax.jit(tree_normal), key, p.params)
     live = chains if group is None else group
     copies = total / param_bytes
+    strategy = "vmap all" if group is None else f"groups of {group}"
     return dict(
-        size=size, params=num_params, strategy="vmap all" if group is None else f"groups of {group}",
+        size=size, params=num_params, strategy=strategy,
         chains=chains, compile=compile_s, fixed=t_short - steps * step_s, step=step_s,
         chain_steps=chains / step_s, copies=copies, per_chain=(copies - 1) / live,
         goal=1.2 * (live + 2), bare=bare_s, noise=noise_s, ratio=step_s / (chains * bare_s),
@@ -137,8 +138,7 @@ def main():
         "divides by the chains alive at once; 'goal' is 1.2·(k + 2) for k live chains. 'bare' "
         "is a jitted value_and_grad step of one chain on the same batch, 'noise' the step's "
         "Gaussian draw alone; 'ratio' = time per chain-step / bare. GFLOP/s from XLA's cost "
-        "analysis of the bare step"
-        + (f", peak {peak} TFLOP/s." if peak else "."),
+        "analysis of the bare step" + (f", peak {peak} TFLOP/s." if peak else "."),
         "",
         "| params | strategy | compile (s) | fixed (ms) | ms/step (all chains) | chain-steps/s "
         "| memory (× param bytes) | goal | per live chain | bare v&g (ms) | noise (ms) | ratio "
