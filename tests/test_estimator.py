@@ -481,12 +481,12 @@ def test_auto_chain_batch_size_groups_chains_when_memory_is_short(monkeypatch):
         restrict=None, observables=False, observable_draws=100, chain_batch_size="auto", **kw,
     )  # fmt: skip
     assert plan().settings["chain_batch_size"] is None  # plenty of memory: all chains at once
-    # a live SGLD chain with acceptance checks: state + gradient + previous state = 3 copies;
+    # a live SGLD chain with acceptance checks: state + gradient + 4 copies for the checks;
     # fixed: w*, one working copy and the data
     param_bytes = 4 * sum(int(w.size) for w in p.params)
     fixed = 2 * param_bytes + sum(int(x.nbytes) for x in p.data)
     monkeypatch.setattr(
-        jaxslt.estimator, "available_memory", lambda d: (fixed + 2 * 3 * param_bytes) / 0.8
+        jaxslt.estimator, "available_memory", lambda d: (fixed + 2 * 6 * param_bytes) / 0.8
     )
     assert plan().settings["chain_batch_size"] == 2
     grouped = jaxslt.estimate_llc(p.loss_fn, p.params, p.data, diagnostics=False, **kw)
