@@ -361,9 +361,10 @@ def estimate_llc(
         one group after another, so that at most this many chain states are live at once;
         same result as all chains at once. A live SGLD chain holds its state and its gradient
         (2 copies of the parameters; the noise is fused into the update), 4 more while
-        ``acceptance_checks`` are on (the previous position and both gradients). ``None``: all chains vmapped. ``"auto"``: all chains
-        vmapped if that fits in 80% of the free device (or host) memory by this count,
-        otherwise the largest group that does (``chains.auto_chain_batch_size``).
+        ``acceptance_checks`` are on (the previous position and both gradients). ``None``: all
+        chains vmapped. ``"auto"``: all chains vmapped if that fits in 80% of the free device
+        (or host) memory by this count, otherwise the largest group that does
+        (``chains.auto_chain_batch_size``).
       mesh: a ``jax.sharding.Mesh`` (build it with ``AxisType.Auto`` axes) with a ``"chain"``
         axis, a ``"model"`` axis, or both. Each group's chains are spread over ``"chain"``
         (group size a multiple of its size); each parameter leaf of the chain states, its
