@@ -260,8 +260,9 @@ def run_chains(
     through a host callback; 0 compiles no callback at all.
 
     ``transition_check(old_state, new_state, minibatch, step_size, info)`` (one chain; vmapped)
-    is evaluated on every ``check_every``-th step after burn-in, under a ``lax.cond`` on the step
-    counter (which no vmap batches), so the other steps pay nothing for it.
+    is evaluated on every ``check_every``-th step after burn-in: a ``lax.cond`` on the step
+    counter (which no vmap batches) chooses between the step with its check and the step alone,
+    so the other steps pay nothing for it, in time or memory.
 
     ``accumulate``: an ``Accumulator`` folded over the chain states at the kept draws (the
     state whose loss the trace records), e.g. per-example loss moments for WAIC.
@@ -326,27 +327,38 @@ def _run_group(
 
     checking = transition_check is not None and check_every > 0
 
-    def check(old, new, batches, info, t):
-        def run():
-            return jax.vmap(transition_check, in_axes=(0, 0, batch_axis, None, 0))(
-                old, new, batches, step_size, info
-            ).astype(jnp.float32)
+    def transition(kernel_keys, states, batches):
+        new, info = jax.vmap(kernel.step, in_axes=(0, 0, batch_axis, None))(
+            kernel_keys, states, batches, step_size
+        )
+        return spread(new), info
 
-        due = (t >= num_burnin) & ((t - num_burnin) % check_every == 0)
-        return jax.lax.cond(due, run, lambda: jnp.full((num_chains,), jnp.nan, jnp.float32))
+    def checked_transition(kernel_keys, states, batches):
+        new, info = transition(kernel_keys, states, batches)
+        value = jax.vmap(transition_check, in_axes=(0, 0, batch_axis, None, 0))(
+            states, new, batches, step_size, info
+        )
+        return new, info._replace(grad=None), value.astype(jnp.float32)
+
+    def unchecked_transition(kernel_keys, states, batches):
+        new, info = transition(kernel_keys, states, batches)
+        return new, info._replace(grad=None), jnp.full((num_chains,), jnp.nan, jnp.float32)
 
     def step(carry, t):
         states, first_bad, accept_sum, check_sum, check_count = carry
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(chain_keys, t)
         batch_keys, kernel_keys = jnp.unstack(jax.vmap(jax.random.split)(keys), axis=1)
         batches = minibatches(batch_keys)
-        old = states
-        states, info = jax.vmap(kernel.step, in_axes=(0, 0, batch_axis, None))(
-            kernel_keys, states, batches, step_size
-        )
-        states = spread(states)
-        if checking:
-            value = check(old, states, batches, info, t)
+        if not checking:
+            states, info = transition(kernel_keys, states, batches)
+        else:
+            # The whole step sits under the cond (not just the check), so a checked step holds
+            # w, w', ∇(w), ∇(w') and an unchecked one only w and ∇(w): the cond's operands are
+            # the step's own inputs, never the extra copies.
+            due = (t >= num_burnin) & ((t - num_burnin) % check_every == 0)
+            states, info, value = jax.lax.cond(
+                due, checked_transition, unchecked_transition, kernel_keys, states, batches
+            )
             ok = ~jnp.isnan(value)
             check_sum = check_sum + jnp.where(ok, value, 0.0)
             check_count = check_count + ok

@@ -360,7 +360,7 @@ def estimate_llc(
       chain_batch_size: run the chains in groups of this many (a divisor of ``num_chains``),
         one group after another, so that at most this many chain states are live at once;
         same result as all chains at once. A live SGLD chain holds its state and its gradient
-        (2 copies of the parameters; the noise is fused into the update), 4 more while
+        (2 copies of the parameters; the noise is fused into the update), about 3 more while
         ``acceptance_checks`` are on (the previous position and both gradients). ``None``: all
         chains vmapped. ``"auto"``: all chains vmapped if that fits in 80% of the free device
         (or host) memory by this count, otherwise the largest group that does
@@ -541,9 +541,9 @@ def _auto_chain_batch_size(loss_fn, params, data, *, num_chains, batch_size, sam
         return kernel.init(sampled, jax.random.key(0), batch)
 
     state_bytes, param_bytes = _nbytes(jax.eval_shape(init_state)), _nbytes(sampled)
-    # one gradient; at an acceptance check XLA also holds the previous position, its gradient,
-    # the new gradient and the check's operands: 4 more copies (measured, benchmarks/scale.py)
-    chain_bytes = state_bytes + param_bytes * (5 if checks else 1)
+    # one gradient; at an acceptance check XLA also holds the previous position, its gradient
+    # and the new gradient: ~2.6 more copies, measured (README, "Memory per device")
+    chain_bytes = state_bytes + param_bytes * (4 if checks else 1)
     if observables:
         chain_bytes += 3 * 4 * data_size(data)  # running mean, M2 and log-sum-exp per example
     shape = dict(mesh.shape) if mesh is not None else {}

@@ -481,12 +481,12 @@ def test_auto_chain_batch_size_groups_chains_when_memory_is_short(monkeypatch):
         restrict=None, observables=False, observable_draws=100, chain_batch_size="auto", **kw,
     )  # fmt: skip
     assert plan().settings["chain_batch_size"] is None  # plenty of memory: all chains at once
-    # a live SGLD chain with acceptance checks: state + gradient + 4 copies for the checks;
+    # a live SGLD chain with acceptance checks: state + gradient + 3 copies for the checks;
     # fixed: w*, one working copy and the data
     param_bytes = 4 * sum(int(w.size) for w in p.params)
     fixed = 2 * param_bytes + sum(int(x.nbytes) for x in p.data)
     monkeypatch.setattr(
-        jaxslt.estimator, "available_memory", lambda d: (fixed + 2 * 6 * param_bytes) / 0.8
+        jaxslt.estimator, "available_memory", lambda d: (fixed + 2 * 5 * param_bytes) / 0.8
     )
     assert plan().settings["chain_batch_size"] == 2
     grouped = jaxslt.estimate_llc(p.loss_fn, p.params, p.data, diagnostics=False, **kw)
@@ -496,3 +496,22 @@ def test_auto_chain_batch_size_groups_chains_when_memory_is_short(monkeypatch):
     np.testing.assert_allclose(grouped.loss_trace, together.loss_trace, rtol=1e-6)
     with pytest.raises(ValueError, match='"auto"'):
         jaxslt.estimate_llc(p.loss_fn, p.params, p.data, chain_batch_size="all", **kw)
+
+
+def test_acceptance_checks_cost_at_most_three_parameter_copies_per_chain():
+    """At a checked step a chain holds w, w′ and both gradients; the check is part of the step
+    under the cond, so no further copies of its operands are made (it was 4.3 copies before)."""
+    p = problems.deep_linear_network([256] * 5, 64, key=jax.random.key(0), num_examples=256)
+    param_bytes = 4 * sum(int(w.size) for w in p.params)
+
+    def temp_bytes(group, checks):
+        return _sample_llc_jit.lower(
+            p.loss_fn, p.params, p.data, jax.random.key(1), step_size=1e-7, nbeta=100.0,
+            localization=1.0, num_chains=4, num_draws=10, num_burnin=0, batch_size=32,
+            chain_batch_size=group, acceptance_checks=checks,
+        ).compile().memory_analysis().temp_size_in_bytes  # fmt: skip
+
+    per_chain = temp_bytes(2, 5) - temp_bytes(1, 5)
+    per_chain_unchecked = temp_bytes(2, 0) - temp_bytes(1, 0)
+    assert per_chain_unchecked == pytest.approx(2 * param_bytes, rel=0.1)  # state + gradient
+    assert per_chain < per_chain_unchecked + 3 * param_bytes
