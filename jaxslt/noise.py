@@ -12,8 +12,9 @@ straight-line elementwise operations: identical bits (tested), ~4× faster on CP
 the parameter update so no noise array is ever stored. On GPU/TPU, XLA already fuses JAX's own
 unrolled lowering; the numbers are the same there too.
 
-Keys other than Threefry (``jax.random.key(0, impl="rbg")``), dtypes other than float32, and
-leaves of 2**32 elements or more are drawn by ``jax.random.normal`` itself.
+Keys other than Threefry (``jax.random.key(0, impl="rbg")``), dtypes other than float32,
+leaves of 2**32 elements or more, and the non-default ``jax_threefry_partitionable=False`` mode
+are drawn by ``jax.random.normal`` itself, so the numbers always equal JAX's.
 """
 
 from __future__ import annotations
@@ -78,7 +79,12 @@ def normal(key: jax.Array, shape: tuple[int, ...] = (), dtype: Any = jnp.float32
     the consumer. Falls back to ``jax.random.normal`` where the fused form does not apply."""
     shape = tuple(int(d) for d in shape)
     dtype = jnp.dtype(dtype)
-    if dtype != jnp.float32 or math.prod(shape) >= 2**32 or not _is_threefry(key):
+    if (
+        dtype != jnp.float32
+        or math.prod(shape) >= 2**32
+        or not _is_threefry(key)
+        or not jax.config.jax_threefry_partitionable
+    ):
         return jax.random.normal(key, shape, dtype)
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)

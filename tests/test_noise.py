@@ -59,6 +59,12 @@ def test_falls_back_to_jax_where_the_fused_form_does_not_apply(key, dtype):
     assert got.dtype == dtype
 
 
+def test_equals_jax_in_the_non_partitionable_threefry_mode_too():
+    key = jax.random.key(5)
+    with jax.threefry_partitionable(False):
+        chex.assert_trees_all_equal(noise.normal(key, (6, 7)), jax.random.normal(key, (6, 7)))
+
+
 def test_tree_normal_splits_keys_like_optax():
     tree = {"a": jnp.zeros((5, 4)), "b": (jnp.zeros(3), jnp.zeros((2, 2), jnp.bfloat16))}
     key = jax.random.key(11)
