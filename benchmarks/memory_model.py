@@ -63,14 +63,14 @@ def main():
         one = compiled_bytes(p, chains=args.chains, group=1, batch=args.batch, **setting)
         every = compiled_bytes(p, chains=args.chains, group=None, batch=args.batch, **setting)
         checks = setting.get("acceptance_checks", 0) > 0
-        chain_bytes, fixed_bytes = _chain_memory(
+        memory = _chain_memory(
             p.loss_fn, p.params, p.data, batch_size=args.batch, sampler=setting["sampler"],
             options={}, restrict=None, checks=checks,
             observables=setting.get("observables", False),
         )  # fmt: skip
-        rows.append((name, one, every, (every - one) / (args.chains - 1),
-                     fixed_bytes + chain_bytes, fixed_bytes + args.chains * chain_bytes,
-                     chain_bytes))  # fmt: skip
+        fixed = memory.params + memory.data
+        rows.append((name, one, every, (every - one) / (args.chains - 1), fixed + memory.chain,
+                     fixed + args.chains * memory.chain, memory.chain))  # fmt: skip
         print(f"{name}: one chain {one / param_bytes:.2f} P, all {every / param_bytes:.2f} P; "
               f"model {rows[-1][4] / param_bytes:.2f} P, {rows[-1][5] / param_bytes:.2f} P",
               flush=True)  # fmt: skip

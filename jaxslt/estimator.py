@@ -525,12 +525,21 @@ def _nbytes(tree: PyTree) -> int:
     return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
+class _Memory(NamedTuple):
+    """The memory model on one device without a mesh, in bytes: ``chain`` per live chain (its
+    kernel state, one gradient, what an acceptance check holds, per-example moments for
+    observables); ``params`` fixed and split with the parameters (w*, one working copy of the
+    sampled part); ``data`` fixed and replicated."""
+
+    chain: int
+    params: int
+    data: int
+
+
 def _chain_memory(loss_fn, params, data, *, batch_size, sampler, options, restrict, checks,
-                  observables) -> tuple[int, int]:  # fmt: skip
-    """The memory model on one device without a mesh, in bytes: (one live chain, fixed). A
-    chain holds its kernel state, one gradient, what an acceptance check holds and per-example
-    moments for observables; fixed are w*, one working copy of the sampled part and the data.
-    ``benchmarks/memory_model.py`` compares it with XLA's compiled memory."""
+                  observables) -> _Memory:  # fmt: skip
+    """``_Memory`` of this run; ``benchmarks/memory_model.py`` compares it with XLA's compiled
+    memory."""
     sampled_loss, sampled = (
         (loss_fn, params) if restrict is None else _restricted(loss_fn, params, restrict)
     )
@@ -547,26 +556,25 @@ def _chain_memory(loss_fn, params, data, *, batch_size, sampler, options, restri
     chain_bytes = state_bytes + param_bytes * (4 if checks else 1)
     if observables:
         chain_bytes += 3 * 4 * data_size(data)  # running mean, M2 and log-sum-exp per example
-    return chain_bytes, _nbytes(params) + param_bytes + _nbytes(data)
+    return _Memory(chain_bytes, _nbytes(params) + param_bytes, _nbytes(data))
 
 
 def _auto_chain_batch_size(loss_fn, params, data, *, num_chains, batch_size, sampler, options,
                            mesh, restrict, checks, observables) -> int | None:  # fmt: skip
     """``chain_batch_size="auto"``: the memory model (``_chain_memory``) against the free
     memory of the devices, parameter sizes split over the mesh's ``"model"`` axis."""
-    chain_bytes, fixed_bytes = _chain_memory(
+    memory = _chain_memory(
         loss_fn, params, data, batch_size=batch_size, sampler=sampler, options=options,
         restrict=restrict, checks=checks, observables=observables,
     )  # fmt: skip
     shape = dict(mesh.shape) if mesh is not None else {}
     model = shape.get("model", 1)
-    data_bytes = _nbytes(data)
     devices = mesh.devices.flat if mesh is not None else jax.local_devices()[:1]
     free = [available_memory(d) for d in devices if d.process_index == jax.process_index()]
     return auto_chain_batch_size(
         num_chains,
-        chain_bytes=chain_bytes // model,
-        fixed_bytes=(fixed_bytes - data_bytes) // model + data_bytes,
+        chain_bytes=memory.chain // model,
+        fixed_bytes=memory.params // model + memory.data,
         available=None if not free or None in free else min(free),
         chain_axis=shape.get("chain", 1),
     )

@@ -81,6 +81,14 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _top_label(ax: Any, text: str, x: float, *, drop: float) -> None:
+    """Small grey text centred at data x, ``drop`` points below the top of the axes."""
+    ax.annotate(
+        text, (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, -drop),
+        textcoords="offset points", ha="center", va="top", fontsize=8, color="0.3",
+    )  # fmt: skip
+
+
 def _fmt(x: float, digits: int = 4) -> str:
     x = float(x)
     if math.isnan(x):
@@ -605,17 +613,7 @@ def plot_calibration(table: Any, path: str | Path, *, true_llc: float | None = N
         handles.append(Line2D([], [], ls="none", marker="D", ms=7, mfc="0.6", mec="black"))
         labels.append(r"$\varepsilon \to 0$ extrapolation")
         ax_est.axvline(math.sqrt(x_extra * lo), color="0.6", ls=":", lw=1.0)
-        ax_est.annotate(
-            r"$\varepsilon \to 0$",
-            (x_extra, 1.0),
-            xycoords=("data", "axes fraction"),
-            xytext=(0, -4),
-            textcoords="offset points",
-            ha="center",
-            va="top",
-            fontsize=8,
-            color="0.3",
-        )
+        _top_label(ax_est, r"$\varepsilon \to 0$", x_extra, drop=4)
     if true_llc is not None:
         ax_est.axhline(float(true_llc), color=_TRUTH_COLOR, ls="--", lw=1.3, zorder=2)
         handles.append(Line2D([], [], color=_TRUTH_COLOR, ls="--", lw=1.3))
@@ -965,22 +963,12 @@ def plot_stages(
     for k, row in enumerate(table.itertuples()):
         if k % 2 == 0:
             ax.axvspan(row.start_step, row.end_step, color=_STAGE_SHADE, lw=0, zorder=0)
-        ax.annotate(
-            f"{row.stage} {_STAGE_ARROWS.get(str(row.kind), '')}",
-            (
-                math.sqrt(row.start_step * row.end_step)
-                if stages.scale == "log" and row.start_step > 0
-                else (row.start_step + row.end_step) / 2,
-                1.0,
-            ),
-            xycoords=("data", "axes fraction"),
-            xytext=(0, -3),
-            textcoords="offset points",
-            ha="center",
-            va="top",
-            fontsize=8,
-            color="0.3",
+        middle = (
+            math.sqrt(row.start_step * row.end_step)
+            if stages.scale == "log" and row.start_step > 0
+            else (row.start_step + row.end_step) / 2
         )
+        _top_label(ax, f"{row.stage} {_STAGE_ARROWS.get(str(row.kind), '')}", middle, drop=3)
     for b in stages.boundaries[1:-1]:
         ax.axvline(b, color="0.55", lw=0.8, ls=":", zorder=1)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import NamedTuple
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -147,6 +150,21 @@ def test_auto_chain_batch_size_is_the_largest_group_that_fits(available, chain_a
     assert got == expected
 
 
-def test_available_memory_is_positive_on_this_host():
-    free = available_memory(jax.devices()[0])
-    assert free is None or free > 0
+class _Device(NamedTuple):
+    platform: str
+    stats: dict | None
+
+    def memory_stats(self):
+        return self.stats
+
+
+def test_available_memory_reads_the_allocator_or_the_host():
+    # an accelerator: its allocator's limit less what is in use
+    gpu = _Device("gpu", {"bytes_limit": 1000, "bytes_in_use": 300})
+    assert available_memory(gpu) == 700
+    assert available_memory(_Device("gpu", None)) is None  # unknown: no guess
+    # a CPU device (this Linux host): the available physical memory, below the total
+    free = available_memory(_Device("cpu", None))
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert isinstance(free, int) and 0 < free <= total
+    assert isinstance(available_memory(jax.devices()[0]), int)
