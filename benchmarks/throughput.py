@@ -2,9 +2,10 @@
 
     python benchmarks/throughput.py            # writes benchmarks/results/throughput-<machine>.md
 
-The bare loop is what a user would write by hand: ``value_and_grad`` + the SGLD update in
-``lax.scan``, ``vmap`` over chains, i.i.d. minibatch indices, noise per leaf. Compile time is
-measured separately (``lower().compile()``); run times are the best of ``--repeats`` warm runs.
+The bare loop (``_bare.bare_sgld``) is what a user would write by hand: ``value_and_grad`` +
+the SGLD update in ``lax.scan``, ``vmap`` over chains, i.i.d. minibatch indices, noise per leaf
+from ``jax.random.normal``. Compile time is measured separately (``lower().compile()``); run
+times are the best of ``--repeats`` warm runs.
 jaxslt is timed three ways: its compiled core with no in-loop checks (the same work as the bare
 loop), ``estimate_llc`` as a user calls it with its defaults (validation, the full-data L_n(w*),
 50 in-loop MALA-acceptance checks at one extra gradient each, statistics, ArviZ diagnostics),
@@ -21,33 +22,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import optax
+from _bare import bare_sgld
 
 import jaxslt
 from jaxslt import problems
 from jaxslt.estimator import _sample_llc_jit
-
-
-def bare_sgld(loss_fn, params, data, key, *, step_size, nbeta, gamma, chains, steps, batch):
-    n = jax.tree.leaves(data)[0].shape[0]
-
-    def one_chain(key):
-        def step(w, k):
-            kb, kn = jax.random.split(k)
-            idx = jax.random.randint(kb, (batch,), 0, n)
-            minibatch = jax.tree.map(lambda x: x[idx], data)
-            loss, g = jax.value_and_grad(loss_fn)(w, minibatch)
-            noise = optax.tree.random_like(kn, w)
-            w = jax.tree.map(
-                lambda w, g, w0, z: w - step_size / 2 * (nbeta * g + gamma * (w - w0))
-                + jnp.sqrt(step_size) * z,
-                w, g, params, noise,
-            )  # fmt: skip
-            return w, loss
-
-        return jax.lax.scan(step, params, jax.random.split(key, steps))[1]
-
-    return jax.vmap(one_chain)(jax.random.split(key, chains))
 
 
 def best_time(fn, repeats):
