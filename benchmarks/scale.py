@@ -12,10 +12,14 @@ vmapped, chains in groups of one (``chain_batch_size=1``) — it reports:
   the difference divided by s, so set-up costs do not inflate it; chain-steps/s;
 - XLA's compiled memory (arguments + temporaries + outputs, from ``memory_analysis``, less the
   data set) in units of one float32 copy of the parameters, per live chain, and against the
-  goal 1.2·(k + 2) copies for k live chains;
+  goal 1.2·(k + 2) copies for k live chains, and against the same figure for a hand-written
+  jitted SGLD loop (``_bare.bare_sgld`` with jaxslt's fused noise, chains vmapped or run one
+  after another like the strategy): what XLA allocates for the update itself;
 - the floor: a bare jitted ``value_and_grad`` step of one chain on the same batch, and the time
   of the step's Gaussian draw alone (``jaxslt.noise.tree_normal``), which a bare gradient step
   does not pay; 'ratio' = time per chain-step / bare step;
+- the hand-written loop's time per step, measured the same way: jaxslt's overhead over the
+  same SGLD written by hand;
 - achieved FLOP/s from XLA's cost analysis of the bare step (a chain-step does the same matmuls)
   and, on a GPU whose peak is known, the fraction of peak.
 
@@ -25,6 +29,7 @@ Results: benchmarks/results/scale-<platform>.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import platform
 import time
@@ -32,11 +37,12 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from _bare import bare_sgld
 
 import jaxslt
 from jaxslt import localized_posterior, problems, run_chains, sgld
 from jaxslt.estimator import _sample_llc_jit
-from jaxslt.noise import tree_normal
+from jaxslt.noise import normal, tree_normal
 
 # dense float32 peak (TF32 tensor cores, which XLA uses for float32 matmuls by default), TFLOP/s
 PEAK_TFLOPS = {"NVIDIA H100": 494.7, "NVIDIA H200": 494.7, "NVIDIA A100": 156.0}
@@ -59,6 +65,8 @@ def peak_tflops(device) -> float | None:
 
 
 def measure(size, *, chains, group, steps, batch):
+    if group not in (None, 1):
+        raise ValueError(f"group must be None (all vmapped) or 1, got {group}")
     width = round(math.sqrt(size / 4))
     p = problems.deep_linear_network([width] * 5, width // 4, key=jax.random.key(0),
                                      num_examples=max(4 * batch, 1024))  # fmt: skip
@@ -89,24 +97,38 @@ def measure(size, *, chains, group, steps, batch):
     t_short = timed(runner(steps), p.params, p.data, key, repeats=repeats)
     t_long = timed(runner(2 * steps), p.params, p.data, key, repeats=repeats)
     step_s = max(t_long - t_short, 1e-9) / steps
-    mem = program.memory_analysis()
     data_bytes = sum(int(x.nbytes) for x in jax.tree.leaves(p.data))
-    total = (
-        mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - data_bytes
-    )
+
+    def copies(compiled):  # XLA's memory, less the data set, in copies of the parameters
+        m = compiled.memory_analysis()
+        used = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
+        return (used - data_bytes) / param_bytes
+
+    def loop(num_steps):
+        return jax.jit(functools.partial(
+            bare_sgld, p.loss_fn, step_size=kw["step_size"], nbeta=kw["nbeta"],
+            gamma=kw["localization"], chains=chains, steps=num_steps, batch=batch,
+            normal=normal, sequential=group == 1,
+        ))  # fmt: skip
+
+    floor = copies(loop(steps).lower(p.params, p.data, key).compile())
+    loop_short = timed(loop(steps), p.params, p.data, key, repeats=repeats)
+    loop_long = timed(loop(2 * steps), p.params, p.data, key, repeats=repeats)
+    loop_s = max(loop_long - loop_short, 1e-9) / steps
     batch_data = jax.tree.map(lambda x: x[:batch], p.data)
     bare = jax.jit(jax.value_and_grad(p.loss_fn))
     bare_s = timed(bare, p.params, batch_data)
     flops = bare.lower(p.params, batch_data).compile().cost_analysis().get("flops", float("nan"))
     noise_s = timed(jax.jit(tree_normal), key, p.params)
     live = chains if group is None else group
-    copies = total / param_bytes
+    used = copies(program)
     strategy = "vmap all" if group is None else f"groups of {group}"
     return dict(
         size=size, params=num_params, strategy=strategy,
         chains=chains, compile=compile_s, step=step_s,
-        chain_steps=chains / step_s, copies=copies, per_chain=(copies - 1) / live,
+        chain_steps=chains / step_s, copies=used, floor=floor, per_chain=(used - 1) / live,
         goal=1.2 * (live + 2), bare=bare_s, noise=noise_s, ratio=step_s / (chains * bare_s),
+        loop=loop_s,
         gflops=flops * chains / step_s / 1e9,
     )  # fmt: skip
 
@@ -129,7 +151,8 @@ def main():
             r = rows[-1]
             print(f"{r['params']:.2e} params, {r['strategy']}: {r['step'] * 1e3:.1f} ms/step, "
                   f"{r['copies']:.2f}× param bytes (goal {r['goal']:.1f}), ratio to bare "
-                  f"{r['ratio']:.2f}", flush=True)  # fmt: skip
+                  f"{r['ratio']:.2f}, to the bare loop {r['step'] / r['loop']:.2f}",
+                  flush=True)  # fmt: skip
     lines = [
         "# Scale: time and memory per step, DLNs 1e4–1e8 parameters",
         "",
@@ -140,22 +163,27 @@ def main():
         "steps)/s of the chain runner, all chains. "
         "Memory: XLA compiled memory analysis (arguments + temporaries + outputs, less the data "
         "set) in float32 copies of the parameters; 'per live chain' subtracts one copy (w*) and "
-        "divides by the chains alive at once; 'goal' is 1.2·(k + 2) for k live chains. 'bare' "
+        "divides by the chains alive at once; 'goal' is 1.2·(k + 2) for k live chains; 'bare loop' "
+        "the same for a hand-written jitted SGLD scan with the same noise and strategy. 'bare' "
         "is a jitted value_and_grad step of one chain on the same batch, 'noise' the step's "
-        "Gaussian draw alone; 'ratio' = time per chain-step / bare. GFLOP/s from XLA's cost "
+        "Gaussian draw alone; 'ratio' = time per chain-step / bare; 'bare loop (ms/step)' the "
+        "hand-written scan's time per step, timed like jaxslt's. GFLOP/s from XLA's cost "
         "analysis of the bare step" + (f", peak {peak} TFLOP/s." if peak else "."),
         "",
         "| params | strategy | compile (s) | ms/step (all chains) | chain-steps/s "
-        "| memory (× param bytes) | goal | per live chain | bare v&g (ms) | noise (ms) | ratio "
+        "| memory (× param bytes) | bare loop | goal | per live chain | bare v&g (ms) "
+        "| noise (ms) | ratio | bare loop (ms/step) | ratio to it "
         "| GFLOP/s |" + (" % peak |" if peak else ""),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if peak else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if peak else ""),
     ]
     for r in rows:
         lines.append(
             f"| {r['params']:,} | {r['strategy']} | {r['compile']:.1f} "
             f"| {r['step'] * 1e3:.1f} | {r['chain_steps']:,.1f} | {r['copies']:.2f} | "
+            f"{r['floor']:.2f} | "
             f"{r['goal']:.1f} | {r['per_chain']:.2f} | {r['bare'] * 1e3:.1f} | "
-            f"{r['noise'] * 1e3:.1f} | {r['ratio']:.2f} | {r['gflops']:,.0f} |"
+            f"{r['noise'] * 1e3:.1f} | {r['ratio']:.2f} | {r['loop'] * 1e3:.1f} | "
+            f"{r['step'] / r['loop']:.2f} | {r['gflops']:,.0f} |"
             + (f" {100 * r['gflops'] / (peak * 1e3):.1f} |" if peak else "")
         )
     text = "\n".join(lines) + "\n"
