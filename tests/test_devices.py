@@ -101,9 +101,10 @@ MODEL_SCRIPT = textwrap.dedent(
               batch_size=32, acceptance_checks=0)
     one = jaxslt.estimate_llc(p.loss_fn, p.params, p.data, key=key, diagnostics=False, **kw)
 
-    def layer_shapes(mesh, specs):
+    def layer_shapes(mesh, specs, group):
         # per-device f32 shapes of the (chain-stacked) layers in the partitioned program
         statics = {k: v for k, v in kw.items() if k not in ("step_size", "localization")}
+        statics["chain_batch_size"] = group
         hlo = _sample_llc_jit.lower(
             p.loss_fn, place_params(p.params, mesh, specs), p.data, key,
             step_size=jnp.float32(1e-5), nbeta=jnp.float32(one.nbeta),
@@ -116,20 +117,22 @@ MODEL_SCRIPT = textwrap.dedent(
 
     explicit = (P("model", None), None)  # W1 split along its 8 rows, W2 replicated
     cases = [
-        (mesh((2, 4), ("chain", "model")), None, {"f32[4,8,512]", "f32[4,512,8]"}),
-        (mesh((1, 8), ("chain", "model")), None, {"f32[8,8,256]", "f32[8,256,8]"}),
-        (mesh((8,), ("model",)), None, {"f32[8,8,256]", "f32[8,256,8]"}),
-        (mesh((2, 4), ("chain", "model")), explicit, {"f32[4,2,2048]", "f32[4,2048,8]"}),
+        (mesh((2, 4), ("chain", "model")), None, None, {"f32[4,8,512]", "f32[4,512,8]"}),
+        (mesh((1, 8), ("chain", "model")), None, None, {"f32[8,8,256]", "f32[8,256,8]"}),
+        (mesh((8,), ("model",)), None, None, {"f32[8,8,256]", "f32[8,256,8]"}),
+        (mesh((2, 4), ("chain", "model")), explicit, None, {"f32[4,2,2048]", "f32[4,2048,8]"}),
+        # one chain at a time, carried without its chain axis, still split over "model"
+        (mesh((1, 8), ("chain", "model")), None, 1, {"f32[8,256]", "f32[256,8]"}),
     ]
-    for m, specs, expected in cases:
+    for m, specs, group, expected in cases:
         split = jaxslt.estimate_llc(p.loss_fn, p.params, p.data, key=key, diagnostics=False,
-                                    mesh=m, param_specs=specs, **kw)
+                                    mesh=m, param_specs=specs, chain_batch_size=group, **kw)
         # float rounding only: split contractions are summed in another order
         np.testing.assert_allclose(split.loss_trace, one.loss_trace, rtol=1e-5)
         np.testing.assert_allclose(split.llc_per_chain, one.llc_per_chain, rtol=1e-4)
         np.testing.assert_allclose(split.init_loss, one.init_loss, rtol=1e-6)
         shapes = layer_shapes(m, None if specs is None else tuple(P() if s is None else s
-                                                                     for s in specs))
+                                                                     for s in specs), group)
         assert expected <= shapes, (dict(m.shape), specs, shapes)
         whole = {s for s in shapes if s.endswith(("8,2048]", "2048,8]"))}
         # no device ever holds a whole layer (chain state, w*, gradient, noise or temporary)
