@@ -30,6 +30,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import write_result
 
 import jaxslt
 from jaxslt import gibbs, problems
@@ -193,13 +194,9 @@ def main():
         f"Budget: 4 chains × {steps:,} steps per model and sampler (20% burn-in), batch 256, "
         f"n = {N:,}, nβ = n/log n, γ = 1 for DLNs.\n\n" + "\n".join(summary)
     )
-    text = "\n".join(markdown(rows, header)) + "\n"
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else ""
-    path = args.out / f"accuracy-{jax.devices()[0].platform}{suffix}.md"
-    path.write_text(text)
-    print(f"wrote {path}")
+    name = f"accuracy-{jax.devices()[0].platform}{suffix}.md"
+    write_result(args.out, name, "\n".join(markdown(rows, header)) + "\n")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 
 import jax
+from _common import write_result
 
 import jaxslt
 from jaxslt import problems
@@ -123,12 +124,7 @@ def main():
             f"{r['estimate']:.4g} | {r['truth']:g} | {r['estimate'] / r['truth'] - 1:+.1%} | "
             f"{'yes' if r['flagged'] else 'no'} | {r['warnings']} | {r['wall']:.0f} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"diagnostics-{jax.devices()[0].platform}.md"
-    path.write_text(text)
-    print(f"wrote {path}")
+    write_result(args.out, f"diagnostics-{jax.devices()[0].platform}.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

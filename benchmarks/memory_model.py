@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from _common import write_result
 
 import jaxslt
 from jaxslt import problems
@@ -95,12 +96,7 @@ def main():
     for name, one, every, per, m_one, m_all, m_per in rows:
         cells = [one, every, per, m_one, m_all, m_per]
         lines.append(f"| {name} | " + " | ".join(f"{c / param_bytes:.2f}" for c in cells) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"memory_model-{jax.devices()[0].platform}.md"
-    path.write_text(text)
-    print(f"wrote {path}")
+    write_result(args.out, f"memory_model-{jax.devices()[0].platform}.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

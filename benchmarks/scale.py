@@ -38,6 +38,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from _bare import bare_sgld
+from _common import best_time, write_result
 
 import jaxslt
 from jaxslt import localized_posterior, problems, run_chains, sgld
@@ -46,17 +47,6 @@ from jaxslt.noise import normal, tree_normal
 
 # dense float32 peak (TF32 tensor cores, which XLA uses for float32 matmuls by default), TFLOP/s
 PEAK_TFLOPS = {"NVIDIA H100": 494.7, "NVIDIA H200": 494.7, "NVIDIA A100": 156.0}
-
-
-def timed(fn, *args, repeats=3):
-    """Best of ``repeats`` timed calls after a warm-up call."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def peak_tflops(device) -> float | None:
@@ -94,8 +84,8 @@ def measure(size, *, chains, group, steps, batch):
         ).loss_trace)  # fmt: skip
 
     repeats = 3 if size < 5e7 else 1
-    t_short = timed(runner(steps), p.params, p.data, key, repeats=repeats)
-    t_long = timed(runner(2 * steps), p.params, p.data, key, repeats=repeats)
+    t_short = best_time(runner(steps), p.params, p.data, key, repeats=repeats)
+    t_long = best_time(runner(2 * steps), p.params, p.data, key, repeats=repeats)
     step_s = max(t_long - t_short, 1e-9) / steps
     data_bytes = sum(int(x.nbytes) for x in jax.tree.leaves(p.data))
 
@@ -111,15 +101,16 @@ def measure(size, *, chains, group, steps, batch):
             normal=normal, sequential=group == 1,
         ))  # fmt: skip
 
-    floor = copies(loop(steps).lower(p.params, p.data, key).compile())
-    loop_short = timed(loop(steps), p.params, p.data, key, repeats=repeats)
-    loop_long = timed(loop(2 * steps), p.params, p.data, key, repeats=repeats)
+    short_loop = loop(steps).lower(p.params, p.data, key).compile()  # timed and measured
+    floor = copies(short_loop)
+    loop_short = best_time(short_loop, p.params, p.data, key, repeats=repeats)
+    loop_long = best_time(loop(2 * steps), p.params, p.data, key, repeats=repeats)
     loop_s = max(loop_long - loop_short, 1e-9) / steps
     batch_data = jax.tree.map(lambda x: x[:batch], p.data)
-    bare = jax.jit(jax.value_and_grad(p.loss_fn))
-    bare_s = timed(bare, p.params, batch_data)
-    flops = bare.lower(p.params, batch_data).compile().cost_analysis().get("flops", float("nan"))
-    noise_s = timed(jax.jit(tree_normal), key, p.params)
+    bare = jax.jit(jax.value_and_grad(p.loss_fn)).lower(p.params, batch_data).compile()
+    bare_s = best_time(bare, p.params, batch_data)
+    flops = bare.cost_analysis().get("flops", float("nan"))
+    noise_s = best_time(jax.jit(tree_normal), key, p.params)
     live = chains if group is None else group
     used = copies(program)
     strategy = "vmap all" if group is None else f"groups of {group}"
@@ -186,12 +177,7 @@ def main():
             f"{r['step'] / r['loop']:.2f} | {r['gflops']:,.0f} |"
             + (f" {100 * r['gflops'] / (peak * 1e3):.1f} |" if peak else "")
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"scale-{device.platform}.md"
-    path.write_text(text)
-    print(f"wrote {path}")
+    write_result(args.out, f"scale-{device.platform}.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

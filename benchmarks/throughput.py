@@ -23,19 +23,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from _bare import bare_sgld
+from _common import best_time, write_result
 
 import jaxslt
 from jaxslt import problems
 from jaxslt.estimator import _sample_llc_jit
-
-
-def best_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def compile_time(jitted, *args, **kwargs):
@@ -59,7 +51,7 @@ def run_case(widths, *, chains, steps, batch, repeats, n=10_000):
                           chains=chains, steps=steps, batch=batch)
     )  # fmt: skip
     bare_c, bare_compile = compile_time(bare, p.params, p.data, key)
-    bare_run = best_time(lambda: bare_c(p.params, p.data, key), repeats)
+    bare_run = best_time(bare_c, p.params, p.data, key, repeats=repeats)
 
     statics = {k: settings[k] for k in ("num_chains", "num_draws", "num_burnin", "batch_size")}
     statics["acceptance_checks"] = 0  # the bare sampler; estimate_llc below runs its defaults
@@ -68,15 +60,15 @@ def run_case(widths, *, chains, steps, batch, repeats, n=10_000):
     core_c, core_compile = compile_time(
         _sample_llc_jit, p.loss_fn, p.params, p.data, key, **traced, **statics
     )
-    core_run = best_time(lambda: core_c(p.params, p.data, key, **traced), repeats)
+    core_run = best_time(lambda: core_c(p.params, p.data, key, **traced), repeats=repeats)
 
     def call(progress):
         return jaxslt.estimate_llc(p.loss_fn, p.params, p.data, key=key, progress=progress,
                                    **settings)  # fmt: skip
 
     call(False), call(True)  # compile both variants
-    api_run = best_time(lambda: call(False), repeats)
-    bar_run = best_time(lambda: call(True), repeats)
+    api_run = best_time(call, False, repeats=repeats)
+    bar_run = best_time(call, True, repeats=repeats)
     params = sum(x.size for x in jax.tree.leaves(p.params))
     return dict(
         model=f"DLN {'-'.join(map(str, widths))}",
@@ -126,12 +118,7 @@ def main():
             f"{r['api'] / r['bare']:.3f} | {r['bar']:.3f} | {r['bar'] / r['bare']:.3f} | "
             f"{r['chains'] * r['steps'] / r['core']:,.0f} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"throughput-{jax.devices()[0].platform}.md"
-    (args.out / name).write_text(text)
-    print(f"wrote {args.out / name}")
+    write_result(args.out, f"throughput-{jax.devices()[0].platform}.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -449,12 +449,10 @@ def main() -> None:
     )  # fmt: skip
     text = report(info, devs, first, second, bare)
     print()
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
+    from _common import write_result  # imports jax: only after pin_threads
+
     suffix = "".join(f"-{k}{v}" for k, v in non_defaults(args))
-    path = args.out / f"vs_devinterp-cpu{suffix}.md"
-    path.write_text(text)
-    print(f"wrote {path}")
+    write_result(args.out, f"vs_devinterp-cpu{suffix}.md", text)
 
 
 if __name__ == "__main__":
