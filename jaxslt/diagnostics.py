@@ -24,6 +24,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxslt import curvature
+
 __all__ = ["Diagnostics", "diagnose", "to_inference_data"]
 
 
@@ -103,9 +105,13 @@ class Diagnostics:
     - ``frac_below_init``: fraction of the kept draws whose minibatch loss is below L_n(w*).
     - ``llc_halves``: (λ̂ on the first half of the kept draws, λ̂ on the second half).
     - ``trend``: (λ̂_second − λ̂_first) / |λ̂|, the relative drift of the estimate; ``trend_z``
-      that difference over its standard error, a Student-t statistic with ``trend_dof`` degrees
-      of freedom (``inf`` where the SE came from ESS).
-    - ``divergence_steps``: first non-finite step of each diverged chain.
+      that difference over its standard error (batch means within chains), a Student-t
+      statistic with ``trend_dof`` degrees of freedom (NaN when the chains are too short for
+      their autocorrelation to test).
+    - ``divergence_steps``: first bad step of each diverged chain (non-finite or exploded).
+    - ``stiffness``: ε·(nβ·h_max + γ) at w*; ``bias_bound``: the first-order bound on λ̂'s
+      inflation by discretisation and minibatch noise, (ε·nβ/8)·(tr ∇²L + nβ·tr Cov ∇L_B)
+      (``jaxslt.curvature``); both NaN when the result carries no ``geometry``.
     - ``warnings``: one readable line per failed check; ``ok``: no warnings.
     """
 
@@ -122,6 +128,8 @@ class Diagnostics:
     trend_dof: float
     num_chains: int
     divergence_steps: tuple[int, ...]
+    stiffness: float
+    bias_bound: float
     warnings: tuple[str, ...]
     ok: bool = dataclasses.field(init=False)
 
@@ -138,6 +146,11 @@ class Diagnostics:
             f"  R-hat {self.rhat:.3f}, ESS bulk {self.ess_bulk:.0f}, tail {self.ess_tail:.0f}; "
             f"draws below L_n(w*): {self.frac_below_init:.1%}",
         ]
+        if not math.isnan(self.stiffness):
+            lines.append(
+                f"  step: stiffness ε·(nβ·h_max + γ) = {self.stiffness:.3g}, bias bound "
+                f"{self.bias_bound:.3g} (in λ̂'s units)"
+            )
         accept = []
         if not math.isnan(self.mala_accept):
             accept.append(f"MALA acceptance of the SGLD steps {self.mala_accept:.3f}")
@@ -170,44 +183,60 @@ def _rhat_ess(x: np.ndarray) -> tuple[float, float, float]:
     return rhat, ess_bulk, ess_tail
 
 
-def _half_trend(x: np.ndarray, nbeta: float, init_loss: float) -> tuple[float, ...]:
-    """λ̂ on each half of the kept draws, their difference D, its SE and the SE's dof.
+def _detrended_halves(x: np.ndarray) -> np.ndarray:
+    """(chains, 2, half) trace halves, each with its own least-squares line removed."""
+    chains, draws = x.shape
+    half = draws // 2
+    halves = np.stack([x[:, :half], x[:, draws - half :]], axis=1)
+    t = np.arange(half) - (half - 1) / 2
+    slope = (halves @ t) / (t @ t)
+    return halves - halves.mean(axis=-1, keepdims=True) - slope[..., None] * t
 
-    Halves: the first and the last ⌊N/2⌋ draws (the middle draw of an odd N is dropped).
-    D = λ̂_2 − λ̂_1 = nβ·mean_c(m2_c − m1_c) with m_h,c the mean loss of half h of chain c.
-    The draws are autocorrelated, so the per-draw SE is useless; but chains are independent, so
-    with C ≥ 4 chains SE(D) = nβ·std_c(m2_c − m1_c, ddof=1)/√C with C − 1 dof (no assumption
-    on the autocorrelation). With fewer chains that SE has too few dof to test with, and each
-    half mean's variance comes from ArviZ's ESS instead: Var(m_h,c) ≈ s²/ESS of the half with
-    its own least-squares line removed (dof ∞): a drift inside a half would otherwise pass for
-    slow mixing (tiny ESS, huge SE) and hide itself; without drift the line removes ~nothing.
+
+def _half_trend(x: np.ndarray, nbeta: float, init_loss: float) -> tuple[float, ...]:
+    """λ̂ on each half of the kept draws, their difference D, its SE and the SE's dof, by batch
+    means within chains (so the test keeps its power with one chain).
+
+    Halves: the first and the last ⌊N/2⌋ draws. D = λ̂_2 − λ̂_1 = nβ·mean_c(m2_c − m1_c). Each
+    half of each chain is cut into K/2 consecutive batches of m ≥ 4τ draws (τ = the integrated
+    autocorrelation time, C·N/ESS of the traces with each half's own line removed, so a drift
+    is not mistaken for slow mixing), whose means are then nearly independent. With s² the
+    variance of the batch means about their half's line (pooled over halves and chains,
+    C·(K − 4) dof), Var(m_h,c) = s²/(K/2), so SE(D) = nβ·√(4s²/(K·C)). Fewer than 8 batches
+    (chains too short for their autocorrelation) fall back to the chains as independent
+    replicates, SE(D) = nβ·std_c(m2_c − m1_c)/√C with C − 1 dof, when C ≥ 4; else NaN.
     """
     chains, draws = x.shape
     half = draws // 2
-    if chains == 0 or half < 4:
+    if chains == 0 or half < 8:
         return (math.nan,) * 5
-    first, second = x[:, :half], x[:, draws - half :]
-    m1, m2 = first.mean(axis=1), second.mean(axis=1)
+    m1, m2 = x[:, :half].mean(axis=1), x[:, draws - half :].mean(axis=1)
     llc1 = nbeta * (m1.mean() - init_loss)
     llc2 = nbeta * (m2.mean() - init_loss)
-    diff = nbeta * (m2 - m1)
-    if chains >= 4:
-        se = float(np.std(diff, ddof=1) / np.sqrt(chains))
-        dof = float(chains - 1)
-    else:
-        az = _arviz()
-        var = 0.0
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            t = np.arange(half) - (half - 1) / 2
-            for part in (first, second):
-                for row in part:
-                    resid = row - row.mean() - t * (t @ row) / (t @ t)
-                    ess = float(az.ess(resid[None, :], method="mean"))
-                    var += np.var(resid, ddof=2) / ess if ess > 0 else math.inf
-        se = float(nbeta * np.sqrt(var) / chains)
-        dof = math.inf
-    return float(llc1), float(llc2), float(diff.mean()), se, dof
+    diff = float(nbeta * (m2 - m1).mean())
+    resid = _detrended_halves(x)
+    az = _arviz()
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        ess = float(az.ess(resid.reshape(chains, -1), method="mean"))
+    tau = chains * 2 * half / ess if ess > 0 else math.inf
+    length = max(1, math.ceil(4 * tau))
+    per_half = half // length if math.isfinite(tau) else 0
+    if per_half < 4:  # too autocorrelated for batch means: chains as replicates, if enough
+        if chains < 4:
+            return float(llc1), float(llc2), diff, math.nan, math.nan
+        se = float(nbeta * np.std(m2 - m1, ddof=1) / np.sqrt(chains))
+        return float(llc1), float(llc2), diff, se, float(chains - 1)
+    used = per_half * length
+    halves = np.stack([x[:, :used], x[:, draws - used :]], axis=1)
+    means = halves.reshape(chains, 2, per_half, length).mean(axis=-1)
+    t = np.arange(per_half) - (per_half - 1) / 2
+    slope = (means @ t) / (t @ t)
+    dev = means - means.mean(axis=-1, keepdims=True) - slope[..., None] * t
+    dof = chains * 2 * (per_half - 2)
+    s2 = float(np.sum(dev**2) / dof)
+    se = float(nbeta * np.sqrt(2 * s2 / per_half / chains))
+    return float(llc1), float(llc2), diff, se, float(dof)
 
 
 def _two_sided_p(stat: float, dof: float) -> float:
@@ -262,15 +291,16 @@ def diagnose(
       Acceptance falls with the dimension at a fixed ε·a_max (a = nβ·h + γ), so the bound is
       loosest on toy models: on quadratics, 0.8 ↔ ε·a_max ≈ 2 with 3 parameters (λ̂ +40%) but
       ≈ 0.8 with 100 parameters (λ̂ +7%). Raise the lower bound to 0.9 for tiny models.
+    - Step size: with ``result.geometry`` (``estimate_llc`` always measures it), warns when
+      the stiffness ε·(nβ·h_max + γ) exceeds 1 (the stiffest direction's variance is then
+      inflated by ≥ 33%, and SGLD diverges at 4) or the first-order bias bound exceeds 10% of
+      λ̂ (``jaxslt.curvature``); names the ε that clears both with a factor 2 to spare.
     - Trend: λ̂ on the second half of the kept draws vs the first half. Warns when the relative
       drift exceeds ``max_trend`` = 5% (a drift that changes the answer materially) *and* is
       significant: its two-sided p-value, from the Student-t with ``trend_dof`` dof (see
-      ``_half_trend``: across-chain SE for ≥ 4 chains, ESS-based SE otherwise), is below that of
-      a normal |z| = ``trend_z`` = 3 (p ≈ 0.003): critical |t| ≈ 9.2 with 4 chains, 4.5 with
-      8, 3.6 with 16. Calibrating for the few dof matters: on stationary traces 4–8 chains
-      give |t| > 3 in 2–6% of runs, and with a noisy λ̂ the 5% bound does not stop it.
-      Equilibration failures, alike in every chain, clear the bar; more chains buy power.
-      (With < 4 chains the ESS-based z is close to standard normal: SD ≈ 1.1 on AR(1) traces.)
+      ``_half_trend``: batch means within chains, C·(K − 4) dof for K batches per chain), is
+      below that of a normal |z| = ``trend_z`` = 3 (p ≈ 0.003). Within-chain batch means keep
+      the test's power with few chains (an across-chain SE with 5 chains needs |t| ≈ 8.6).
       Rising ⇒ not yet
       equilibrated (raise ``num_burnin``, or ``step_size``); falling ⇒ still settling or still
       optimising (raise ``num_burnin``; train w* longer).
@@ -296,7 +326,8 @@ def diagnose(
             f"all {num_chains}" if healthy.sum() == 0 else f"{int(diverged.sum())} of {num_chains}"
         )
         found.append(
-            f"{bad} chains diverged (first bad steps {first}): step_size "
+            f"{bad} chains diverged (first bad steps {first}; non-finite or exploded loss): "
+            "step_size "
             f"{_scalar(result.step_size):.3g} is too large for the curvature (stability needs "
             "ε·(nβ·h_max + γ) < 4); lower step_size"
         )
@@ -310,6 +341,25 @@ def diagnose(
             "or the chains keep optimising away from it; train w* longer (to a minimum) or "
             "raise localization"
         )
+
+    stiffness = bias_bound = math.nan
+    geometry = getattr(result, "geometry", None)
+    if geometry is not None:
+        eps, gamma = _scalar(result.step_size), _scalar(result.localization)
+        bias = curvature.step_bias(geometry, step_size=eps, nbeta=nbeta, localization=gamma)
+        stiffness, bias_bound = bias.stiffness, bias.excess
+        too_stiff = stiffness > curvature.STIFFNESS_LIMIT
+        too_biased = llc > 0 and bias_bound > curvature.MAX_RELATIVE_BIAS * llc
+        if too_stiff or too_biased:
+            safe = curvature.healthy_step(geometry, nbeta=nbeta, localization=gamma, llc=llc)
+            share = f" ({bias_bound / llc:.0%} of λ̂)" if llc > 0 else ""
+            found.append(
+                f"step_size {eps:.3g} is too large for the loss at w*: stiffness "
+                f"ε·(nβ·h_max + γ) = {stiffness:.2g} (healthy ≤ {curvature.STIFFNESS_LIMIT:g}) "
+                f"and discretisation plus minibatch noise may inflate λ̂ by up to "
+                f"{bias_bound:.3g}{share}; lower step_size to ≤ {safe:.2g} (a larger "
+                "batch_size also cuts the minibatch share)"
+            )
 
     mala = _healthy_mean(result.mala_accept, healthy)
     accept = _healthy_mean(result.accept_rate, healthy)
@@ -370,5 +420,7 @@ def diagnose(
         trend_dof=float(dof),
         num_chains=num_chains,
         divergence_steps=steps,
+        stiffness=stiffness,
+        bias_bound=bias_bound,
         warnings=tuple(found),
     )

@@ -38,6 +38,7 @@ from jaxslt.chains import (
     run_chains,
     shard_params,
 )
+from jaxslt.curvature import local_geometry
 from jaxslt.kernels import (
     FULL_BATCH_SAMPLERS,
     SGLD_SAMPLERS,
@@ -72,7 +73,12 @@ class LLCResult(NamedTuple):
     ``mala_accept`` (num_chains,; mean MALA acceptance probability of the SGLD transitions at
     ``acceptance_checks`` evenly spaced steps after burn-in; NaN for other samplers),
     ``observables`` (a ``jaxslt.observables.Observables`` when requested: singular fluctuation,
-    WAIC, WBIC, ...; else None).
+    WAIC, WBIC, ...; else None), ``geometry`` (a ``jaxslt.curvature.LocalGeometry`` of the
+    loss at w* with ``step_check``: h_max, tr ∇²L, minibatch gradient noise; else None).
+
+    ``diverged`` covers non-finite chains and exploded ones: finite chains whose λ̂_c exceeds
+    ``EXPLODED_FACTOR``·d (d sampled parameters; λ ≤ d/2 at any minimum) or, with three or more
+    chains, exceeds the chains' median by more than ``EXPLODED_FACTOR``²·max(|median|, 1).
     """
 
     llc_mean: jax.Array
@@ -91,6 +97,7 @@ class LLCResult(NamedTuple):
     observables: Any = None
     diagnostics: Any = None
     calibration: Any = None
+    geometry: Any = None
 
     def running_llc(self) -> jax.Array:
         """nβ·(cumsum_t L(w_t)/t − L_n(w*)) per chain, shape (num_chains, num_draws)."""
@@ -161,6 +168,7 @@ def sample_llc(
     observables: bool = False,
     observable_draws: int = 100,
     param_specs: PyTree | tuple | None = None,
+    step_check: bool = False,
 ) -> LLCResult:
     """Traceable core of ``estimate_llc``: no validation, no printing; jit and vmap it freely.
 
@@ -173,6 +181,9 @@ def sample_llc(
     ``param_specs``: how the sampled parameters (and w*) split over ``mesh``'s ``"model"`` axis
     (see ``jaxslt.chains.param_partition_specs``; under ``jit`` a flat tuple in leaf order;
     ``None`` = the automatic rule). Outputs are replicated over ``mesh``.
+    ``step_check``: also measure the loss's ``LocalGeometry`` at w* (``result.geometry``; a
+    few dozen Hessian-vector products and minibatch gradients, on a key folded from ``key``
+    so the chains' numbers do not change), from which ``diagnose`` judges the step size.
     """
     n = data_size(data)
     if compute_dtype is not None:
@@ -227,7 +238,11 @@ def sample_llc(
     loss_trace = trace.loss_trace.astype(init_loss.dtype)
     nbeta = jnp.asarray(nbeta, init_loss.dtype)
     per_chain = nbeta * (jnp.mean(loss_trace, axis=1) - init_loss)
-    diverged = trace.divergence_step >= 0
+    divergence_step = _flag_exploded(
+        trace.divergence_step, per_chain, nbeta * (loss_trace - init_loss), params,
+        first_kept=num_burnin, thinning=thinning,
+    )  # fmt: skip
+    diverged = divergence_step >= 0
     healthy = ~diverged
     count = jnp.sum(healthy)
     safe = jnp.where(healthy, per_chain, 0.0)
@@ -245,12 +260,37 @@ def sample_llc(
         localization=jnp.asarray(localization, init_loss.dtype),
         step_size=jnp.asarray(step_size, init_loss.dtype),
         diverged=diverged,
-        divergence_step=trace.divergence_step,
+        divergence_step=divergence_step,
         accept_rate=trace.accept_rate,
         mala_accept=trace.check_mean,
         observables=None if accumulate is None else pool(trace.accumulated, healthy, nbeta),
-    )
-    return replicate(result, mesh)  # host-local values on every process of a multi-host mesh
+        geometry=local_geometry(
+            loss_fn, params, data, jax.random.fold_in(key, 7), batch_size=batch_size,
+            sample_size=4 * batch_size,
+        ) if step_check else None,
+    )  # fmt: skip
+    return replicate(result, mesh)
+
+
+EXPLODED_FACTOR = 10.0
+
+
+def _flag_exploded(divergence_step, per_chain, excess, params, *, first_kept, thinning):
+    """``divergence_step`` with finite but exploded chains flagged too (see ``LLCResult``): at
+    their first kept draw whose excess nβ·(L_B − L_n(w*)) passes the bound, else at burn-in's
+    end. A chain already non-finite keeps its step."""
+    dim = sum(x.size for x in jax.tree.leaves(params))
+    bound = jnp.asarray(EXPLODED_FACTOR * dim, per_chain.dtype)
+    finite = jnp.isfinite(per_chain)
+    exploded = finite & (per_chain > bound)
+    if per_chain.shape[0] >= 3:
+        median = jnp.nanmedian(jnp.where(finite, per_chain, jnp.nan))
+        spread = EXPLODED_FACTOR**2 * jnp.maximum(jnp.abs(median), 1.0)
+        exploded = exploded | (finite & (per_chain - median > spread))
+        bound = jnp.minimum(bound, median + spread)
+    over = excess > bound
+    first = first_kept + thinning * jnp.where(over.any(axis=1), jnp.argmax(over, axis=1), 0)
+    return jnp.where(exploded & (divergence_step < 0), first, divergence_step)  # host-local values on every process of a multi-host mesh
 
 
 def _restricted(loss_fn: Callable, center: PyTree, restrict: Restriction) -> tuple:
@@ -294,6 +334,7 @@ _STATIC = (
     "observables",
     "observable_draws",
     "param_specs",
+    "step_check",
 )
 _sample_llc_jit = jax.jit(sample_llc, static_argnums=(0,), static_argnames=_STATIC)
 
@@ -517,6 +558,7 @@ def _plan(loss_fn, params, data, *, key, step_size, num_chains, num_draws, num_b
         observables=observables,
         observable_draws=observable_draws,
         param_specs=param_specs,
+        step_check=True,
     )
     return _Plan(settings, total, calibration)
 

@@ -80,7 +80,9 @@ def test_iid_stationary_traces_pass(seed):
     assert diag.warnings == ()
     assert abs(diag.rhat - 1) < 0.02
     assert diag.ess_bulk > 2000 and diag.ess_tail > 1000
-    assert diag.trend_dof == 3
+    # batch means within chains: 2·C·(K/2 − 2) dof for K/2 batches per half (here ~100 of ≥4
+    # draws each), not the C − 1 of an across-chain SE
+    assert diag.trend_dof > 100
     assert diag.frac_below_init == 0
     assert diag.llc == pytest.approx(5.0, rel=0.05)
     assert diag.mala_accept == pytest.approx(0.92)
@@ -140,18 +142,33 @@ def test_autocorrelated_stationary_traces_raise_no_trend_warning():
     assert naive_flags >= 5
 
 
-def test_single_chain_trend_uses_ess_and_is_calibrated():
-    """One chain: the SE comes from ESS (dof ∞). On stationary AR(1) traces (ρ = 0.9, ESS ≈ 100
-    per half) the z statistic must be roughly standard normal and almost never warn."""
+def test_single_chain_trend_uses_batch_means_and_is_calibrated():
+    """One chain: the SE comes from batch means within the chain. On stationary AR(1) traces
+    (ρ = 0.9, ESS ≈ 100 per half) the t statistic must be roughly standard normal and almost
+    never warn."""
     zs, warned = [], 0
     for seed in range(60):
         diag = diagnose(make_result(ar1_trace(seed, chains=1, draws=4000, rho=0.9)))
-        assert diag.trend_dof == np.inf
+        assert np.isfinite(diag.trend_dof) and diag.trend_dof >= 8
         assert np.isfinite(diag.rhat) and abs(diag.rhat - 1) < 0.1
         zs.append(diag.trend_z)
         warned += has(diag, "trace still")
     assert 0.8 < np.std(zs) < 1.3
     assert warned <= 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_14_percent_rise_across_five_chains_warns(seed):
+    """The drift an across-chain t-test missed (issue: +14% between halves, 5 chains, where
+    p = 0.003 needs |t| > 8.6 with 4 dof): batch means within the chains have the power."""
+    trace = ar1_trace(seed, chains=5, draws=2000, rho=0.9)
+    ramp = np.linspace(-1.0, 1.0, 2000) * 0.14 * NBETA * (trace.mean() - INIT)
+    trace = trace + ramp / NBETA
+    diag = diagnose(make_result(trace), min_ess=0)
+    assert 0.1 < diag.trend < 0.18
+    diff = NBETA * (trace[:, 1000:].mean(1) - trace[:, :1000].mean(1))
+    assert diff.mean() / (diff.std(ddof=1) / np.sqrt(5)) < 8.6  # the old test would not warn
+    assert has(diag, "trace still rising"), str(diag)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -203,7 +220,7 @@ def test_diverged_chain_is_named_and_excluded():
     trace[2, 700:] = np.nan  # burn-in 1000: step 1700 is draw 700
     diag = diagnose(make_result(trace, divergence_step=[-1, -1, 1700, -1], num_burnin=1000))
     assert diag.divergence_steps == (1700,)
-    assert has(diag, "1 of 4 chains diverged (first bad steps [1700])")
+    assert has(diag, "1 of 4 chains diverged (first bad steps [1700]")
     assert has(diag, "lower step_size")
     assert len(diag.warnings) == 1 and not diag.ok
     assert np.isfinite([diag.rhat, diag.ess_bulk, diag.trend, diag.llc]).all()
@@ -214,7 +231,7 @@ def test_all_chains_diverged_still_diagnoses():
     trace = np.full((2, 100), np.nan)
     diag = diagnose(make_result(trace, divergence_step=[3, 5]))
     assert len(diag.warnings) == 1
-    assert diag.warnings[0].startswith("all 2 chains diverged (first bad steps [3, 5])")
+    assert diag.warnings[0].startswith("all 2 chains diverged (first bad steps [3, 5]")
     assert np.isnan([diag.rhat, diag.ess_bulk, diag.llc, diag.trend]).all()
     assert "0 of 2 chains healthy" in str(diag)
 

@@ -1,0 +1,160 @@
+"""The local geometry of the loss at w*, and what it says a step size costs in accuracy.
+
+On the quadratic model L = L* + ½·Σ h_i u_i² of the loss near w* (u = w − w*), SGLD with step ε,
+nβ, γ and a minibatch gradient whose noise has variance c_i along direction i samples u_i with
+
+    Var_i = (1 + ε·nβ²·c_i/4) / ( a_i·(1 − ε·a_i/4) ),   a_i = nβ·h_i + γ,
+
+against the exact 1/a_i. λ̂ sums (nβ·h_i/2)·Var_i, so its excess over the exact posterior's
+value is, with s = ε·(nβ·h_max + γ) the stiffness,
+
+    Σ_i (nβ·h_i/(2a_i))·(ε·a_i/4 + ε·nβ²·c_i/4)/(1 − ε·a_i/4)
+        ≤ (ε·nβ/8)·( tr ∇²L + nβ·tr Cov(∇L_B) ) / (1 − s/4)
+
+(using nβ·h_i/a_i ≤ 1 and a_i ≤ a_max). ``step_bias`` evaluates that bound from a
+``LocalGeometry`` measured at
+w* by ``local_geometry``: h_max by power iteration, tr ∇²L by Hutchinson's estimator, and
+tr Cov(∇L_B) from the differences of independent minibatch gradients (zero for full batch).
+The stiffness ε·(nβ·h_max + γ) bounds the worst direction: SGLD diverges at 4, and inflates
+that direction's variance by 1/(1 − s/4) (+33% at s = 1). See docs/method.md §5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = [
+    "LocalGeometry",
+    "StepBias",
+    "healthy_step",
+    "local_geometry",
+    "max_hessian_eigenvalue",
+    "step_bias",
+]
+
+PyTree = Any
+# a step is flagged when its first-order excess exceeds this fraction of λ̂, or its stiffness
+# exceeds STIFFNESS_LIMIT (the stiffest direction's variance then inflated by ≥ 33%)
+MAX_RELATIVE_BIAS = 0.1
+STIFFNESS_LIMIT = 1.0
+
+
+class LocalGeometry(NamedTuple):
+    """The loss at w*: ``h_max`` (largest Hessian eigenvalue of L), ``trace_h`` (tr ∇²L) and
+    ``grad_noise`` (tr Cov(∇L_B) of the run's minibatch gradient; 0 for full batch)."""
+
+    h_max: jax.Array
+    trace_h: jax.Array
+    grad_noise: jax.Array
+
+
+class StepBias(NamedTuple):
+    """What a step costs at w*: ``stiffness`` s = ε·(nβ·h_max + γ) and ``excess``, the bound
+    (ε·nβ/8)·(tr ∇²L + nβ·tr Cov(∇L_B))/(1 − s/4) on λ̂'s inflation, in λ̂'s units (inf from
+    s = 4, where SGLD diverges)."""
+
+    stiffness: float
+    excess: float
+
+
+def _hvp(loss_fn: Callable, params: PyTree, batch: PyTree) -> Callable:
+    return lambda v: jax.jvp(lambda w: jax.grad(loss_fn)(w, batch), (params,), (v,))[1]
+
+
+def max_hessian_eigenvalue(
+    loss_fn: Callable, params: PyTree, batch: PyTree, *, key: jax.Array, num_iters: int = 30
+) -> jax.Array:
+    """Largest eigenvalue h_max of ∇²L_B at ``params`` by power iteration on Hessian-vector
+    products (forward-over-reverse), from a random start; returns |Rayleigh quotient| (0 where
+    the Hessian vanishes, e.g. a deep linear network at w* = 0)."""
+    hvp = _hvp(loss_fn, params, batch)
+
+    def normalize(v):  # a zero Hessian maps v to 0: keep it 0 rather than 0/0
+        norm = optax.tree.norm(v)
+        return jax.tree.map(lambda x: x / jnp.where(norm > 0, norm, 1.0), v)
+
+    def body(v, _):
+        return normalize(hvp(v)), None
+
+    start = normalize(optax.tree.random_like(key, params, jax.random.normal))
+    v, _ = jax.lax.scan(body, start, None, length=num_iters)
+    return jnp.abs(optax.tree.vdot(v, hvp(v)))
+
+
+def local_geometry(
+    loss_fn: Callable,
+    params: PyTree,
+    data: PyTree,
+    key: jax.Array,
+    *,
+    batch_size: int,
+    sample_size: int = 1024,
+    num_iters: int = 20,
+    num_probes: int = 8,
+) -> LocalGeometry:
+    """Measure ``LocalGeometry`` at ``params`` (traceable; about num_iters + num_probes
+    Hessian-vector products and 2·num_probes minibatch gradients).
+
+    h_max and tr ∇²L are taken on ``sample_size`` examples drawn with replacement (Hutchinson:
+    tr H = E[zᵀHz] over Rademacher z, ``num_probes`` probes). tr Cov(∇L_B) = E||g₁ − g₂||²/2
+    over ``num_probes`` pairs of independent minibatches of ``batch_size`` examples drawn as the
+    sampler draws them (with replacement); 0 when ``batch_size`` is the whole data set.
+    """
+    n = jax.tree.leaves(data)[0].shape[0]
+    k_sample, k_power, k_probe, k_noise = jax.random.split(key, 4)
+    rows = jax.random.randint(k_sample, (min(n, sample_size),), 0, n)
+    sample = jax.tree.map(lambda x: x[rows], data) if n > sample_size else data
+    h_max = max_hessian_eigenvalue(loss_fn, params, sample, key=k_power, num_iters=num_iters)
+    hvp = _hvp(loss_fn, params, sample)
+
+    def probe(k):
+        z = optax.tree.random_like(k, params, jax.random.rademacher)
+        z = jax.tree.map(lambda x, p: x.astype(p.dtype), z, params)
+        return optax.tree.vdot(z, hvp(z))
+
+    trace_h = jnp.mean(jax.lax.map(probe, jax.random.split(k_probe, num_probes)))
+    if batch_size >= n:
+        grad_noise = jnp.zeros_like(trace_h)
+    else:
+
+        def pair(k):
+            g1, g2 = (
+                jax.grad(loss_fn)(params, jax.tree.map(lambda x, i=i: x[i], data))
+                for i in jax.random.randint(k, (2, batch_size), 0, n)
+            )
+            return 0.5 * optax.tree.norm(optax.tree.sub(g1, g2), squared=True)
+
+        grad_noise = jnp.mean(jax.lax.map(pair, jax.random.split(k_noise, num_probes)))
+    return LocalGeometry(h_max, trace_h, grad_noise)
+
+
+def step_bias(
+    geometry: LocalGeometry, *, step_size: float, nbeta: float, localization: float
+) -> StepBias:
+    """The stiffness s = ε·(nβ·h_max + γ) and the excess bound
+    (ε·nβ/8)·(tr ∇²L + nβ·tr Cov(∇L_B))/(1 − s/4) of a step (see the module docstring)."""
+    h_max, trace_h, noise = (float(x) for x in geometry)
+    stiffness = step_size * (nbeta * h_max + localization)
+    first_order = step_size * nbeta * (max(trace_h, 0.0) + nbeta * noise) / 8
+    excess = first_order / (1 - stiffness / 4) if stiffness < 4 else float("inf")
+    return StepBias(stiffness, excess)
+
+
+def healthy_step(
+    geometry: LocalGeometry, *, nbeta: float, localization: float, llc: float
+) -> float:
+    """The largest ε whose stiffness stays ≤ ``STIFFNESS_LIMIT``/2 and whose excess bound stays
+    ≤ ``MAX_RELATIVE_BIAS``/2 of ``llc`` (half the warning limits, so the advice clears them)."""
+    h_max, trace_h, noise = (float(x) for x in geometry)
+    stiff = nbeta * h_max + localization  # stiffness per unit ε
+    slope = nbeta * (max(trace_h, 0.0) + nbeta * noise) / 8  # first-order excess per unit ε
+    stiffness = 0.5 * STIFFNESS_LIMIT
+    limits = [stiffness / stiff if stiff > 0 else float("inf")]
+    if llc > 0 and slope > 0:  # at stiffness ≤ the limit above, 1/(1 − s/4) ≤ 1/(1 − 1/8)
+        limits.append(0.5 * MAX_RELATIVE_BIAS * llc * (1 - stiffness / 4) / slope)
+    return min(limits)
