@@ -23,7 +23,7 @@ Recommendation rule (``Calibration.recommended``, explained in ``Calibration.exp
    down by confining degenerate directions; a smaller one that is still healthy converged);
 4. ε: at that γ, the largest healthy step whose estimate agrees with λ̂₀ within
    max(2·√(se² + se₀²), 5%·|λ̂₀|) ("flat in ε"): the fastest-mixing step without visible bias.
-5. burn-in: at least 5/(ε·γ) steps (flat directions relax in ~1/(εγ) steps; reference §3).
+5. burn-in: at least 5/(ε·γ) steps (flat directions relax in ~1/(εγ) steps; docs/method.md §4).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ already holds; nothing is resampled, so a diagnosis costs milliseconds (after Ar
 - ``diagnose(result)``: a ``Diagnostics`` record (R-hat, ESS, MALA acceptance, drift of the
   estimate between the two halves of the kept draws, draws below L_n(w*), divergences) with one
   readable warning per failed check, each naming the likely cause and the remedy
-  (reference §6: λ̂ < 0 ⇒ w* not a minimum; underestimates ⇒ not equilibrated; overestimates ⇒
+  (docs/method.md §11: λ̂ < 0 ⇒ w* not a minimum; underestimates ⇒ not equilibrated; overestimates ⇒
   ε too large; NaN ⇒ ε too large).
 
 Only the chains that did not diverge ("healthy" chains) enter the statistics, as in the estimate.
@@ -282,9 +282,9 @@ def diagnose(
     - w* not a minimum: λ̂ < 0, or more than ``max_frac_below_init`` = 0.5 of the kept draws
       below L_n(w*). At a local minimum E[L_B(w)] = L_n(w) ≥ L_n(w*), and full-batch draws are
       never below it; with minibatches the batch noise alone can put a sizeable fraction below
-      (its SD, ~sd(l_i)/√B, can exceed the excess λ/nβ), but not most of them. Reference §6.
+      (its SD, ~sd(l_i)/√B, can exceed the excess λ/nβ), but not most of them. docs/method.md §5.2.
     - MALA acceptance of the SGLD steps below ``mala_accept_range[0]`` = 0.8 (healthy ≈ 0.9,
-      reference §3): ε is too large for the local curvature, discretisation inflates λ̂.
+      docs/method.md §5.3): ε is too large for the local curvature, discretisation inflates λ̂.
       Above ``mala_accept_range[1]`` = 0.99 ε is merely small: that costs mixing, not accuracy,
       so it never warns on its own; it is named as the cheaper remedy when the trend or ESS
       check fails (a tiny ε is the usual reason the chains have not equilibrated).

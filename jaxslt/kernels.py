@@ -107,7 +107,7 @@ def rmsprop_sgld(
         v ← decay·v + (1 − decay)·(nβ∇L_B)²,   G = 1 / (√(v / (1 − decay^t)) + eps)
         w ← w + (ε/2)·G·ĝ(w) + N(0, ε·G)
 
-    The moments see the tempered loss gradient only, not the localizer (reference §3). Noise
+    The moments see the tempered loss gradient only, not the localizer (docs/method.md §3.2). Noise
     variance per coordinate is ε·G ≤ ε/eps: with the default eps = 1 no coordinate gets a larger
     step than plain SGLD with ``step_size`` (G ≈ 1/|nβ∇L| where the gradient is large). A small
     eps (e.g. 1e-8) lets G explode at a minimum, where the loss gradient is near zero.
@@ -287,7 +287,7 @@ def sgld_acceptance(
     step_size,
     old_value_and_grad: tuple[jax.Array, PyTree] | None = None,
 ) -> jax.Array:
-    """MALA acceptance probability of an SGLD transition w → w′ (reference §3), on its batch:
+    """MALA acceptance probability of an SGLD transition w → w′ (docs/method.md §5.3), on its batch:
 
         U = nβ·L_B + (γ/2)·||w − w*||²,   log q(w′|w) = −||w′ − w + (ε/2)∇U(w)||² / (2ε),
         α = min(1, exp(U(w) − U(w′) + log q(w|w′) − log q(w′|w))).

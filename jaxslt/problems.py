@@ -200,7 +200,7 @@ def deep_linear_network(
     x ~ N(0, I), targets y = W*x + noise·ξ. The loss is the Gaussian NLL ½||y − f(x)||² averaged
     over examples, f(x) = W_L⋯W_1 x; L_n(w*) = 0 exactly when ``noise = 0``. The truth is
     Aoyagi's λ for (widths, rank) — the local λ at this point. With ``noise > 0``, w* is the
-    teacher, not the empirical minimum (see the reference's caution). ``target`` is None (no
+    teacher, not the empirical minimum (docs/method.md §7.1, caution). ``target`` is None (no
     closed form at finite nβ); ``nbeta`` None (n / log n); ``localization`` as given (default
     10, the demo's).
 
@@ -316,7 +316,7 @@ def normal_crossing_target(k: Sequence[int], *, t: float, localization: float = 
     changes the result by ~1e−16 relative; it matches the closed forms (one k: 1/(2k) at γ = 0,
     and t/(2t + γ) for k = 1) and independent adaptive quadrature (scipy.integrate.quad, nested;
     for k = (1, 1) with the inner Gaussian integral done analytically) to ~1e−15 relative, and
-    reproduces the reference's table. Cost: milliseconds.
+    reproduces the table of docs/method.md §7.2. Cost: milliseconds.
     """
     _truth.normal_crossing(k)  # validates k
     ks = [int(v) for v in k if v > 0]
@@ -373,7 +373,7 @@ def normal_crossing(
     m = the number of minimisers. target = E_p[t·K] under p(w) ∝ exp(−t·K(w) − γ/2·||w||²) by
     ``normal_crossing_target`` (relative error ~1e−15); None with more than two positive k_i.
     With γ = 0 the target exists only for one positive k_i, and is then exactly 1/(2k).
-    ``nbeta`` = t, ``localization`` = γ (default 1, the reference table's).
+    ``nbeta`` = t, ``localization`` = γ (default 1, as in docs/method.md §7.2).
     """
     lc = _truth.normal_crossing(k)  # validates k
     ks = tuple(int(v) for v in k)

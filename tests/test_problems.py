@@ -18,7 +18,7 @@ from jaxslt import problems, truth
 KEY = jax.random.key(0)
 N = 64  # examples: small, and one size throughout so eager ops compile once
 
-# The reference's table (slt-estimation.md, section 5): E[tK] for p ∝ exp(−tK − |w|²/2),
+# The table of docs/method.md §7.2: E[tK] for p ∝ exp(−tK − |w|²/2),
 # K = (w1^k1 w2^k2)², printed to 4 digits.
 TABLE = {
     (0, 1): [0.4975, 0.4998, 0.5000, 0.5000],

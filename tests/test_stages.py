@@ -18,7 +18,7 @@ from jaxslt import plots
 from jaxslt.stages import Stages, detect_stages, noise_scale, step_axis
 
 # A rise–peak–fall–plateau curve on log steps, the shape of the in-context linear-regression
-# transformer (reference §4): 0 → 170 at step 1e3, → 120 at 1e4, flat to 1e5. 81 checkpoints,
+# transformer (docs/method.md §10): 0 → 170 at step 1e3, → 120 at 1e4, flat to 1e5. 81 checkpoints,
 # 20 per decade, so the true corners x = 3 and x = 4 are checkpoints.
 STEPS = np.geomspace(10.0, 1e5, 81)
 X = np.log10(STEPS)

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import jaxslt.truth as truth
 
-# Reference section 5: widths input→output, rank → (λ, m).
+# docs/method.md §7.3 (Aoyagi 2024): widths input→output, rank → (λ, m).
 DLN_EXAMPLES = [
     ([1, 1, 1], 0, F(1, 2), 2),
     ([2, 2, 2], 0, F(3, 2), 1),
@@ -22,7 +22,7 @@ DLN_EXAMPLES = [
     ([64, 64, 64], 0, F(1536), 1),
     ([100, 100, 100, 100], 0, F(6667, 2), 3),
     ([185, 259, 286, 885, 235, 204, 274, 252], 100, F(20889), 3),
-    ([10, 8, 6, 8, 10], 2, F(28), 1),  # the SGLD experiment in the reference
+    ([10, 8, 6, 8, 10], 2, F(28), 1),  # an accuracy-benchmark DLN
     ([4, 4, 4], 2, F(15, 2), 1),
 ]
 
@@ -52,7 +52,7 @@ def test_tanh_h1_is_normal_crossing_1_1():
 @pytest.mark.parametrize(
     ("M", "H", "N", "r", "lam", "m"),
     [
-        (2, 2, 2, 0, F(3, 2), 1),  # global λ at A = B = 0 (reference)
+        (2, 2, 2, 0, F(3, 2), 1),  # global λ at A = B = 0 (docs/method.md §7)
         (2, 2, 2, 1, F(2), 2),
         (2, 2, 2, 2, F(2), 1),  # full rank is still singular: d/2 = 4
         (5, 3, 5, 0, F(13, 2), 2),
