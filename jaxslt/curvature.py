@@ -16,7 +16,7 @@ value is, with s = ε·(nβ·h_max + γ) the stiffness,
 w* by ``local_geometry``: h_max by power iteration, tr ∇²L by Hutchinson's estimator, and
 tr Cov(∇L_B) from the differences of independent minibatch gradients (zero for full batch).
 The stiffness ε·(nβ·h_max + γ) bounds the worst direction: SGLD diverges at 4, and inflates
-that direction's variance by 1/(1 − s/4) (+33% at s = 1). See docs/method.md §5.
+that direction's variance by 1/(1 − s/4) (+33% at s = 1). See docs/method.md §4.
 """
 
 from __future__ import annotations

@@ -290,7 +290,9 @@ def _flag_exploded(divergence_step, per_chain, excess, params, *, first_kept, th
         bound = jnp.minimum(bound, median + spread)
     over = excess > bound
     first = first_kept + thinning * jnp.where(over.any(axis=1), jnp.argmax(over, axis=1), 0)
-    return jnp.where(exploded & (divergence_step < 0), first, divergence_step)  # host-local values on every process of a multi-host mesh
+    return jnp.where(
+        exploded & (divergence_step < 0), first, divergence_step
+    )  # host-local values on every process of a multi-host mesh
 
 
 def _restricted(loss_fn: Callable, center: PyTree, restrict: Restriction) -> tuple:
