@@ -185,7 +185,7 @@ def _rhat_ess(x: np.ndarray) -> tuple[float, float, float]:
 
 def _detrended_halves(x: np.ndarray) -> np.ndarray:
     """(chains, 2, half) trace halves, each with its own least-squares line removed."""
-    chains, draws = x.shape
+    draws = x.shape[1]
     half = draws // 2
     halves = np.stack([x[:, :half], x[:, draws - half :]], axis=1)
     t = np.arange(half) - (half - 1) / 2
