@@ -37,9 +37,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxslt import validation
+from jaxslt.curvature import MAX_RELATIVE_BIAS, healthy_step, max_hessian_eigenvalue
 from jaxslt.estimator import DEFAULT_BATCH_SIZE, LLCResult, sample_llc
 from jaxslt.posterior import default_nbeta
 
@@ -48,28 +48,6 @@ PyTree = Any
 MAX_MARGIN = 0.1  # ε·(nβ·h_max + γ); see the module docstring
 # diagnostics warnings that disqualify a cell (ESS is low by design in short calibration runs)
 _DISQUALIFYING = ("R-hat", "trace still", "λ̂ = ", "MALA acceptance", "all ")
-
-
-def max_hessian_eigenvalue(
-    loss_fn: Callable, params: PyTree, batch: PyTree, *, key: jax.Array, num_iters: int = 30
-) -> jax.Array:
-    """Largest eigenvalue h_max of ∇²L_B at ``params`` by power iteration on Hessian-vector
-    products (forward-over-reverse), from a random start; returns |Rayleigh quotient| (0 where
-    the Hessian vanishes, e.g. a deep linear network at w* = 0)."""
-
-    def hvp(v):
-        return jax.jvp(lambda w: jax.grad(loss_fn)(w, batch), (params,), (v,))[1]
-
-    def normalize(v):  # a zero Hessian maps v to 0: keep it 0 rather than 0/0
-        norm = optax.tree.norm(v)
-        return jax.tree.map(lambda x: x / jnp.where(norm > 0, norm, 1.0), v)
-
-    def body(v, _):
-        return normalize(hvp(v)), None
-
-    start = normalize(optax.tree.random_like(key, params, jax.random.normal))
-    v, _ = jax.lax.scan(body, start, None, length=num_iters)
-    return jnp.abs(optax.tree.vdot(v, hvp(v)))
 
 
 @dataclass(eq=False)
@@ -84,6 +62,7 @@ class Calibration:
     extrapolation: dict[float, tuple[float, float]] = field(default_factory=dict)
     h_max: float = math.nan
     results: LLCResult | None = None
+    cautions: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"Calibration(recommended={self.recommended})\n{self.explanation}"
@@ -99,6 +78,64 @@ def _extrapolate(eps: np.ndarray, est: np.ndarray, se: np.ndarray) -> tuple[floa
     cov = np.linalg.inv(design.T @ (w[:, None] * design))
     coef = cov @ design.T @ (w * est)
     return float(coef[0]), float(np.sqrt(cov[0, 0]))
+
+
+def _check_flat_in_gamma(table, estimates: dict, gammas: list, cautions: list[str]) -> None:
+    """Is λ̂ flat in γ at the chosen (smallest healthy) γ? A larger γ confines the degenerate
+    directions more and lowers λ̂ (docs/method.md §6); if the next healthy γ gives a clearly
+    lower value, the localizer still shapes the estimate at the chosen one too."""
+    if len(gammas) < 2:
+        cautions.append(
+            f"only γ = {gammas[0]:g} had healthy cells, so whether λ̂ still moves with γ is "
+            "unknown; the localizer may pull λ̂ down (try smaller localizations with a longer "
+            "burn-in)"
+        )
+        return
+    (g0, (i0, _)), (g1, (i1, _)) = (
+        (gammas[0], estimates[gammas[0]]),
+        (
+            gammas[1],
+            estimates[gammas[1]],
+        ),
+    )
+    a, b = table.llc_mean[i0], table.llc_mean[i1]
+    tol = max(2 * math.hypot(table.llc_se[i0], table.llc_se[i1]), 0.05 * abs(a))
+    if abs(a - b) > tol:
+        cautions.append(
+            f"λ̂ still moves with the localization: {a:.4g} at γ = {g0:g} against {b:.4g} at "
+            f"γ = {g1:g} ({(b - a) / abs(a):+.0%}); the localizer confines the chains, so the "
+            f"estimate at γ = {g0:g} is probably an underestimate of the unlocalized value "
+            "(try smaller localizations with a longer burn-in)"
+        )
+
+
+# the default grid, in units of the pilot's healthy step (bias bound ≤ 5% of λ̂, stiffness ≤ ½)
+PILOT_GRID = np.geomspace(0.1, 3.0, 6)
+
+
+def _pilot_step(pilot, diagnose, h_max, nbeta, gamma, max_tries=6) -> tuple[float, list[str]]:
+    """The step scale of the default grid: ``curvature.healthy_step`` measured where short
+    pilot chains go (the curvature at a singular w* can be ~0 while the chains' is not).
+    Starts from stiffness 0.1 at w*; a pilot with a diverged chain retries 10× smaller, and
+    one whose healthy step is far below its own retries at that step."""
+    eps = 0.1 / (nbeta * h_max + gamma) if nbeta * h_max + gamma > 0 else 1e-3
+    log = []
+    for _ in range(max_tries):
+        arr = functools.partial(jnp.asarray, dtype=jnp.float32)
+        cell = jax.tree.map(
+            lambda x: np.asarray(x[0]), pilot(arr([eps]), arr([gamma]), arr([nbeta]))
+        )
+        if np.asarray(cell.diverged).any():
+            log.append(f"pilot at ε = {eps:.3g} diverged")
+            eps /= 10
+            continue
+        llc = diagnose(cell).llc
+        safe = healthy_step(cell.geometry, nbeta=nbeta, localization=gamma, llc=llc)
+        log.append(f"pilot at ε = {eps:.3g}: λ̂ = {llc:.4g}, healthy step {safe:.3g}")
+        if safe >= eps / 3 or not math.isfinite(safe):
+            return (safe if math.isfinite(safe) else eps), log
+        eps = safe
+    return eps, log
 
 
 def _cells_grid(step_sizes, localizations, nbetas):
@@ -143,9 +180,16 @@ def calibrate(
             raise ValueError(f"{name} must be a non-empty list of positive numbers; got {values}")
     curvature_batch = jax.tree.map(lambda x: x[: min(n, 4 * batch_size)], data)
     h_max = float(max_hessian_eigenvalue(loss_fn, params, curvature_batch, key=key))
+    pilots: list[str] = []
     if step_sizes is None:
-        stiffness = max(nbetas) * h_max + min(localizations)
-        step_sizes = list(np.geomspace(0.003, 1.0, 6) / stiffness)
+        pilot = functools.partial(
+            _run_grid, loss_fn, params, data, jax.random.fold_in(key, 3),
+            num_chains=num_chains, num_draws=max(1, num_draws // 4),
+            num_burnin=max(1, num_burnin // 4), batch_size=batch_size, sampler=sampler,
+            cell_batch_size=None,
+        )  # fmt: skip
+        scale, pilots = _pilot_step(pilot, diagnose, h_max, max(nbetas), min(localizations))
+        step_sizes = list(scale * PILOT_GRID)
     step_sizes = [float(e) for e in step_sizes]
     if not step_sizes or min(step_sizes) <= 0:
         raise ValueError(f"step_sizes must be positive; got {step_sizes}")
@@ -163,7 +207,12 @@ def calibrate(
         num_burnin=num_burnin, batch_size=batch_size, sampler=sampler,
         cell_batch_size=cell_batch_size,
     )  # fmt: skip
-    return _recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws)
+    calibration = _recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws)
+    if pilots:
+        calibration.explanation = "\n".join(
+            ["Default step grid: " + "; ".join(pilots) + ".", calibration.explanation]
+        )
+    return calibration
 
 
 @functools.partial(
@@ -179,7 +228,7 @@ def _run_grid(loss_fn, params, data, key, eps, gam, nbs, *, num_chains, num_draw
         return sample_llc(
             loss_fn, params, data, key, step_size=e, nbeta=b, localization=g,
             num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
-            batch_size=batch_size, sampler=sampler,
+            batch_size=batch_size, sampler=sampler, step_check=True,
         )  # fmt: skip
 
     return jax.lax.map(cell, (eps, gam, nbs), batch_size=cell_batch_size or eps.shape[0])
@@ -195,6 +244,16 @@ def _recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) -
         bad = [w for w in diag.warnings if w.startswith(_DISQUALIFYING)]
         bad += [f"{int(cell.diverged.sum())} chain(s) diverged"] if cell.diverged.any() else []
         margin = float(eps[i] * (nbs[i] * h_max + gam[i]))
+        # the final run's own step check (diagnostics) must pass with room to spare
+        biased = not diag.bias_bound <= 0.5 * MAX_RELATIVE_BIAS * abs(diag.llc)
+        healthy = ~np.asarray(cell.diverged)
+        trace = np.asarray(cell.loss_trace, np.float64)[healthy]
+        # within-chain Monte-Carlo SE (defined for one chain too): nβ·sd/√ESS
+        se = (
+            float(cell.nbeta) * float(np.std(trace)) / math.sqrt(diag.ess_bulk)
+            if trace.size and diag.ess_bulk > 0
+            else math.nan
+        )
         accept = (
             float(np.nanmean(cell.mala_accept))
             if not np.isnan(cell.mala_accept).all()
@@ -203,25 +262,33 @@ def _recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) -
         rows.append(
             dict(
                 step_size=float(eps[i]), localization=float(gam[i]), nbeta=float(nbs[i]),
-                llc_mean=float(cell.llc_mean), llc_std=float(cell.llc_std),
-                llc_se=float(cell.llc_std) / math.sqrt(max(int((~cell.diverged).sum()), 1)),
+                llc_mean=float(cell.llc_mean), llc_std=float(cell.llc_std), llc_se=se,
                 mala_accept=accept, rhat=diag.rhat, ess=diag.ess_bulk, trend=diag.trend,
-                diverged=int(cell.diverged.sum()), ok=not bad and margin <= MAX_MARGIN,
-                margin=margin, issues="; ".join(bad),
+                diverged=int(cell.diverged.sum()),
+                ok=not bad and margin <= MAX_MARGIN and not biased and math.isfinite(se),
+                margin=margin, bias_bound=diag.bias_bound, issues="; ".join(bad),
             )
         )  # fmt: skip
     table = pd.DataFrame(rows)
     table["selected"] = False
     extrapolation: dict[float, tuple[float, float]] = {}
     notes = [f"h_max = {h_max:.4g} (power iteration on the Hessian of L at w*)."]
-    chosen = fallback = None
+    cautions: list[str] = []
+    chosen = None
     for nbeta in sorted(set(nbs)):
+        estimates = {}  # γ → (λ̂ at the step chosen for that γ, its SE)
         for gamma in sorted(set(gam)):
             sub = table[(table.localization == gamma) & (table.nbeta == nbeta) & table.ok]
+            if sub.empty:
+                notes.append(f"γ = {gamma:g}: no healthy cell.")
+                continue
             if sub.step_size.nunique() < 2:
-                notes.append(f"γ = {gamma:g}: {len(sub)} healthy cell(s), too few to extrapolate.")
-                if len(sub) and fallback is None:
-                    fallback = sub.step_size.idxmax()
+                best = sub.step_size.idxmax()
+                notes.append(
+                    f"γ = {gamma:g}: one healthy step only, so flatness in ε is unchecked "
+                    f"(λ̂ = {sub.llc_mean[best]:.4g} ± {sub.llc_se[best]:.2g})."
+                )
+                estimates[gamma] = (best, False)
                 continue
             lam0, se0 = _extrapolate(sub.step_size.to_numpy(), sub.llc_mean.to_numpy(),
                                      sub.llc_se.to_numpy())  # fmt: skip
@@ -232,20 +299,23 @@ def _recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) -
                 f"γ = {gamma:g}: ε → 0 extrapolation λ̂₀ = {lam0:.4g} ± {se0:.2g}; "
                 f"{len(flat)} of {len(sub)} healthy steps agree with it."
             )
-            if chosen is None and len(flat):
-                chosen = flat.step_size.idxmax()
-        if chosen is not None:
+            if len(flat):
+                estimates[gamma] = (flat.step_size.idxmax(), True)
+        if estimates:
+            gammas = sorted(estimates)
+            chosen, converged = estimates[gammas[0]]
+            if not converged:
+                cautions.append(
+                    f"calibration found a single healthy step at γ = {gammas[0]:g}, so it could "
+                    "not check that λ̂ is flat in ε; a longer calibration (num_burnin, "
+                    "num_draws) or a finer step grid would"
+                )
+            _check_flat_in_gamma(table, estimates, gammas, cautions)
             break
-    if chosen is None and fallback is not None:
-        chosen = fallback
-        notes.append(
-            "Only single healthy cells: flatness in ε could not be checked; consider a longer "
-            "calibration (num_burnin, num_draws) or a finer step grid."
-        )
     if chosen is None:
         notes.append(
-            "No cell is healthy and flat in ε: lower the step sizes, raise num_burnin/num_draws "
-            "or check that w* is a local minimum."
+            "No cell is healthy: lower the step sizes, raise num_burnin/num_draws or check that "
+            "w* is a local minimum."
         )
         return Calibration(table, {}, "\n".join(notes), extrapolation, h_max, results)
     table.loc[chosen, "selected"] = True
@@ -256,10 +326,17 @@ def _recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) -
         nbeta=float(row.nbeta), num_burnin=int(min(burnin, 100 * num_burnin)),
         num_draws=int(max(num_draws, 2 * num_burnin)),
     )  # fmt: skip
+    how = (
+        "the largest healthy ε that agrees with the ε → 0 extrapolation"
+        if row.localization in extrapolation
+        else "the only healthy ε"
+    )
     notes.append(
         f"Chosen: ε = {row.step_size:.3g}, γ = {row.localization:g} (estimate {row.llc_mean:.4g} "
         f"± {row.llc_se:.2g}, MALA acceptance {row.mala_accept:.3f}): the smallest γ with a "
-        "converged extrapolation and the largest healthy ε that agrees with it; burn-in "
-        f"{recommended['num_burnin']} ≥ 5/(εγ)."
+        f"healthy cell, and at it {how}; burn-in {recommended['num_burnin']} ≥ 5/(εγ)."
     )
-    return Calibration(table, recommended, "\n".join(notes), extrapolation, h_max, results)
+    notes.extend(f"Caution: {c}." for c in cautions)
+    return Calibration(
+        table, recommended, "\n".join(notes), extrapolation, h_max, results, tuple(cautions)
+    )

@@ -35,8 +35,9 @@ class ChainTrace(NamedTuple):
     - ``divergence_step`` (num_chains,): first step whose loss was NaN/inf, −1 if none.
     - ``accept_rate`` (num_chains,): mean Metropolis acceptance probability over the steps after
       burn-in, for kernels that report one (NaN otherwise).
-    - ``check_mean`` (num_chains,): mean of ``transition_check`` over the checked steps after
-      burn-in (NaN when nothing was checked), e.g. the MALA acceptance of SGLD transitions.
+    - ``check_mean`` (num_chains,) or (num_chains, k): mean of ``transition_check`` (a scalar
+      or a k-vector per chain) over the checked steps after burn-in, NaN entries skipped (NaN
+      when nothing was checked), e.g. the MALA acceptance of SGLD transitions.
     - ``accumulated``: the per-chain accumulator of ``accumulate`` (None without one).
     """
 
@@ -369,9 +370,16 @@ def _run_group(
         )
         return new, info._replace(grad=None), value.astype(jnp.float32)
 
+    if checking:  # the check's value per chain: a scalar or a vector of checked quantities
+        check_shape = jax.eval_shape(
+            lambda: checked_transition(init_keys, states, minibatches(init_keys))[2]
+        ).shape
+    else:
+        check_shape = (num_chains,)
+
     def unchecked_transition(kernel_keys, states, batches):
         new, info = transition(kernel_keys, states, batches)
-        return new, info._replace(grad=None), jnp.full((num_chains,), jnp.nan, jnp.float32)
+        return new, info._replace(grad=None), jnp.full(check_shape, jnp.nan, jnp.float32)
 
     def step(carry, t):
         states, first_bad, accept_sum, check_sum, check_count = carry
@@ -406,7 +414,8 @@ def _run_group(
         return (to_carry(states), first_bad, accept_sum, check_sum, check_count), info.loss
 
     zeros = jnp.zeros((num_chains,), jnp.float32)
-    carry = (to_carry(states), jnp.full((num_chains,), -1, jnp.int32), zeros, zeros, zeros)
+    checks = jnp.zeros(check_shape, jnp.float32)
+    carry = (to_carry(states), jnp.full((num_chains,), -1, jnp.int32), zeros, checks, checks)
     # One scan over all steps, so the model's forward and backward passes are compiled once
     # (not once for burn-in and once for the draws); losses land in preallocated traces, O(C)
     # per step, so memory is chains × (burn-in + draws) floats whatever the thinning.

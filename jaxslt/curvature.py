@@ -21,6 +21,7 @@ that direction's variance by 1/(1 − s/4) (+33% at s = 1). See docs/method.md �
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -46,11 +47,16 @@ STIFFNESS_LIMIT = 1.0
 
 class LocalGeometry(NamedTuple):
     """The loss at w*: ``h_max`` (largest Hessian eigenvalue of L), ``trace_h`` (tr ∇²L) and
-    ``grad_noise`` (tr Cov(∇L_B) of the run's minibatch gradient; 0 for full batch)."""
+    ``grad_noise`` (tr Cov(∇L_B) of the run's minibatch gradient; 0 for full batch); and
+    ``trace_h_draws``, tr ∇²L where the chains went, from the SGLD steps' own moves at the
+    acceptance checks (``kernels.sgld_checks``; NaN without checks). At a singular w* (a deep
+    linear network at 0, a normal crossing) the curvature at w* can be near 0 while the
+    chains' is not: the bias bound takes the larger of the two traces."""
 
     h_max: jax.Array
     trace_h: jax.Array
     grad_noise: jax.Array
+    trace_h_draws: Any = float("nan")
 
 
 class StepBias(NamedTuple):
@@ -130,7 +136,14 @@ def local_geometry(
             return 0.5 * optax.tree.norm(optax.tree.sub(g1, g2), squared=True)
 
         grad_noise = jnp.mean(jax.lax.map(pair, jax.random.split(k_noise, num_probes)))
-    return LocalGeometry(h_max, trace_h, grad_noise)
+    return LocalGeometry(h_max, trace_h, grad_noise, jnp.full_like(trace_h, jnp.nan))
+
+
+def _floats(geometry: LocalGeometry) -> tuple[float, float, float]:
+    """h_max, the larger of the two traces of ∇²L (at w*, along the draws), grad_noise."""
+    along = float(geometry.trace_h_draws)
+    trace_h = max(float(geometry.trace_h), along if math.isfinite(along) else 0.0)
+    return float(geometry.h_max), trace_h, float(geometry.grad_noise)
 
 
 def step_bias(
@@ -138,7 +151,7 @@ def step_bias(
 ) -> StepBias:
     """The stiffness s = ε·(nβ·h_max + γ) and the excess bound
     (ε·nβ/8)·(tr ∇²L + nβ·tr Cov(∇L_B))/(1 − s/4) of a step (see the module docstring)."""
-    h_max, trace_h, noise = (float(x) for x in geometry)
+    h_max, trace_h, noise = _floats(geometry)
     stiffness = step_size * (nbeta * h_max + localization)
     first_order = step_size * nbeta * (max(trace_h, 0.0) + nbeta * noise) / 8
     excess = first_order / (1 - stiffness / 4) if stiffness < 4 else float("inf")
@@ -150,7 +163,7 @@ def healthy_step(
 ) -> float:
     """The largest ε whose stiffness stays ≤ ``STIFFNESS_LIMIT``/2 and whose excess bound stays
     ≤ ``MAX_RELATIVE_BIAS``/2 of ``llc`` (half the warning limits, so the advice clears them)."""
-    h_max, trace_h, noise = (float(x) for x in geometry)
+    h_max, trace_h, noise = _floats(geometry)
     stiff = nbeta * h_max + localization  # stiffness per unit ε
     slope = nbeta * (max(trace_h, 0.0) + nbeta * noise) / 8  # first-order excess per unit ε
     stiffness = 0.5 * STIFFNESS_LIMIT

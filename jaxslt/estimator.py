@@ -43,7 +43,7 @@ from jaxslt.kernels import (
     FULL_BATCH_SAMPLERS,
     SGLD_SAMPLERS,
     make_kernel,
-    sgld_acceptance,
+    sgld_checks,
     state_position,
 )
 from jaxslt.observables import init_moments, per_example_losses, update_moments
@@ -202,7 +202,7 @@ def sample_llc(
 
         def check(old, new, batch, eps, info):
             reuse = None if info.grad is None else (info.loss, info.grad)
-            return sgld_acceptance(
+            return sgld_checks(
                 posterior, state_position(old), state_position(new), batch, eps, reuse
             )
 
@@ -235,6 +235,9 @@ def sample_llc(
         accumulate=accumulate,
         param_specs=specs,
     )
+    mala_accept = trace.check_mean
+    if check is not None:  # (chains, 2): acceptance, tr ∇²U by the step's own noise
+        mala_accept = trace.check_mean[:, 0]
     loss_trace = trace.loss_trace.astype(init_loss.dtype)
     nbeta = jnp.asarray(nbeta, init_loss.dtype)
     per_chain = nbeta * (jnp.mean(loss_trace, axis=1) - init_loss)
@@ -244,6 +247,11 @@ def sample_llc(
     )  # fmt: skip
     diverged = divergence_step >= 0
     healthy = ~diverged
+    trace_h_draws = jnp.nan
+    if check is not None:  # tr ∇²L = (tr ∇²U − γ·d)/nβ, over the healthy chains
+        size = sum(x.size for x in jax.tree.leaves(params))
+        probe = jnp.nanmean(jnp.where(healthy, trace.check_mean[:, 1], jnp.nan))
+        trace_h_draws = ((probe - localization * size) / nbeta).astype(jnp.float32)
     count = jnp.sum(healthy)
     safe = jnp.where(healthy, per_chain, 0.0)
     mean = jnp.where(count > 0, jnp.sum(safe) / jnp.maximum(count, 1), jnp.nan)
@@ -262,12 +270,12 @@ def sample_llc(
         diverged=diverged,
         divergence_step=divergence_step,
         accept_rate=trace.accept_rate,
-        mala_accept=trace.check_mean,
+        mala_accept=mala_accept,
         observables=None if accumulate is None else pool(trace.accumulated, healthy, nbeta),
         geometry=local_geometry(
             loss_fn, params, data, jax.random.fold_in(key, 7), batch_size=batch_size,
             sample_size=4 * batch_size,
-        ) if step_check else None,
+        )._replace(trace_h_draws=trace_h_draws) if step_check else None,
     )  # fmt: skip
     return replicate(result, mesh)
 
@@ -504,6 +512,9 @@ def _plan(loss_fn, params, data, *, key, step_size, num_chains, num_draws, num_b
         rec = calibration.recommended
         step_size, localization, nbeta = rec["step_size"], rec["localization"], rec["nbeta"]
         num_burnin = max(num_burnin, rec["num_burnin"])
+        num_draws = max(num_draws, rec["num_draws"])
+        for caution in calibration.cautions:
+            warnings.warn(f"step_size='auto': {caution}", LLCWarning, stacklevel=4)
     localization = DEFAULT_LOCALIZATION if localization is None else localization
     validation.check_settings(
         n=n,

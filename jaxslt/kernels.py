@@ -286,6 +286,7 @@ def sgld_acceptance(
     minibatch: PyTree,
     step_size,
     old_value_and_grad: tuple[jax.Array, PyTree] | None = None,
+    new_value_and_grad: tuple[jax.Array, PyTree] | None = None,
 ) -> jax.Array:
     """MALA acceptance probability of an SGLD transition w → w′ (docs/method.md §5.3), on its batch:
 
@@ -299,13 +300,42 @@ def sgld_acceptance(
     if old_value_and_grad is None:
         old_value_and_grad = posterior.value_and_grad(old, minibatch)
     loss0, g0 = old_value_and_grad
-    loss1, g1 = posterior.value_and_grad(new, minibatch)
+    if new_value_and_grad is None:
+        new_value_and_grad = posterior.value_and_grad(new, minibatch)
+    loss1, g1 = new_value_and_grad
     u0 = -posterior.logdensity_from_loss(old, loss0)
     u1 = -posterior.logdensity_from_loss(new, loss1)
     forward = sq_distance(new, _axpy(old, (0.5 * step_size, g0))) / (2 * step_size)
     backward = sq_distance(old, _axpy(new, (0.5 * step_size, g1))) / (2 * step_size)
     log_ratio = u0 - u1 - backward + forward
     return jnp.where(jnp.isfinite(log_ratio), jnp.minimum(1.0, jnp.exp(log_ratio)), 0.0)
+
+
+def sgld_checks(
+    posterior: LocalizedPosterior,
+    old: PyTree,
+    new: PyTree,
+    minibatch: PyTree,
+    step_size,
+    old_value_and_grad: tuple[jax.Array, PyTree] | None = None,
+) -> jax.Array:
+    """[α, q]: the MALA acceptance α of an SGLD transition w → w′ (``sgld_acceptance``) and
+    q = −(w′ − w)·(∇log p(w′) − ∇log p(w))/ε, the step's curvature along its own move. With
+    w′ − w = (ε/2)∇log p + √ε·ξ, q ≈ ξᵀ∇²U ξ, so its mean over checks is Hutchinson's estimate
+    of tr ∇²U = nβ·tr ∇²L_B + γ·d where the chain is (docs/method.md §4)."""
+    if old_value_and_grad is None:
+        old_value_and_grad = posterior.value_and_grad(old, minibatch)
+    g0 = old_value_and_grad[1]
+    new_value_and_grad = posterior.value_and_grad(new, minibatch)
+    accept = sgld_acceptance(
+        posterior, old, new, minibatch, step_size, old_value_and_grad, new_value_and_grad
+    )
+    move = jax.tree.map(lambda a, b: (a - b).astype(jnp.float32), new, old)
+    change = jax.tree.map(lambda a, b: (a - b).astype(jnp.float32), new_value_and_grad[1], g0)
+    curvature = -sum(
+        jnp.vdot(m, c) for m, c in zip(jax.tree.leaves(move), jax.tree.leaves(change), strict=True)
+    )
+    return jnp.stack([accept.astype(jnp.float32), curvature / step_size])
 
 
 def state_position(state: Any) -> PyTree:
