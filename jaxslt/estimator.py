@@ -241,7 +241,7 @@ def sample_llc(
     loss_trace = trace.loss_trace.astype(init_loss.dtype)
     nbeta = jnp.asarray(nbeta, init_loss.dtype)
     per_chain = nbeta * (jnp.mean(loss_trace, axis=1) - init_loss)
-    divergence_step = _flag_exploded(
+    divergence_step = flag_exploded(
         trace.divergence_step, per_chain, nbeta * (loss_trace - init_loss), params,
         first_kept=num_burnin, thinning=thinning,
     )  # fmt: skip
@@ -283,10 +283,19 @@ def sample_llc(
 EXPLODED_FACTOR = 10.0
 
 
-def _flag_exploded(divergence_step, per_chain, excess, params, *, first_kept, thinning):
-    """``divergence_step`` with finite but exploded chains flagged too (see ``LLCResult``): at
-    their first kept draw whose excess nβ·(L_B − L_n(w*)) passes the bound, else at burn-in's
-    end. A chain already non-finite keeps its step."""
+def flag_exploded(
+    divergence_step: jax.Array,
+    per_chain: jax.Array,
+    excess: jax.Array,
+    params: PyTree,
+    *,
+    first_kept: int,
+    thinning: int,
+) -> jax.Array:
+    """``divergence_step`` (chains,) with finite but exploded chains flagged too (the rule in
+    ``LLCResult``'s docstring; ``per_chain`` = λ̂_c, ``excess`` (chains, draws) = nβ·(L_B(w_t)
+    − L_n(w*)), d = the size of ``params``): at their first kept draw whose excess passes the
+    bound, else at burn-in's end. A chain already non-finite keeps its step."""
     dim = sum(x.size for x in jax.tree.leaves(params))
     bound = jnp.asarray(EXPLODED_FACTOR * dim, per_chain.dtype)
     finite = jnp.isfinite(per_chain)
