@@ -51,12 +51,16 @@ class LocalGeometry(NamedTuple):
     ``trace_h_draws``, tr ∇²L where the chains went, from the SGLD steps' own moves at the
     acceptance checks (``kernels.sgld_checks``; NaN without checks). At a singular w* (a deep
     linear network at 0, a normal crossing) the curvature at w* can be near 0 while the
-    chains' is not: the bias bound takes the larger of the two traces."""
+    chains' is not: the bias bound takes the larger of the two traces. ``noise_gain``: how much
+    more than SGLD the sampler is heated by minibatch noise: 1/f for SGHMC with friction f
+    (its injected momentum noise is 2f per step against the gradient noise's (ε/2)·nβ²·c,
+    and it does not subtract the latter as Chen et al. 2014 do), 1 otherwise."""
 
     h_max: jax.Array
     trace_h: jax.Array
     grad_noise: jax.Array
     trace_h_draws: Any = float("nan")
+    noise_gain: Any = 1.0
 
 
 class StepBias(NamedTuple):
@@ -140,10 +144,12 @@ def local_geometry(
 
 
 def _floats(geometry: LocalGeometry) -> tuple[float, float, float]:
-    """h_max, the larger of the two traces of ∇²L (at w*, along the draws), grad_noise."""
+    """h_max, the larger of the two traces of ∇²L (at w*, along the draws), and the gradient
+    noise times the sampler's gain."""
     along = float(geometry.trace_h_draws)
     trace_h = max(float(geometry.trace_h), along if math.isfinite(along) else 0.0)
-    return float(geometry.h_max), trace_h, float(geometry.grad_noise)
+    noise = float(geometry.grad_noise) * float(geometry.noise_gain)
+    return float(geometry.h_max), trace_h, noise
 
 
 def step_bias(

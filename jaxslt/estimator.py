@@ -40,6 +40,7 @@ from jaxslt.chains import (
 )
 from jaxslt.curvature import local_geometry
 from jaxslt.kernels import (
+    DEFAULT_FRICTION,
     FULL_BATCH_SAMPLERS,
     SGLD_SAMPLERS,
     make_kernel,
@@ -275,7 +276,11 @@ def sample_llc(
         geometry=local_geometry(
             loss_fn, params, data, jax.random.fold_in(key, 7), batch_size=batch_size,
             sample_size=4 * batch_size,
-        )._replace(trace_h_draws=trace_h_draws) if step_check else None,
+        )._replace(
+            trace_h_draws=trace_h_draws,
+            noise_gain=1.0 / dict(sampler_options).get("friction", DEFAULT_FRICTION)
+            if sampler == "sghmc" else 1.0,
+        ) if step_check else None,
     )  # fmt: skip
     return replicate(result, mesh)
 
