@@ -16,7 +16,10 @@ Recommendation rule (``Calibration.recommended``, explained in ``Calibration.exp
    non-minimum, its stiffness at w* is ε·(nβ·h_max + γ) ≤ ``MAX_MARGIN`` = ½, and its bias
    bound (``jaxslt.curvature``: discretisation plus minibatch noise on the quadratic model of
    the loss where the chains went) is ≤ 5% of λ̂ — half the limit at which the final run's own
-   diagnostics warn, so the recommended run passes them;
+   diagnostics warn, so the recommended run passes them — and its burn-in covers
+   ``MIN_RELAXATIONS`` = 3 relaxation times 1/(εγ) of the flat directions (otherwise its chains
+   had not spread yet, and neither their λ̂ nor their curvature predicts the long run; small γ
+   then needs a longer calibration, ``num_burnin``);
 2. for each γ, the healthy estimates are extrapolated linearly to ε → 0 (weighted least squares
    in ε with within-chain standard errors nβ·sd/√ESS, defined for one chain too; discretisation
    bias is O(ε)), giving λ̂₀ ± se₀;
@@ -51,6 +54,7 @@ from jaxslt.posterior import default_nbeta
 PyTree = Any
 
 MAX_MARGIN = 0.5  # ε·(nβ·h_max + γ) at w*; see the module docstring
+MIN_RELAXATIONS = 3.0  # burn-in·ε·γ of a healthy cell: flat directions within e⁻³ of equilibrium
 # diagnostics warnings that disqualify a cell (ESS is low by design in short calibration runs)
 _DISQUALIFYING = ("R-hat", "trace still", "λ̂ = ", "MALA acceptance", "all ")
 
@@ -251,6 +255,16 @@ def _recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) -
         margin = float(eps[i] * (nbs[i] * h_max + gam[i]))
         # the final run's own step check (diagnostics) must pass with room to spare
         biased = not diag.bias_bound <= 0.5 * MAX_RELATIVE_BIAS * abs(diag.llc)
+        # a cell whose burn-in is short of MIN_RELAXATIONS relaxation times 1/(εγ) of the flat
+        # directions measured chains that had not yet spread: neither its λ̂ nor the curvature
+        # its chains saw predicts the long run (measured: a DLN cell at γ = 1 passed at a 5%
+        # bias bound, and the recommended 100,000-step run then showed 23%)
+        relaxations = float(eps[i] * gam[i] * num_burnin)
+        if relaxations < MIN_RELAXATIONS:
+            bad.append(
+                f"burn-in {num_burnin} is {relaxations:.2g} relaxation times 1/(εγ), short of "
+                f"{MIN_RELAXATIONS:g}: not equilibrated"
+            )
         healthy = ~np.asarray(cell.diverged)
         trace = np.asarray(cell.loss_trace, np.float64)[healthy]
         # within-chain Monte-Carlo SE (defined for one chain too): nβ·sd/√ESS
