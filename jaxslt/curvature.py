@@ -27,7 +27,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+from jaxslt.noise import threefry2x32, tree_normal
 
 __all__ = [
     "LocalGeometry",
@@ -91,7 +94,7 @@ def max_hessian_eigenvalue(
     def body(v, _):
         return normalize(hvp(v)), None
 
-    start = normalize(optax.tree.random_like(key, params, jax.random.normal))
+    start = normalize(tree_normal(key, params))
     v, _ = jax.lax.scan(body, start, None, length=num_iters)
     return jnp.abs(optax.tree.vdot(v, hvp(v)))
 
@@ -107,40 +110,83 @@ def local_geometry(
     num_iters: int = 20,
     num_probes: int = 8,
 ) -> LocalGeometry:
-    """Measure ``LocalGeometry`` at ``params`` (traceable; about num_iters + num_probes
-    Hessian-vector products and 2·num_probes minibatch gradients).
+    """Measure ``LocalGeometry`` at ``params`` (traceable; 2·num_iters Hessian-vector products
+    and 2·num_probes minibatch gradients).
 
-    h_max and tr ∇²L are taken on ``sample_size`` examples drawn with replacement (Hutchinson:
-    tr H = E[zᵀHz] over Rademacher z, ``num_probes`` probes). tr Cov(∇L_B) = E||g₁ − g₂||²/2
-    over ``num_probes`` pairs of independent minibatches of ``batch_size`` examples drawn as the
-    sampler draws them (with replacement); 0 when ``batch_size`` is the whole data set.
+    h_max and tr ∇²L are taken on ``sample_size`` evenly strided examples, in one scan whose
+    every step applies the Hessian to two vectors at once: the power iteration's (from a fixed
+    generic start; h_max = |Rayleigh quotient| after ``num_iters`` steps) and a fresh Rademacher
+    probe z = sign of a normal (Hutchinson: tr H = E[zᵀHz], averaged over the ``num_iters``
+    probes). tr Cov(∇L_B) = E||g₁ − g₂||²/2 over ``num_probes`` pairs of independent minibatches
+    of ``batch_size`` examples drawn as the sampler draws them (with replacement); 0 when
+    ``batch_size`` is the whole data set. Every random number comes from the fused Threefry of
+    ``jaxslt.noise``: each ``jax.random`` call site compiles its own Threefry loop on CPU (0.6–1.6
+    s each, measured). Hessian-vector products are central differences of the gradient with a
+    step of 1% of the parameters' RMS scale (exact on a quadratic; O(step²) otherwise), so the
+    whole measurement compiles one gradient.
     """
     n = jax.tree.leaves(data)[0].shape[0]
-    k_sample, k_power, k_probe, k_noise = jax.random.split(key, 4)
-    rows = jax.random.randint(k_sample, (min(n, sample_size),), 0, n)
+    m = min(n, sample_size)
+    rows = jnp.arange(m) * (n // m)
     sample = jax.tree.map(lambda x: x[rows], data) if n > sample_size else data
-    h_max = max_hessian_eigenvalue(loss_fn, params, sample, key=k_power, num_iters=num_iters)
-    hvp = _hvp(loss_fn, params, sample)
+    # central differences of the gradient, Hv ≈ (∇L(w + hv) − ∇L(w − hv))/2h for unit-scale v,
+    # exact on a quadratic: one gradient site to compile (a forward-over-reverse product took
+    # ~1.2 s more to compile on CPU), mapped over the four points so memory stays one gradient's
+    size = sum(x.size for x in jax.tree.leaves(params))
+    step = 1e-2 * (1.0 + optax.tree.norm(params) / np.sqrt(size))
 
-    def probe(k):
-        z = optax.tree.random_like(k, params, jax.random.rademacher)
-        z = jax.tree.map(lambda x, p: x.astype(p.dtype), z, params)
-        return optax.tree.vdot(z, hvp(z))
+    def hvp2(v, z):  # H·v and H·z, v of unit norm, z a ±1 probe (norm √size)
+        points = jax.tree.map(
+            lambda w, a, b: jnp.stack([w + step * a, w - step * a, w + step * b, w - step * b]),
+            params, v, jax.tree.map(lambda x: x / np.sqrt(size), z),
+        )  # fmt: skip
+        g = jax.lax.map(lambda w: jax.grad(loss_fn)(w, sample), points)
+        hv = jax.tree.map(lambda x: (x[0] - x[1]) / (2 * step), g)
+        hz = jax.tree.map(lambda x: (x[2] - x[3]) * (np.sqrt(size) / (2 * step)), g)
+        return hv, hz
 
-    trace_h = jnp.mean(jax.lax.map(probe, jax.random.split(k_probe, num_probes)))
+    def normalize(v):  # a zero Hessian maps v to 0: keep it 0 rather than 0/0
+        norm = optax.tree.norm(v)
+        return jax.tree.map(lambda x: x / jnp.where(norm > 0, norm, 1.0), v)
+
+    def body(carry, t):
+        v, _, trace = carry
+        z = jax.tree.map(lambda x: jnp.sign(x), tree_normal(jax.random.fold_in(key, t), params))
+        hv, hz = hvp2(v, z)
+        return (normalize(hv), optax.tree.vdot(v, hv), trace + optax.tree.vdot(z, hz)), None
+
+    leaves, treedef = jax.tree.flatten(params)
+    start = normalize(  # generic and deterministic: not orthogonal to any eigenvector by design
+        treedef.unflatten(
+            [jnp.cos(1.2345 * jnp.arange(x.size, dtype=x.dtype) + i).reshape(x.shape)
+             for i, x in enumerate(leaves)]
+        )
+    )  # fmt: skip
+    zero = jnp.zeros((), jnp.float32)
+    (_, rayleigh, trace), _ = jax.lax.scan(body, (start, zero, zero), jnp.arange(num_iters))
+    h_max, trace_h = jnp.abs(rayleigh), trace / num_iters
     if batch_size >= n:
         grad_noise = jnp.zeros_like(trace_h)
     else:
+        words = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+        shape = (num_probes, 2, batch_size)
+        hi, lo = threefry2x32(
+            words[..., 0], words[..., 1], jnp.ones(shape, jnp.uint32),
+            jnp.arange(math.prod(shape), dtype=jnp.uint32).reshape(shape),
+        )  # fmt: skip
+        batches = ((hi ^ lo) % np.uint32(n)).astype(jnp.int32)
+        grad2 = jax.vmap(jax.grad(loss_fn), in_axes=(None, 0))
 
-        def pair(k):
-            g1, g2 = (
-                jax.grad(loss_fn)(params, jax.tree.map(lambda x, i=i: x[i], data))
-                for i in jax.random.randint(k, (2, batch_size), 0, n)
-            )
+        def pair(rows):
+            g1, g2 = _unstack(grad2(params, jax.tree.map(lambda x: x[rows], data)))
             return 0.5 * optax.tree.norm(optax.tree.sub(g1, g2), squared=True)
 
-        grad_noise = jnp.mean(jax.lax.map(pair, jax.random.split(k_noise, num_probes)))
+        grad_noise = jnp.mean(jax.lax.map(pair, batches))
     return LocalGeometry(h_max, trace_h, grad_noise, jnp.full_like(trace_h, jnp.nan))
+
+
+def _unstack(tree: PyTree) -> tuple[PyTree, PyTree]:
+    return jax.tree.map(lambda x: x[0], tree), jax.tree.map(lambda x: x[1], tree)
 
 
 def _floats(geometry: LocalGeometry) -> tuple[float, float, float]:
