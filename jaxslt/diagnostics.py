@@ -283,7 +283,7 @@ def diagnose(
       below L_n(w*). At a local minimum E[L_B(w)] = L_n(w) ≥ L_n(w*), and full-batch draws are
       never below it; with minibatches the batch noise alone can put a sizeable fraction below
       (its SD, ~sd(l_i)/√B, can exceed the excess λ/nβ), but not most of them. Most draws
-      below only warns when they go deep: nβ·mean(max(L_n(w*) − L, 0)) > 10% of |λ̂| (a w*
+      below only warns when they go deep: nβ·mean(L_n(w*) − L | L < L_n(w*)) > 10% of |λ̂| (a w*
       a hair above the empirical minimum, such as the true parameter of a noisy regression,
       moves λ̂ by less). docs/method.md §5.2.
     - MALA acceptance of the SGLD steps below ``mala_accept_range[0]`` = 0.8 (healthy ≈ 0.9,
@@ -337,9 +337,11 @@ def diagnose(
 
     llc = float(nbeta * (x.mean() - init_loss)) if x.size else math.nan
     frac_below = float(np.mean(x < init_loss)) if x.size else math.nan
-    # how far below L_n(w*) the draws go, in λ̂'s units: a dip that is small against λ̂ (a w*
-    # a hair above the empirical minimum, e.g. at the true parameter) barely moves λ̂
-    dip = float(nbeta * np.mean(np.maximum(init_loss - x, 0.0))) if x.size else math.nan
+    # how far below L_n(w*) the draws go when they do, in λ̂'s units (a lower bound on how far
+    # the loss's minimum lies below L_n(w*)): a dip small against λ̂ (a w* a hair above the
+    # empirical minimum, e.g. at the true parameter) barely moves λ̂
+    below = x[x < init_loss]
+    dip = float(nbeta * np.mean(init_loss - below)) if below.size else 0.0
     deep = not dip <= 0.1 * abs(llc)
     if llc < 0 or (frac_below > max_frac_below_init and deep):
         found.append(

@@ -207,6 +207,17 @@ def test_draws_below_init_loss_warn_not_a_minimum(shift, negative):
     assert has(diag, f"{diag.frac_below_init:.0%} of the draws")
 
 
+def test_a_shallow_dip_below_init_loss_is_tolerated():
+    """60% of draws a hair below L_n(w*) (nβ·dip = 0.05, 1% of λ̂ ≈ 5.2): w* sits just above
+    the loss's minimum, which moves λ̂ by about that dip; no warning. The same split at a dip
+    of 1 (12% of λ̂ ≈ 8.3, test above) warns."""
+    rng = np.random.default_rng(6)
+    above = rng.random((4, 1000)) < 0.4
+    diag = diagnose(make_result(INIT + np.where(above, 13.0, -0.05) / NBETA))
+    assert diag.frac_below_init > 0.5 and diag.llc > 5
+    assert not has(diag, "not a local minimum"), diag.warnings
+
+
 def test_minibatch_noise_below_init_is_tolerated():
     rng = np.random.default_rng(8)  # λ̂ = 5 with minibatch noise of SD 8: ~27% below L_n(w*)
     trace = INIT + (5.0 + 8.0 * rng.normal(size=(4, 1000))) / NBETA
