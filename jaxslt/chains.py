@@ -58,6 +58,15 @@ class Accumulator(NamedTuple):
     every: int = 1
 
 
+def typed_key(key: jax.Array) -> jax.Array:
+    """``key`` as a new-style typed key (``jax.random.key``): an old-style ``PRNGKey`` (uint32
+    words, shape (..., 2)) is wrapped with the default implementation, which is how
+    ``jax.random`` reads it, so both spellings of a seed give the same numbers bit for bit."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    return jax.random.wrap_key_data(key)
+
+
 def data_size(data: PyTree) -> int:
     return jax.tree.leaves(data)[0].shape[0]
 
@@ -271,6 +280,8 @@ def run_chains(
     if num_chains % group:
         raise ValueError(f"chain_batch_size={chain_batch_size} must divide num_chains={num_chains}")
     num_groups = num_chains // group
+    # typed keys: an old-style key's extra word axis would not survive the group reshape below
+    key = typed_key(key)
     keys = jax.vmap(jax.random.split)(jax.random.split(key, num_chains))  # (C, 2) init/run
     total = num_burnin + num_draws * thinning
     run = functools.partial(
