@@ -23,10 +23,15 @@ import importlib
 from typing import TYPE_CHECKING
 
 # Everything is imported on first use (PEP 562 module __getattr__), so ``import jaxslt`` costs
-# milliseconds, and ``jaxslt.estimate_llc`` loads JAX, optax and blackjax but not pandas, SciPy,
+# milliseconds, and ``jaxslt.estimate_llc`` loads JAX and optax but not blackjax, pandas, SciPy,
 # ArviZ, matplotlib, orbax or Ray (each comes in with the module or function that uses it).
 # tests/test_imports.py pins this.
-_SUBMODULES = frozenset({"checkpoints", "gibbs", "plots", "problems", "stages", "study", "truth"})
+_SUBMODULES = frozenset(
+    {"checkpoints", "gibbs", "plots", "problems", "stages", "study", "truth"}
+    # and every other module, reachable as an attribute as when they were imported eagerly
+    | {"calibration", "chains", "cli", "diagnostics", "estimator", "kernels", "noise"}
+    | {"observables", "posterior", "progress", "restriction", "trajectory", "validation"}
+)
 _ATTRIBUTES = {
     "Calibration": "calibration",
     "calibrate": "calibration",
