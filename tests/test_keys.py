@@ -121,3 +121,34 @@ def test_a_bad_key_names_the_argument():
     loss, params, data = _regression()
     with pytest.raises(TypeError, match="key must be one PRNG key"):
         jaxslt.estimate_llc(loss, params, data, key=3, num_chains=2, **KW)
+
+
+def test_a_study_cell_equals_estimate_llc_with_an_old_style_key_of_its_seed():
+    from jaxslt import study
+    from jaxslt.study import examples
+
+    spec = study.Spec(
+        problem="jaxslt.study.examples:dln_problem",
+        problem_kwargs={"widths": [3, 2, 3], "rank": 1, "num_examples": 64},
+        checkpoints={0: examples.dln_checkpoints([3, 2, 3], 1, steps=[0], num_examples=64)[0]},
+        store=":memory:",
+        name="keys",
+        settings={
+            "num_chains": 2,
+            "num_draws": 20,
+            "num_burnin": 10,
+            "batch_size": 16,
+            "step_size": 1e-4,
+            "localization": 10.0,
+        },
+        grid={"seed": [5]},
+    )
+    (cell,) = study.expand(spec)
+    problem = examples.dln_problem([3, 2, 3], 1, num_examples=64)
+    params = spec.checkpoints.trees[0]
+    outcome = study.execute_cell(problem, params, cell)
+    key = jax.random.PRNGKey(5)  # the cell runs with jax.random.key(seed)
+    direct = jaxslt.estimate_llc(
+        problem.loss_fn, params, problem.data, key=key, progress=False, **cell.kwargs()
+    )
+    np.testing.assert_array_equal(outcome.traces["loss_trace"], direct.loss_trace)
