@@ -17,27 +17,92 @@ The public API is deliberately small:
   sampler for deep linear networks), ``plots`` (matplotlib files), ``stages``, ``study``.
 """
 
-from jaxslt import checkpoints, gibbs, plots, problems, stages, study, truth
-from jaxslt.calibration import Calibration, calibrate
-from jaxslt.chains import ChainTrace, run_chains
-from jaxslt.diagnostics import Diagnostics, diagnose, to_inference_data
-from jaxslt.estimator import LLCResult, LLCWarning, estimate_llc, sample_llc
-from jaxslt.kernels import (
-    SAMPLERS,
-    SamplingKernel,
-    StepInfo,
-    from_blackjax,
-    mala,
-    rmsprop_sgld,
-    sghmc,
-    sgld,
-    sgnht,
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Everything is imported on first use (PEP 562 module __getattr__), so ``import jaxslt`` costs
+# milliseconds, and ``jaxslt.estimate_llc`` loads JAX and optax but not blackjax, pandas, SciPy,
+# ArviZ, matplotlib, orbax or Ray (each comes in with the module or function that uses it).
+# tests/test_imports.py pins this.
+_SUBMODULES = frozenset(
+    {"checkpoints", "gibbs", "plots", "problems", "stages", "study", "truth"}
+    # and every other module, reachable as an attribute as when they were imported eagerly
+    | {"calibration", "chains", "cli", "diagnostics", "estimator", "kernels", "noise"}
+    | {"observables", "posterior", "progress", "restriction", "trajectory", "validation"}
 )
-from jaxslt.observables import Observables
-from jaxslt.posterior import LocalizedPosterior, default_nbeta, localized_posterior
-from jaxslt.restriction import Restriction, make_restriction, tree_paths
-from jaxslt.stages import Stages, detect_stages
-from jaxslt.trajectory import llc_trajectory
+_ATTRIBUTES = {
+    "Calibration": "calibration",
+    "calibrate": "calibration",
+    "ChainTrace": "chains",
+    "run_chains": "chains",
+    "Diagnostics": "diagnostics",
+    "diagnose": "diagnostics",
+    "to_inference_data": "diagnostics",
+    "LLCResult": "estimator",
+    "LLCWarning": "estimator",
+    "estimate_llc": "estimator",
+    "sample_llc": "estimator",
+    "SAMPLERS": "kernels",
+    "SamplingKernel": "kernels",
+    "StepInfo": "kernels",
+    "from_blackjax": "kernels",
+    "mala": "kernels",
+    "rmsprop_sgld": "kernels",
+    "sghmc": "kernels",
+    "sgld": "kernels",
+    "sgnht": "kernels",
+    "Observables": "observables",
+    "LocalizedPosterior": "posterior",
+    "default_nbeta": "posterior",
+    "localized_posterior": "posterior",
+    "Restriction": "restriction",
+    "make_restriction": "restriction",
+    "tree_paths": "restriction",
+    "Stages": "stages",
+    "detect_stages": "stages",
+    "llc_trajectory": "trajectory",
+}
+
+
+def __getattr__(name: str):
+    if name in _ATTRIBUTES:
+        value = getattr(importlib.import_module(f"jaxslt.{_ATTRIBUTES[name]}"), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"jaxslt.{name}")
+    else:
+        raise AttributeError(f"module 'jaxslt' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:
+    from jaxslt import checkpoints, gibbs, plots, problems, stages, study, truth
+    from jaxslt.calibration import Calibration, calibrate
+    from jaxslt.chains import ChainTrace, run_chains
+    from jaxslt.diagnostics import Diagnostics, diagnose, to_inference_data
+    from jaxslt.estimator import LLCResult, LLCWarning, estimate_llc, sample_llc
+    from jaxslt.kernels import (
+        SAMPLERS,
+        SamplingKernel,
+        StepInfo,
+        from_blackjax,
+        mala,
+        rmsprop_sgld,
+        sghmc,
+        sgld,
+        sgnht,
+    )
+    from jaxslt.observables import Observables
+    from jaxslt.posterior import LocalizedPosterior, default_nbeta, localized_posterior
+    from jaxslt.restriction import Restriction, make_restriction, tree_paths
+    from jaxslt.stages import Stages, detect_stages
+    from jaxslt.trajectory import llc_trajectory
 
 __version__ = "0.1.0"
 

@@ -59,6 +59,15 @@ class Accumulator(NamedTuple):
     every: int = 1
 
 
+def typed_key(key: jax.Array) -> jax.Array:
+    """``key`` as a new-style typed key (``jax.random.key``): an old-style ``PRNGKey`` (uint32
+    words, shape (..., 2)) is wrapped with the default implementation, which is how
+    ``jax.random`` reads it, so both spellings of a seed give the same numbers bit for bit."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    return jax.random.wrap_key_data(key)
+
+
 def data_size(data: PyTree) -> int:
     return jax.tree.leaves(data)[0].shape[0]
 
@@ -68,8 +77,18 @@ MIN_SHARDED_SIZE = 2**14
 (biases, norms): splitting them saves little memory and costs a collective per use."""
 
 
-def _is_spec(x: Any) -> bool:
-    return x is None or isinstance(x, jax.sharding.PartitionSpec)
+def flat_param_specs(params: PyTree, param_specs: PyTree) -> list | None:
+    """``param_specs`` as one entry per leaf of ``params`` (``jax.tree.leaves`` order): read
+    up to the structure of ``params`` (so ``None`` or empty nodes of ``params``, e.g. Equinox's
+    filtered-out fields, stay nodes, and a ``None`` at a leaf means replicated), or a flat
+    list/tuple of one spec per leaf. None when it is neither."""
+    leaves, treedef = jax.tree.flatten(params)
+    try:
+        return treedef.flatten_up_to(param_specs)
+    except (ValueError, TypeError):
+        if isinstance(param_specs, (list, tuple)) and len(param_specs) == len(leaves):
+            return list(param_specs)
+        return None
 
 
 def param_partition_specs(
@@ -89,9 +108,7 @@ def param_partition_specs(
     spec = jax.sharding.PartitionSpec
     leaves, treedef = jax.tree.flatten(params)
     if param_specs is not None:
-        flat, spec_def = jax.tree.flatten(param_specs, is_leaf=_is_spec)
-        if spec_def != treedef:  # a flat tuple in leaf order
-            flat = list(param_specs)
+        flat = flat_param_specs(params, param_specs)
         return jax.tree.unflatten(treedef, [spec() if s is None else s for s in flat])
     size = 1 if mesh is None else dict(mesh.shape).get("model", 1)
 
@@ -125,9 +142,9 @@ def place_params(
     before calling the compiled core). Without a mesh, ``params`` unchanged."""
     if mesh is None:
         return params
-    specs = param_partition_specs(params, mesh, param_specs)
-    shardings = jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), specs, is_leaf=_is_spec)
-    return jax.device_put(params, shardings)
+    specs = flat_param_specs(params, param_partition_specs(params, mesh, param_specs))
+    shardings = [jax.sharding.NamedSharding(mesh, s) for s in specs]
+    return jax.device_put(params, jax.tree.unflatten(jax.tree.structure(params), shardings))
 
 
 def shard_chains(
@@ -147,7 +164,7 @@ def shard_chains(
     chain = "chain" if "chain" in mesh.axis_names else None
     treedef = jax.tree.structure(position)
     shapes = [jnp.shape(x) for x in jax.tree.leaves(position)]
-    leaf_specs = jax.tree.leaves(specs, is_leaf=_is_spec)
+    leaf_specs = flat_param_specs(position, specs)
 
     def stacked(node):
         return (
@@ -272,6 +289,8 @@ def run_chains(
     if num_chains % group:
         raise ValueError(f"chain_batch_size={chain_batch_size} must divide num_chains={num_chains}")
     num_groups = num_chains // group
+    # typed keys: an old-style key's extra word axis would not survive the group reshape below
+    key = typed_key(key)
     keys = jax.vmap(jax.random.split)(jax.random.split(key, num_chains))  # (C, 2) init/run
     total = num_burnin + num_draws * thinning
     run = functools.partial(

@@ -23,7 +23,6 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-import blackjax
 import jax
 import jax.numpy as jnp
 
@@ -397,12 +396,28 @@ def _from_posterior(kernel: Callable[..., SamplingKernel]) -> Callable[..., Samp
     return factory
 
 
-def _blackjax(name: str) -> Callable[..., SamplingKernel]:
-    def factory(loss_fn: Callable, posterior: LocalizedPosterior, **options) -> SamplingKernel:
-        return from_blackjax(getattr(blackjax, name), loss_fn, posterior, **options)
+class _Blackjax:
+    """The factory of ``sampler="blackjax_<name>"``. blackjax (~1 s to import, with the SciPy
+    parts it pulls in) is imported when the sampler is used or its options are checked, not
+    when jaxslt is."""
 
-    factory.__signature__ = inspect.signature(getattr(blackjax.sgmcmc, name).as_top_level_api)
-    return factory
+    def __init__(self, name: str):
+        self.name = name
+
+    @property
+    def __signature__(self) -> inspect.Signature:  # options are checked against this
+        import blackjax
+
+        return inspect.signature(getattr(blackjax.sgmcmc, self.name).as_top_level_api)
+
+    def __call__(self, loss_fn: Callable, posterior: LocalizedPosterior, **options):
+        import blackjax
+
+        return from_blackjax(getattr(blackjax, self.name), loss_fn, posterior, **options)
+
+
+def _blackjax(name: str) -> Callable[..., SamplingKernel]:
+    return _Blackjax(name)
 
 
 SAMPLERS: dict[str, Callable[..., SamplingKernel]] = {

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from jaxslt.chains import flat_param_specs
 from jaxslt.kernels import FULL_BATCH_SAMPLERS, SAMPLERS
 
 PyTree = Any
@@ -239,15 +240,14 @@ def check_param_specs(
     leaves, treedef = jax.tree.flatten(params)
     paths = [jax.tree_util.keystr(p) or "params" for p, _ in
              jax.tree_util.tree_leaves_with_path(params)]  # fmt: skip
-    flat, spec_def = jax.tree.flatten(param_specs, is_leaf=_is_spec)
-    if spec_def != treedef:
-        if not (isinstance(param_specs, (list, tuple)) and len(param_specs) == len(leaves)):
-            raise ValueError(
-                f"param_specs must have the structure of params ({treedef}) with a "
-                f"PartitionSpec or None per leaf, or list {len(leaves)} specs in "
-                f"jax.tree.leaves(params) order; got {spec_def}"
-            )
-        flat = list(param_specs)
+    flat = flat_param_specs(params, param_specs)
+    if flat is None:
+        spec_def = jax.tree.structure(param_specs, is_leaf=_is_spec)
+        raise ValueError(
+            f"param_specs must have the structure of params ({treedef}) with a "
+            f"PartitionSpec or None per leaf, or list {len(leaves)} specs in "
+            f"jax.tree.leaves(params) order; got {spec_def}"
+        )
     sizes = dict(mesh.shape)
     out = []
     for spec, leaf, where in zip(flat, leaves, paths, strict=True):

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxslt.study.runner import _duration, as_spec
-from jaxslt.study.spec import Spec, expand
+from jaxslt.study.spec import EntryPointCheckpoints, Spec, cell_identity, expand
 from jaxslt.study.store import Store
 
 DPI = 150
@@ -65,20 +65,62 @@ def _store(spec: Spec) -> Store | None:
     return Store(path, create=False) if path.exists() else None
 
 
+def _declared_steps(spec: Spec) -> list[int] | None:
+    """The steps of checkpoints made by an entry point, as the spec declares them (its
+    ``steps`` keyword argument), so that counting cells need not call the entry point (it may
+    train a model); None when the spec does not declare them."""
+    checkpoints = spec.checkpoints
+    steps = (
+        checkpoints.kwargs.get("steps") if isinstance(checkpoints, EntryPointCheckpoints) else None
+    )
+    if not isinstance(steps, list | tuple) or not steps:
+        return None
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in steps):
+        return None
+    return sorted(set(steps))
+
+
+def _stored_cells(spec: Spec, rows: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    """One entry per cell of the study: its stored row, or None if it has none.
+
+    Checkpoints from an entry point with declared steps are not made: a cell's id hashes the
+    checkpoint's content, so its rows are matched on everything else (problem, step,
+    settings); when the store holds rows of several versions of those checkpoints, the one
+    started last counts. Otherwise the cells are expanded and matched by id."""
+    steps = _declared_steps(spec)
+    if steps is None:
+        by_id = {r["cell_id"]: r for r in rows}
+        return [by_id.get(c.cell_id) for c in expand(spec)]
+
+    def content_free(identity: str) -> str:
+        identity = json.loads(identity)
+        identity.get("checkpoint", {}).pop("sha256", None)
+        return json.dumps(identity, sort_keys=True)
+
+    latest = {}
+    for row in sorted(rows, key=lambda r: r["started_at"] or 0.0):
+        latest[content_free(row["identity"])] = row
+    points = spec.grid_points()
+    return [
+        latest.get(content_free(cell_identity(spec, {"step": step}, point)))
+        for step in steps
+        for point in points
+    ]
+
+
 def status(spec: Spec | str | pathlib.Path) -> StudyStatus:
     """Where the study stands (reads the store; starts nothing)."""
     spec = as_spec(spec)
-    cells = expand(spec)
     store = _store(spec)
-    if store is None:
-        return StudyStatus(spec.name, len(cells), 0, 0, 0, len(cells), 0, None, False)
-    with store:
-        active = store.writer_active()
-        rows = {r["cell_id"]: r for r in store.rows()}
-    mine = [rows.get(c.cell_id) for c in cells]
+    rows, active = [], False
+    if store is not None:
+        with store:
+            active = store.writer_active()
+            rows = store.rows()
+    mine = _stored_cells(spec, rows)
     count = {s: sum(r is not None and r["status"] == s for r in mine) for s in ("done", "failed")}
     running = sum(r is not None and r["status"] == "running" for r in mine)
-    pending = len(cells) - count["done"] - count["failed"] - running
+    pending = len(mine) - count["done"] - count["failed"] - running
     times = [
         (r["run_seconds"] or 0.0) + (r["load_seconds"] or 0.0)
         for r in mine
@@ -89,7 +131,7 @@ def status(spec: Spec | str | pathlib.Path) -> StudyStatus:
         eta = (pending + running) * float(np.mean(times)) / max(1, running)
     return StudyStatus(
         spec.name,
-        len(cells),
+        len(mine),
         count["done"],
         running if active else 0,
         count["failed"],
