@@ -23,6 +23,14 @@ def test_demo_runs_and_reports_estimate_and_truth(capsys):
     assert "draws: 300 kept per chain after 200 burn-in steps" in out
 
 
+@pytest.mark.filterwarnings("error::jaxslt.LLCWarning")
+def test_the_demo_as_a_newcomer_runs_it_is_clean(capsys):
+    """`jaxslt demo` with its defaults, as the README says: no warning a user would act on."""
+    assert cli.main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "diagnostics: ok" in out, out
+
+
 def test_bad_widths_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["demo", "--widths", "6,x"])

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+import jaxslt
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"```python\n(.*?)```", flags=re.S)
@@ -25,7 +28,11 @@ def test_python_blocks_run_in_order(tmp_path, monkeypatch):
     assert len(blocks) >= 2, "README lost its quickstart or its diagnostics example"
     monkeypatch.chdir(tmp_path)  # the examples write plot files
     namespace: dict = {}
-    for block in blocks:
+    with warnings.catch_warnings():  # the Quickstart must run clean, as a newcomer runs it
+        warnings.simplefilter("error", jaxslt.LLCWarning)
+        exec(compile(blocks[0], str(README), "exec"), namespace)
+    assert namespace["result"].diagnostics.ok
+    for block in blocks[1:]:
         exec(compile(block, str(README), "exec"), namespace)
     result = namespace["result"]
     assert float(result.llc_mean) > 0 and not result.diverged.any()
