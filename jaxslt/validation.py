@@ -51,7 +51,7 @@ def check_data(data: PyTree) -> int:
 
 
 @jax.jit
-def _finite_leaves(leaves: list) -> jax.Array:
+def finite_leaves(leaves: list) -> jax.Array:
     # one compiled check for the whole tree: checked leaf by leaf eagerly, each distinct leaf
     # shape would compile two small programs (~70 ms on CPU), seconds for a large model
     return jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])
@@ -70,7 +70,7 @@ def check_params(params: PyTree) -> None:
                 "be a float array (cast with jax.tree.map(lambda x: x.astype(jnp.float32), "
                 "params), or close over integer constants in loss_fn)"
             )
-    finite = np.asarray(_finite_leaves([leaf for _, leaf in with_paths]))
+    finite = np.asarray(finite_leaves([leaf for _, leaf in with_paths]))
     if not finite.all():
         raise ValueError(
             f"params leaf {where[int(np.argmin(finite))]} contains NaN or inf; the checkpoint "

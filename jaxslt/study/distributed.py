@@ -20,11 +20,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from jaxslt.study.runner import (
-    _failed,
-    _Tracker,
+from jaxslt.study.execution import (
+    Tracker,
     enable_compilation_cache,
     execute_cell,
+    failed_outcome,
     load_problem,
     worker_name,
 )
@@ -58,7 +58,7 @@ def _remote_cell(spec: Spec, params: PyTree, cell: Cell, cache_dir: str | None) 
             try:
                 loaded = checkpoints.load(cell.step, like=problem.like)
             except Exception as err:  # the cell's failure, stored by the driver
-                return _failed(cell, f"loading checkpoint step {cell.step}: {err}", started)
+                return failed_outcome(cell, f"loading checkpoint step {cell.step}: {err}", started)
             _checkpoint.clear()
             _checkpoint[ckey] = loaded
             load_seconds = time.perf_counter() - clock
@@ -71,7 +71,7 @@ def run_on_ray(
     checkpoints: OrbaxCheckpoints | MemoryCheckpoints,
     todo: Sequence[Cell],
     store: Store,
-    tracker: _Tracker,
+    tracker: Tracker,
     outcomes: list[CellOutcome],
     address: str,
     cache_dir: pathlib.Path | None,
@@ -116,7 +116,7 @@ def run_on_ray(
                 try:
                     outcome = ray.get(ref)
                 except ray.exceptions.RayError as err:  # retries used up: store the failure
-                    outcome = _failed(
+                    outcome = failed_outcome(
                         cell,
                         f"Ray task failed after {spec.max_retries} retries: "
                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",

@@ -22,7 +22,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxslt.study.runner import _duration, as_spec
+from jaxslt.study.execution import duration
+from jaxslt.study.runner import as_spec
 from jaxslt.study.spec import Spec, expand
 from jaxslt.study.store import Store
 
@@ -56,7 +57,7 @@ class StudyStatus(NamedTuple):
         if not self.active:
             text += "; no run in progress"
         elif self.eta_s is not None:
-            text += f"; ETA {_duration(self.eta_s)}"
+            text += f"; ETA {duration(self.eta_s)}"
         return text
 
 

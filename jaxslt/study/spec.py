@@ -291,7 +291,7 @@ def as_problem(value: Any, where: str = "problem") -> StudyProblem:
 def estimate_llc_defaults() -> dict[str, Any]:
     """The settings a cell may set and their defaults: ``estimate_llc``'s keyword arguments
     (minus key, mesh, progress) plus seed (0) and data ("full")."""
-    from jaxslt import estimate_llc
+    from jaxslt.estimator import estimate_llc
 
     params = inspect.signature(estimate_llc).parameters.values()
     out = {
