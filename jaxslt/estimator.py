@@ -400,6 +400,7 @@ def estimate_llc(
     Raises ValueError/TypeError for bad arguments (before anything compiles) and
     FloatingPointError if every chain diverged. Warns when some chains diverged.
     """
+    validation.check_diagnostics(diagnostics, num_draws=num_draws, num_chains=num_chains)
     plan = _plan(
         loss_fn, params, data, key=key, step_size=step_size, num_chains=num_chains,
         num_draws=num_draws, num_burnin=num_burnin, thinning=thinning, batch_size=batch_size,
@@ -413,6 +414,7 @@ def estimate_llc(
     run = functools.partial(_sample_llc_jit, loss_fn, params, data, key, **plan.settings)
     with _progress(progress, plan.total_steps, f"LLC ({num_chains} chains)") as every:
         result = jax.block_until_ready(run(progress_every=every))
+    validation.check_estimate(loss_fn, params, data, result)  # causes other than step_size
     _check_divergence(result, plan.settings["step_size"], raise_if_all=True)
     return _finish(result, plan, diagnostics)
 
@@ -432,6 +434,7 @@ def _plan(loss_fn, params, data, *, key, step_size, num_chains, num_draws, num_b
     n = validation.check_data(data)
     validation.check_params(params)
     validation.check_key(key)
+    compute_dtype = validation.check_compute_dtype(compute_dtype)
     if restrict is not None:
         restrict = make_restriction(params, restrict)
     if not isinstance(observables, bool):
@@ -441,6 +444,7 @@ def _plan(loss_fn, params, data, *, key, step_size, num_chains, num_draws, num_b
             "observable_draws", observable_draws, "the number of kept draws per chain at "
             "which to evaluate per-example losses on the full data"
         )  # fmt: skip
+    validation.check_sampler(sampler, sampler_options, batch_size=batch_size, n=n)
     calibration = None
     if isinstance(step_size, str):
         if step_size != "auto":
@@ -498,9 +502,12 @@ def _plan(loss_fn, params, data, *, key, step_size, num_chains, num_draws, num_b
     if chain_batch_size:
         total *= num_chains // min(chain_batch_size, num_chains)
     settings = dict(
-        step_size=jnp.float32(step_size),
-        nbeta=jnp.float32(default_nbeta(n) if nbeta is None else nbeta),
-        localization=jnp.float32(localization),
+        **validation.cast_settings(  # in the chains' dtype, checked there
+            params,
+            step_size=step_size,
+            localization=localization,
+            nbeta=default_nbeta(n) if nbeta is None else nbeta,
+        ),
         num_chains=num_chains,
         num_draws=num_draws,
         num_burnin=num_burnin,
@@ -512,7 +519,7 @@ def _plan(loss_fn, params, data, *, key, step_size, num_chains, num_draws, num_b
         acceptance_checks=acceptance_checks,
         chain_batch_size=chain_batch_size,
         mesh=mesh,
-        compute_dtype=None if compute_dtype is None else jnp.dtype(compute_dtype),
+        compute_dtype=compute_dtype,
         restrict=restrict,
         observables=observables,
         observable_draws=observable_draws,
