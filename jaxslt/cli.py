@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sqlite3
 import time
 from collections.abc import Sequence
 
@@ -137,8 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.exit(2, f"jaxslt {args.command}: error: {err}\n")
     try:
         return study(args)
-    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as err:
-        # OSError: a missing spec or store, a Ray address with no cluster behind it
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError, sqlite3.Error) as err:
+        # OSError: a missing spec or store, a Ray address with no cluster behind it; a store
+        # that is corrupted, not SQLite or read-only is a one-line StoreError (RuntimeError)
         parser.exit(2, f"jaxslt study {args.study_command}: error: {err}\n")
     except KeyboardInterrupt:  # finished cells are stored; the one in flight reruns next time
         parser.exit(130, f"jaxslt study {args.study_command}: interrupted; run again to resume\n")

@@ -115,12 +115,15 @@ def run_on_ray(
                 cell, dispatched = pending.pop(ref)
                 try:
                     outcome = ray.get(ref)
-                except ray.exceptions.RayError as err:  # retries used up: store the failure
+                except ray.exceptions.RayError as err:  # retries used up
+                    # a lost worker (killed, out of memory, node gone) is the machine's failure,
+                    # not the cell's: kept for the next run; an error raised in the task is not
                     outcome = failed_outcome(
                         cell,
                         f"Ray task failed after {spec.max_retries} retries: "
                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
                         dispatched,
+                        transient=not isinstance(err, ray.exceptions.RayTaskError),
                     )
                 store.record(outcome)
                 tracker.finished_cell(outcome)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxslt.study.spec import Cell, Spec, StudyProblem, as_problem, load_entry_point
+from jaxslt.study.spec import Cell, Spec, StudyProblem, as_problem, call_entry_point
 from jaxslt.study.store import CellOutcome
 
 PyTree = Any
@@ -92,12 +92,27 @@ def result_values(result: Any, caught: Sequence[warnings.WarningMessage]) -> dic
 
 
 def failed_outcome(
-    cell: Cell, error: str, started: float, load_seconds: float = 0.0
+    cell: Cell, error: str, started: float, load_seconds: float = 0.0, *, transient: bool = False
 ) -> CellOutcome:
+    """A ``failed`` outcome carrying ``error``; ``transient``: the failure may not repeat
+    (out of memory, a lost worker), so the store keeps the cell for the next run."""
     return CellOutcome(
         cell, "failed", {}, None, error, started, time.time(), load_seconds,
-        0.0, worker_name(), library_versions(),
+        0.0, worker_name(), library_versions(), transient,
     )  # fmt: skip
+
+
+_TRANSIENT_WORDS = ("resource_exhausted", "out of memory", "outofmemory", "worker died",
+                    "node died")  # fmt: skip
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether ``err`` says the machine failed rather than the cell: memory exhausted (host or
+    device), a worker or node lost. Such a cell is retried by the next run."""
+    if isinstance(err, MemoryError):
+        return True
+    text = f"{type(err).__name__}: {err}".lower()
+    return any(word in text for word in _TRANSIENT_WORDS)
 
 
 def execute_cell(
@@ -127,7 +142,10 @@ def execute_cell(
             "burnin_loss_trace": np.asarray(result.burnin_loss_trace),
         }
     except Exception as err:  # stored as the cell's outcome; see the docstring
-        return failed_outcome(cell, f"{type(err).__name__}: {err}", started, load_seconds)
+        return failed_outcome(
+            cell, f"{type(err).__name__}: {err}", started, load_seconds,
+            transient=is_transient(err),
+        )  # fmt: skip
     return CellOutcome(
         cell, "done", values, traces, None, started, time.time(), load_seconds,
         time.perf_counter() - clock, worker_name(), library_versions(),
@@ -159,8 +177,8 @@ def load_problem(spec: Spec) -> StudyProblem:
     if key in _problems:
         _problems.move_to_end(key)
         return _problems[key]
-    function = load_entry_point(spec.problem, spec.root)
-    problem = as_problem(function(**spec.problem_kwargs), f"problem {spec.problem_name!r}")
+    value = call_entry_point(spec.problem, spec.root, spec.problem_kwargs, "[study] problem")
+    problem = as_problem(value, f"problem {spec.problem_name!r}")
     _problems[key] = problem
     while len(_problems) > 4:
         _problems.popitem(last=False)

@@ -43,6 +43,7 @@ class StudyStatus(NamedTuple):
     interrupted: int
     eta_s: float | None
     active: bool
+    damaged: int = 0  # done cells whose trace sidecar is missing or truncated
 
     def __str__(self) -> str:
         parts = [
@@ -53,6 +54,11 @@ class StudyStatus(NamedTuple):
         ]
         if self.interrupted:
             parts.append(f"{self.interrupted} interrupted (rerun by the next run)")
+        if self.damaged:
+            parts.append(
+                f"{self.damaged} damaged (done, but the trace sidecar is missing or truncated; "
+                "the next run recomputes them)"
+            )
         text = ", ".join(parts)
         if not self.active:
             text += "; no run in progress"
@@ -76,6 +82,8 @@ def status(spec: Spec | str | pathlib.Path) -> StudyStatus:
     with store:
         active = store.writer_active()
         rows = {r["cell_id"]: r for r in store.rows()}
+        broken = store.damaged()
+    damaged = sum(c.cell_id in broken for c in cells)
     mine = [rows.get(c.cell_id) for c in cells]
     count = {s: sum(r is not None and r["status"] == s for r in mine) for s in ("done", "failed")}
     running = sum(r is not None and r["status"] == "running" for r in mine)
@@ -98,6 +106,7 @@ def status(spec: Spec | str | pathlib.Path) -> StudyStatus:
         0 if active else running,
         eta,
         active,
+        damaged,
     )
 
 

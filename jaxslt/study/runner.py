@@ -133,14 +133,19 @@ def run(
         cache_dir = pathlib.Path(spec.store_path).with_suffix(".jaxcache")
     elif compilation_cache:
         cache_dir = pathlib.Path(compilation_cache)
+    # the spec's problem, checkpoints, grid and data slices are checked before the store (or
+    # its lock, traces folder, compilation cache) is created: a bad spec leaves nothing behind
+    problem = load_problem(spec)
+    checkpoints = resolve_checkpoints(spec)
+    cells = expand(spec, checkpoints)
+    for name in sorted({c.data for c in cells}):
+        problem.slice(name)  # every data slice exists, before anything runs
     with Store(spec.store_path) as store, store.writer():
         if address is None and cache_dir is not None:
-            enable_compilation_cache(cache_dir)  # before the entry points, which may compile
-        problem = load_problem(spec)
-        checkpoints = resolve_checkpoints(spec)
-        cells = expand(spec, checkpoints)
-        for name in sorted({c.data for c in cells}):
-            problem.slice(name)  # every data slice exists, before anything runs
+            enable_compilation_cache(cache_dir)
+        damaged = store.damaged()  # done rows whose sidecar is gone: recompute them
+        if damaged:
+            store.invalidate(list(damaged), "trace sidecar missing or damaged; recomputed")
         statuses = store.statuses()
         skip = {"done"} if retry_failed else {"done", "failed"}
         todo = order_cells([c for c in cells if statuses.get(c.cell_id) not in skip])
@@ -160,7 +165,7 @@ def run(
         finally:
             tracker.close()
         statuses = store.statuses()
-    failed = [o for o in outcomes if o.status == "failed"]
+    failed = [o for o in outcomes if o.status == "failed"]  # transient ones included
     return RunSummary(
         spec.name,
         pathlib.Path(spec.store_path),
@@ -170,7 +175,11 @@ def run(
         len(failed),
         sum(statuses.get(c.cell_id) not in ("done", "failed") for c in cells),
         time.perf_counter() - start,
-        tuple(f"step {o.cell.step}, {o.cell.cell_id[:12]}: {o.error}" for o in failed),
+        tuple(
+            f"step {o.cell.step}, {o.cell.cell_id[:12]}: {o.error}"
+            + (" (transient: not stored as failed, the next run retries it)" if o.transient else "")
+            for o in failed
+        ),
     )
 
 
