@@ -105,7 +105,7 @@ class StoreError(RuntimeError):
     The message is one line naming the file, what is wrong and what to do."""
 
 
-def _describe(path: pathlib.Path, err: sqlite3.Error, writing: bool) -> StoreError:
+def describe_sqlite_error(path: pathlib.Path, err: sqlite3.Error, writing: bool) -> StoreError:
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     lowered = text.lower()
     if "readonly" in lowered or "read-only" in lowered or "unable to open" in lowered:
@@ -136,7 +136,7 @@ def _guarded(method: Callable) -> Callable:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.Error as err:
-            raise _describe(self.path, err, not self.read_only) from err
+            raise describe_sqlite_error(self.path, err, not self.read_only) from err
 
     return wrapper
 
@@ -252,7 +252,7 @@ class Store:
         try:
             self._open(create)
         except sqlite3.Error as err:
-            raise _describe(self.path, err, create) from err
+            raise describe_sqlite_error(self.path, err, create) from err
 
     def _open(self, create: bool) -> None:
         self._conn = _connect(self.path, read_only=not create)
@@ -433,7 +433,7 @@ class Store:
         """The sidecar arrays of a finished cell (``loss_trace``: (chains, draws) minibatch
         losses at the kept draws; ``burnin_loss_trace``: (chains, burn-in))."""
         row = self._conn.execute(
-            "SELECT status, traces FROM cells WHERE cell_id = ?", (cell_id,)
+            "SELECT status, traces, step, seed FROM cells WHERE cell_id = ?", (cell_id,)
         ).fetchone()
         if row is None:
             raise KeyError(f"cell {cell_id!r} is not in {str(self.path)!r}")
