@@ -149,6 +149,7 @@ def calibrate(
         step_sizes = validation.check_grid("step_sizes", step_sizes, allow_zero=False)
     curvature_batch = jax.tree.map(lambda x: x[: min(n, 4 * batch_size)], data)
     h_max = float(max_hessian_eigenvalue(loss_fn, params, curvature_batch, key=key))
+    validation.check_curvature(h_max)
     if step_sizes is None:
         stiffness = max(nbetas) * h_max + min(localizations)
         step_sizes = list(np.geomspace(0.003, 1.0, 6) / stiffness)
@@ -172,6 +173,7 @@ def calibrate(
         num_burnin=num_burnin, batch_size=batch_size, sampler=sampler,
         cell_batch_size=cell_batch_size,
     )  # fmt: skip
+    validation.check_init_loss(results.init_loss[0])  # the loss's fault, not the grid's
     return _recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws)
 
 

@@ -400,7 +400,9 @@ def estimate_llc(
     Raises ValueError/TypeError for bad arguments (before anything compiles) and
     FloatingPointError if every chain diverged. Warns when some chains diverged.
     """
-    validation.check_diagnostics(diagnostics, num_draws=num_draws, num_chains=num_chains)
+    validation.check_diagnostics(
+        diagnostics, num_draws=num_draws, num_chains=num_chains, progress=progress
+    )
     plan = _plan(
         loss_fn, params, data, key=key, step_size=step_size, num_chains=num_chains,
         num_draws=num_draws, num_burnin=num_burnin, thinning=thinning, batch_size=batch_size,

@@ -134,8 +134,9 @@ def llc_trajectory(
     validation.check_checkpoints(steps, trees)  # every one, not only the last
     merged = {**_SETTINGS, **settings}
     validation.check_diagnostics(
-        diagnostics, num_draws=merged["num_draws"], num_chains=merged["num_chains"]
-    )
+        diagnostics, num_draws=merged["num_draws"], num_chains=merged["num_chains"],
+        progress=progress,
+    )  # fmt: skip
     if checkpoint_batch_size is not None:
         estimator.validation.check_positive_int(
             "checkpoint_batch_size", checkpoint_batch_size, "how many checkpoints to vmap at once"

@@ -535,10 +535,17 @@ def check_compute_dtype(compute_dtype: Any) -> np.dtype | None:
 MIN_DIAGNOSED_DRAWS = 4
 
 
-def check_diagnostics(diagnostics: Any, *, num_draws: Any, num_chains: Any) -> None:
-    """``diagnostics`` must be a bool; with too few draws or chains to diagnose, say so."""
+def check_diagnostics(
+    diagnostics: Any, *, num_draws: Any, num_chains: Any, progress: Any = None
+) -> None:
+    """``diagnostics`` must be a bool (``progress`` a bool or None); with too few draws or
+    chains to diagnose, say so."""
     if not isinstance(diagnostics, (bool, np.bool_)):
         raise TypeError(f"diagnostics must be True or False; got {diagnostics!r}")
+    if progress is not None and not isinstance(progress, (bool, np.bool_)):
+        raise TypeError(
+            f"progress must be True, False or None (a bar on a terminal only); got {progress!r}"
+        )
     if not diagnostics or not isinstance(num_draws, Integral) or isinstance(num_draws, bool):
         return
     if num_draws < MIN_DIAGNOSED_DRAWS:
@@ -604,6 +611,17 @@ def check_init_loss(init_loss: Any, where: str = "the checkpoint w*") -> None:
             f"the full-data loss L_n(w*) at {where} is {value} although params and data are "
             "finite: loss_fn itself is not finite there (a log of 0, a division by 0, an "
             "overflow); fix loss_fn. The step size is not the cause"
+        )
+
+
+def check_curvature(h_max: float) -> None:
+    """The largest Hessian eigenvalue at w* (``calibrate``) must be finite: params and data
+    were checked, so a NaN/inf here means the loss or its gradient is not finite at w*."""
+    if not math.isfinite(h_max):
+        raise FloatingPointError(
+            f"the largest Hessian eigenvalue of the loss at w* is {h_max} although params and "
+            "data are finite: loss_fn (or its gradient) is not finite at w* (a log of 0, a "
+            "division by 0, sqrt at 0); fix loss_fn"
         )
 
 

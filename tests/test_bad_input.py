@@ -147,6 +147,15 @@ CASES = {
         lambda: est(params={"w": jnp.ones((0,))}), ValueError, ["no elements"]),
     "diagnostics a string": (
         lambda: est(diagnostics="no"), TypeError, ["diagnostics", "True or False"]),
+    "progress a string": (
+        lambda: est(progress="yes"), TypeError, ["progress", "True, False or None"]),
+    "calibrate loss not finite at w*": (
+        lambda: calibrate(lambda p, b: jnp.log(p["w"][0]) + loss(p, b), P, X, key=KEY,
+                          step_sizes=[1e-4, 1e-3], **CAL),
+        FloatingPointError, ["at w*", "not finite", "loss_fn"]),
+    "calibrate loss not finite at w*, default steps": (
+        lambda: calibrate(lambda p, b: jnp.log(p["w"][0]) + loss(p, b), P, X, key=KEY, **CAL),
+        FloatingPointError, ["at w*", "loss_fn"]),
     "trajectory diagnostics a string": (
         lambda: traj([P], diagnostics="no"), TypeError, ["diagnostics"]),
     "duplicate checkpoint steps": (
