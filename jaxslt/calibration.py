@@ -138,7 +138,6 @@ def calibrate(
     if cell_batch_size is not None:
         validation.check_positive_int("cell_batch_size", cell_batch_size, "cells run at once")
     batch_size = min(n, DEFAULT_BATCH_SIZE) if batch_size is None else batch_size
-    validation.check_loss_fn(loss_fn, params, data, batch_size)
     nbetas = (
         [default_nbeta(n)]
         if nbetas is None
@@ -147,6 +146,13 @@ def calibrate(
     localizations = validation.check_grid("localizations", localizations, allow_zero=True)
     if step_sizes is not None:
         step_sizes = validation.check_grid("step_sizes", step_sizes, allow_zero=False)
+    for gamma in localizations:  # every step size is checked in the chains' dtype below
+        validation.check_settings(
+            n=n, step_size=1.0 if step_sizes is None else min(step_sizes), num_chains=num_chains,
+            num_draws=num_draws, num_burnin=num_burnin, thinning=1, batch_size=batch_size,
+            nbeta=nbetas[0], localization=gamma, eval_batch_size=None,
+        )  # fmt: skip
+    validation.check_loss_fn(loss_fn, params, data, batch_size)
     curvature_batch = jax.tree.map(lambda x: x[: min(n, 4 * batch_size)], data)
     h_max = float(max_hessian_eigenvalue(loss_fn, params, curvature_batch, key=key))
     validation.check_curvature(h_max)
@@ -156,12 +162,6 @@ def calibrate(
     step_sizes = [float(e) for e in step_sizes]
     if not step_sizes or min(step_sizes) <= 0:
         raise ValueError(f"step_sizes must be positive; got {step_sizes}")
-    for gamma in localizations:
-        validation.check_settings(
-            n=n, step_size=min(step_sizes), num_chains=num_chains, num_draws=num_draws,
-            num_burnin=num_burnin, thinning=1, batch_size=batch_size, nbeta=nbetas[0],
-            localization=gamma, eval_batch_size=None,
-        )  # fmt: skip
 
     eps, gam, nbs = _cells_grid(step_sizes, localizations, nbetas)
     for e, g, b in zip(eps, gam, nbs, strict=True):  # each cell representable in the chains' dtype

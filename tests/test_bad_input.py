@@ -79,6 +79,9 @@ CASES = {
         lambda: cal(localizations=10.0), TypeError, ["localizations", "list of numbers"]),
     "calibrate mala on minibatches": (
         lambda: cal(sampler="mala", batch_size=8), ValueError, ["full-batch", "batch_size"]),
+    "calibrate batch_size 0": (
+        lambda: cal(batch_size=0), ValueError, ["batch_size must be >= 1"]),
+    "calibrate num_draws 0": (lambda: cal(num_draws=0), ValueError, ["num_draws"]),
     "calibrate cell_batch_size": (
         lambda: cal(cell_batch_size=0), ValueError, ["cell_batch_size", ">= 1"]),
     "auto with mala on minibatches": (
