@@ -447,6 +447,7 @@ def _plan(loss_fn, params, data, *, key, step_size, num_chains, num_draws, num_b
             "which to evaluate per-example losses on the full data"
         )  # fmt: skip
     validation.check_sampler(sampler, sampler_options, batch_size=batch_size, n=n)
+    validation.check_optional_settings(nbeta=nbeta, localization=localization)  # before "auto"
     calibration = None
     if isinstance(step_size, str):
         if step_size != "auto":

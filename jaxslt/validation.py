@@ -229,6 +229,15 @@ def check_settings(
         raise ValueError(f"localization (γ) must be >= 0; got {localization}. Use 0 for none")
 
 
+def check_optional_settings(*, nbeta: Any, localization: Any) -> None:
+    """``nbeta`` and ``localization`` when given (None: the default, or calibrated with
+    ``step_size="auto"``), checked under their own names before a calibration uses them."""
+    if nbeta is not None and _real("nbeta", nbeta) <= 0:
+        raise ValueError(f"nbeta must be > 0 (or None for n/log n); got {nbeta}")
+    if localization is not None and _real("localization", localization) < 0:
+        raise ValueError(f"localization (γ) must be >= 0; got {localization}. Use 0 for none")
+
+
 _MESH_HINT = (
     "Build one with jax.make_mesh((num_chain_devices, num_model_devices), ('chain', 'model'), "
     "axis_types=(jax.sharding.AxisType.Auto,) * 2); either axis may have size 1, or be left out"

@@ -87,6 +87,9 @@ CASES = {
     "auto with mala on minibatches": (
         lambda: est(step_size="auto", sampler="mala", batch_size=8), ValueError,
         ["full-batch", "batch_size"]),
+    "auto with a NaN localization": (
+        lambda: est(step_size="auto", localization=float("nan")), ValueError,
+        ["localization must be finite"]),
     "trajectory int first checkpoint": (
         lambda: traj([{"w": jnp.ones(3, jnp.int32)}, P]), TypeError,
         ["checkpoint at step 0", "float"]),
