@@ -115,6 +115,18 @@ def test_a_damaged_or_foreign_store_is_one_clear_line(finished, tmp_path, capsys
     assert "Traceback" not in err
 
 
+def test_another_programs_sqlite_file_is_refused_not_written(tmp_path, capsys):
+    spec = write_spec(tmp_path / "o")
+    store = spec.with_suffix(".sqlite")
+    with sqlite3.connect(store) as conn:
+        conn.execute("CREATE TABLE accounts (id INTEGER)")
+    before = store.read_bytes()
+    for command in ("run", "status"):
+        err = cli_error(capsys, "study", command, str(spec))
+        assert err.count("\n") == 1 and "not a jaxslt study store" in err, err
+    assert store.read_bytes() == before
+
+
 def test_store_error_wording_for_read_only_media(tmp_path):
     err = sqlite3.OperationalError("attempt to write a readonly database")
     text = str(store_module.describe_sqlite_error(tmp_path / "x.sqlite", err, True))

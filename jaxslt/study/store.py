@@ -189,10 +189,8 @@ def _connect(path: pathlib.Path, *, read_only: bool = False) -> sqlite3.Connecti
         conn.row_factory = sqlite3.Row
         return conn
     conn = sqlite3.connect(path, timeout=60, isolation_level=None)  # explicit transactions
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
     conn.row_factory = sqlite3.Row
-    return conn
+    return conn  # WAL and synchronous=FULL are set once the file is known to be a study store
 
 
 def sidecar_problem(path: pathlib.Path) -> str | None:
@@ -263,7 +261,20 @@ class Store:
                 f"study store {str(self.path)!r} has schema version {version}, newer than this "
                 f"jaxslt's {SCHEMA_VERSION}: upgrade jaxslt to read it"
             )
+        tables = {
+            row[0]
+            for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if (version > 0 or tables) and "cells" not in tables:
+            self._conn.close()
+            raise StoreError(
+                f"study store {str(self.path)!r} is an SQLite database but not a jaxslt study "
+                f"store (tables {sorted(tables)}); point the spec's store at another file"
+            )
         self._empty = version == 0 and not create  # a reader racing the first writer
+        if create:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
         if version < SCHEMA_VERSION and create:
             with _transaction(self._conn):
                 for statement in _SCHEMA.split(";"):
