@@ -226,3 +226,18 @@ def test_a_valid_run_is_unchanged_by_the_checks():
     )  # fmt: skip
     np.testing.assert_array_equal(np.asarray(a.loss_trace), np.asarray(b.loss_trace))
     np.testing.assert_allclose(float(a.llc_mean), float(b.llc_mean), rtol=1e-5)  # jit vs eager
+
+
+@pytest.mark.parametrize("sampler", ["sgld", "sgnht"])
+def test_float64_chains_get_float64_settings_under_x64(sampler):
+    with jax.enable_x64(True):
+        params = {"w": jnp.zeros(3, jnp.float64)}
+        data = jnp.linspace(-1.0, 1.0, N, dtype=jnp.float64)[:, None]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = jaxslt.estimate_llc(
+                loss, params, data, key=KEY, step_size=1e-4, sampler=sampler, **SMALL
+            )
+        assert result.step_size.dtype == jnp.float64 and result.nbeta.dtype == jnp.float64
+        assert float(result.step_size) == 1e-4  # not rounded through float32
+        assert np.isfinite(float(result.llc_mean))
