@@ -286,3 +286,17 @@ def test_transient_failures_are_not_stored_as_permanent(tmp_path, monkeypatch):
     summary = study.run(spec, progress=False, compilation_cache=False)
     assert summary.ran == 4 and summary.failed == 0
     assert execution.is_transient(MemoryError()) and not execution.is_transient(ValueError("x"))
+
+
+def test_an_unforeseen_error_is_one_line_with_the_traceback_on_request(
+    finished, capsys, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise KeyError("something nobody planned for")
+
+    monkeypatch.setattr(study, "status", broken)
+    err = cli_error(capsys, "study", "status", str(finished))
+    assert err.count("\n") == 1 and "KeyError" in err and "JAXSLT_DEBUG=1" in err
+    monkeypatch.setenv("JAXSLT_DEBUG", "1")
+    with pytest.raises(KeyError):
+        cli.main(["study", "status", str(finished)])
