@@ -480,9 +480,11 @@ def _plan(loss_fn, params, data, *, key, step_size, num_chains, num_draws, num_b
         nbeta=nbeta,
         localization=localization,
         eval_batch_size=eval_batch_size,
-        acceptance_checks=acceptance_checks,
-        chain_batch_size=chain_batch_size,
     )
+    validation.check_chain_groups(
+        num_chains=num_chains, acceptance_checks=acceptance_checks,
+        chain_batch_size=chain_batch_size,
+    )  # fmt: skip
     auto = chain_batch_size == "auto"
     validation.check_mesh(mesh, num_chains, None if auto else chain_batch_size, param_specs)
     param_specs = validation.check_param_specs(

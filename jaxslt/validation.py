@@ -187,9 +187,8 @@ def check_settings(
     nbeta: Any,
     localization: Any,
     eval_batch_size: Any,
-    acceptance_checks: Any = 0,
-    chain_batch_size: Any = None,
 ) -> None:
+    """The sampling settings of one run (``check_chain_groups``: how its chains are grouped)."""
     if _real("step_size", step_size) <= 0:
         raise ValueError(
             f"step_size must be > 0 (it is ε, the SGLD noise variance); got {step_size}. "
@@ -206,6 +205,21 @@ def check_settings(
             f"batch_size={batch_size} exceeds the number of examples n={n}; use batch_size <= {n} "
             f"(batch_size={n} is full-batch)"
         )
+    if eval_batch_size is not None:
+        _int("eval_batch_size", eval_batch_size, 1, "It is the chunk size for L_n(w*).")
+    if nbeta is not None and _real("nbeta", nbeta) <= 0:
+        raise ValueError(f"nbeta must be > 0 (or None for n/log n); got {nbeta}")
+    if nbeta is None and n < 2:
+        raise ValueError(f"nbeta=None means n/log n, undefined for n={n}; pass nbeta explicitly")
+    if _real("localization", localization) < 0:
+        raise ValueError(f"localization (γ) must be >= 0; got {localization}. Use 0 for none")
+
+
+def check_chain_groups(
+    *, num_chains: Any, acceptance_checks: Any = 0, chain_batch_size: Any = None
+) -> None:
+    """``acceptance_checks`` >= 0 and ``chain_batch_size`` (None, "auto" or a divisor of
+    ``num_chains``, itself checked by ``check_settings``)."""
     _int("acceptance_checks", acceptance_checks, 0, "Use 0 to skip the MALA acceptance checks.")
     if isinstance(chain_batch_size, str) and chain_batch_size != "auto":
         raise ValueError(
@@ -219,14 +233,6 @@ def check_settings(
                 f"chain_batch_size={chain_batch_size} must divide num_chains={num_chains}; "
                 f"e.g. use one of {[k for k in range(1, num_chains + 1) if num_chains % k == 0]}"
             )
-    if eval_batch_size is not None:
-        _int("eval_batch_size", eval_batch_size, 1, "It is the chunk size for L_n(w*).")
-    if nbeta is not None and _real("nbeta", nbeta) <= 0:
-        raise ValueError(f"nbeta must be > 0 (or None for n/log n); got {nbeta}")
-    if nbeta is None and n < 2:
-        raise ValueError(f"nbeta=None means n/log n, undefined for n={n}; pass nbeta explicitly")
-    if _real("localization", localization) < 0:
-        raise ValueError(f"localization (γ) must be >= 0; got {localization}. Use 0 for none")
 
 
 def check_optional_settings(*, nbeta: Any, localization: Any) -> None:

@@ -539,9 +539,14 @@ def _check_values(spec: Spec) -> None:
         }
         if args["localization"] is None:
             args["localization"] = 0.0
-        wanted = inspect.signature(validation.check_settings).parameters
         try:
-            validation.check_settings(**{k: v for k, v in args.items() if k in wanted})
+            for check in (validation.check_settings, validation.check_chain_groups):
+                wanted = inspect.signature(check).parameters
+                check(**{k: v for k, v in args.items() if k in wanted})
+            validation.check_compute_dtype(point.get("compute_dtype"))
+            validation.check_diagnostics(
+                point.get("diagnostics", True), num_draws=None, num_chains=None
+            )
             if "sampler" in point:
                 options = point.get("sampler_options")
                 options = None if options is None else _hashable(options)
