@@ -300,3 +300,16 @@ def test_an_unforeseen_error_is_one_line_with_the_traceback_on_request(
     monkeypatch.setenv("JAXSLT_DEBUG", "1")
     with pytest.raises(KeyError):
         cli.main(["study", "status", str(finished)])
+
+
+@pytest.mark.parametrize(
+    ("setting", "words"),
+    [('compute_dtype = "int32"', "floating"), ('diagnostics = "no"', "True or False"),
+     ("chain_batch_size = 0", "chain_batch_size must be >= 1")],
+)  # fmt: skip
+def test_bad_cell_settings_fail_before_any_store_exists(tmp_path, setting, words):
+    spec = write_spec(tmp_path / "b")
+    spec.write_text(spec.read_text().replace("[settings]\n", f"[settings]\n{setting}\n"))
+    with pytest.raises((TypeError, ValueError), match=words):
+        study.run(spec, progress=False)
+    assert [p.name for p in spec.parent.iterdir()] == ["faults.toml"]
