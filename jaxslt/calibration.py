@@ -180,15 +180,28 @@ def calibrate(
     n = validation.check_data(data)
     validation.check_params(params)
     validation.check_key(key)
+    validation.check_sampler(sampler, None, batch_size=batch_size, n=n)  # before any compile
+    if cell_batch_size is not None:
+        validation.check_positive_int("cell_batch_size", cell_batch_size, "cells run at once")
     batch_size = min(n, DEFAULT_BATCH_SIZE) if batch_size is None else batch_size
+    nbetas = (
+        [default_nbeta(n)]
+        if nbetas is None
+        else validation.check_grid("nbetas", nbetas, allow_zero=False)
+    )
+    localizations = validation.check_grid("localizations", localizations, allow_zero=True)
+    if step_sizes is not None:
+        step_sizes = validation.check_grid("step_sizes", step_sizes, allow_zero=False)
+    for gamma in localizations:  # every step size is checked in the chains' dtype below
+        validation.check_settings(
+            n=n, step_size=1.0 if step_sizes is None else min(step_sizes), num_chains=num_chains,
+            num_draws=num_draws, num_burnin=num_burnin, thinning=1, batch_size=batch_size,
+            nbeta=nbetas[0], localization=gamma, eval_batch_size=None,
+        )  # fmt: skip
     validation.check_loss_fn(loss_fn, params, data, batch_size)
-    nbetas = [default_nbeta(n)] if nbetas is None else [float(b) for b in nbetas]
-    localizations = [float(g) for g in localizations]
-    for name, values in (("localizations", localizations), ("nbetas", nbetas)):
-        if not values or min(values) < 0 or (name == "nbetas" and min(values) <= 0):
-            raise ValueError(f"{name} must be a non-empty list of positive numbers; got {values}")
     curvature_batch = jax.tree.map(lambda x: x[: min(n, 4 * batch_size)], data)
     h_max = float(max_hessian_eigenvalue(loss_fn, params, curvature_batch, key=key))
+    validation.check_curvature(h_max)
     pilots: list[str] = []
     if step_sizes is None:
         pilot = functools.partial(
@@ -202,20 +215,18 @@ def calibrate(
     step_sizes = [float(e) for e in step_sizes]
     if not step_sizes or min(step_sizes) <= 0:
         raise ValueError(f"step_sizes must be positive; got {step_sizes}")
-    for gamma in localizations:
-        validation.check_settings(
-            n=n, step_size=min(step_sizes), num_chains=num_chains, num_draws=num_draws,
-            num_burnin=num_burnin, thinning=1, batch_size=batch_size, nbeta=nbetas[0],
-            localization=gamma, eval_batch_size=None,
-        )  # fmt: skip
 
     eps, gam, nbs = _cells_grid(step_sizes, localizations, nbetas)
+    for e, g, b in zip(eps, gam, nbs, strict=True):  # each cell representable in the chains' dtype
+        validation.cast_settings(params, step_size=e, nbeta=b, localization=g)
+    dtype = validation.setting_dtype(params)
     results = _run_grid(
-        loss_fn, params, data, key, jnp.asarray(eps, jnp.float32), jnp.asarray(gam, jnp.float32),
-        jnp.asarray(nbs, jnp.float32), num_chains=num_chains, num_draws=num_draws,
+        loss_fn, params, data, key, jnp.asarray(eps, dtype), jnp.asarray(gam, dtype),
+        jnp.asarray(nbs, dtype), num_chains=num_chains, num_draws=num_draws,
         num_burnin=num_burnin, batch_size=batch_size, sampler=sampler,
         cell_batch_size=cell_batch_size,
     )  # fmt: skip
+    validation.check_init_loss(results.init_loss[0])  # the loss's fault, not the grid's
     calibration = _recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws)
     if pilots:
         calibration.explanation = "\n".join(

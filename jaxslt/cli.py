@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import sqlite3
 import time
 from collections.abc import Sequence
 
@@ -137,11 +139,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.exit(2, f"jaxslt {args.command}: error: {err}\n")
     try:
         return study(args)
-    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as err:
-        # OSError: a missing spec or store, a Ray address with no cluster behind it
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError, sqlite3.Error) as err:
+        # OSError: a missing spec or store, a Ray address with no cluster behind it; a store
+        # that is corrupted, not SQLite or read-only is a one-line StoreError (RuntimeError)
         parser.exit(2, f"jaxslt study {args.study_command}: error: {err}\n")
     except KeyboardInterrupt:  # finished cells are stored; the one in flight reruns next time
         parser.exit(130, f"jaxslt study {args.study_command}: interrupted; run again to resume\n")
+    except Exception as err:  # unforeseen: still one readable line, the traceback on request
+        if os.environ.get("JAXSLT_DEBUG"):
+            raise
+        parser.exit(
+            2,
+            f"jaxslt study {args.study_command}: error: {type(err).__name__}: {err} "
+            "(unexpected; set JAXSLT_DEBUG=1 to see the traceback)\n",
+        )
 
 
 if __name__ == "__main__":

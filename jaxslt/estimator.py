@@ -465,6 +465,9 @@ def estimate_llc(
     Raises ValueError/TypeError for bad arguments (before anything compiles) and
     FloatingPointError if every chain diverged. Warns when some chains diverged.
     """
+    validation.check_diagnostics(
+        diagnostics, num_draws=num_draws, num_chains=num_chains, progress=progress
+    )
     plan = _plan(
         loss_fn, params, data, key=key, step_size=step_size, num_chains=num_chains,
         num_draws=num_draws, num_burnin=num_burnin, thinning=thinning, batch_size=batch_size,
@@ -478,6 +481,7 @@ def estimate_llc(
     run = functools.partial(_sample_llc_jit, loss_fn, params, data, key, **plan.settings)
     with _progress(progress, plan.total_steps, f"LLC ({num_chains} chains)") as every:
         result = jax.block_until_ready(run(progress_every=every))
+    validation.check_estimate(loss_fn, params, data, result)  # causes other than step_size
     _check_divergence(result, plan.settings["step_size"], raise_if_all=True)
     return _finish(result, plan, diagnostics)
 
@@ -497,6 +501,7 @@ def _plan(loss_fn, params, data, *, key, step_size, num_chains, num_draws, num_b
     n = validation.check_data(data)
     validation.check_params(params)
     validation.check_key(key)
+    compute_dtype = validation.check_compute_dtype(compute_dtype)
     if restrict is not None:
         restrict = make_restriction(params, restrict)
     if not isinstance(observables, bool):
@@ -506,6 +511,8 @@ def _plan(loss_fn, params, data, *, key, step_size, num_chains, num_draws, num_b
             "observable_draws", observable_draws, "the number of kept draws per chain at "
             "which to evaluate per-example losses on the full data"
         )  # fmt: skip
+    validation.check_sampler(sampler, sampler_options, batch_size=batch_size, n=n)
+    validation.check_optional_settings(nbeta=nbeta, localization=localization)  # before "auto"
     calibration = None
     if isinstance(step_size, str):
         if step_size != "auto":
@@ -541,9 +548,11 @@ def _plan(loss_fn, params, data, *, key, step_size, num_chains, num_draws, num_b
         nbeta=nbeta,
         localization=localization,
         eval_batch_size=eval_batch_size,
-        acceptance_checks=acceptance_checks,
-        chain_batch_size=chain_batch_size,
     )
+    validation.check_chain_groups(
+        num_chains=num_chains, acceptance_checks=acceptance_checks,
+        chain_batch_size=chain_batch_size,
+    )  # fmt: skip
     auto = chain_batch_size == "auto"
     validation.check_mesh(mesh, num_chains, None if auto else chain_batch_size, param_specs)
     param_specs = validation.check_param_specs(
@@ -566,9 +575,12 @@ def _plan(loss_fn, params, data, *, key, step_size, num_chains, num_draws, num_b
     if chain_batch_size:
         total *= num_chains // min(chain_batch_size, num_chains)
     settings = dict(
-        step_size=jnp.float32(step_size),
-        nbeta=jnp.float32(default_nbeta(n) if nbeta is None else nbeta),
-        localization=jnp.float32(localization),
+        **validation.cast_settings(  # in the chains' dtype, checked there
+            params,
+            step_size=step_size,
+            localization=localization,
+            nbeta=default_nbeta(n) if nbeta is None else nbeta,
+        ),
         num_chains=num_chains,
         num_draws=num_draws,
         num_burnin=num_burnin,
@@ -580,7 +592,7 @@ def _plan(loss_fn, params, data, *, key, step_size, num_chains, num_draws, num_b
         acceptance_checks=acceptance_checks,
         chain_batch_size=chain_batch_size,
         mesh=mesh,
-        compute_dtype=None if compute_dtype is None else jnp.dtype(compute_dtype),
+        compute_dtype=compute_dtype,
         restrict=restrict,
         observables=observables,
         observable_draws=observable_draws,

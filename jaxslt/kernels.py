@@ -229,7 +229,9 @@ def sgnht(posterior: LocalizedPosterior, *, friction: float = DEFAULT_FRICTION) 
         kinetic = sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in jax.tree.leaves(momentum))
         size = sum(p.size for p in jax.tree.leaves(momentum))
         temperature = (1 - 0.5 * state.thermostat) * kinetic / size
-        thermostat = state.thermostat + 0.5 * step_size * (temperature - 1)
+        thermostat = (state.thermostat + 0.5 * step_size * (temperature - 1)).astype(
+            state.thermostat.dtype
+        )  # float32 whatever the dtype of ε (float64 with x64 and float64 params)
         return SGNHTState(position, momentum, thermostat), StepInfo(loss)
 
     return SamplingKernel(init, step)

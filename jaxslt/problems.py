@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxslt import truth as _truth
-from jaxslt.truth import _int  # the same integer checks as the ground truths
+from jaxslt.truth import checked_int  # the same integer checks as the ground truths
 
 PyTree = Any
 
@@ -85,7 +85,7 @@ def _real(name: str, value: object, *, positive: bool = False) -> float:
 
 
 def _num_examples(num_examples: object) -> int:
-    return _int("num_examples", num_examples, 2)  # n/log n needs n >= 2
+    return checked_int("num_examples", num_examples, 2)  # n/log n needs n >= 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,7 +421,7 @@ def regular_linear_gaussian(
     posterior is Gaussian, so target = Σ_i nβ h_i / (2(nβ h_i + γ)) exactly
     (``jaxslt.truth.quadratic_posterior``), h_i the eigenvalues of H; → d/2 as γ → 0.
     """
-    d = _int("d", d, 1)
+    d = checked_int("d", d, 1)
     lc = _truth.regular(d)
     n = _num_examples(num_examples)
     if n < d:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from jaxslt import estimator
+from jaxslt import estimator, validation
 from jaxslt.estimator import LLCResult
 
 PyTree = Any
@@ -59,9 +59,8 @@ def _checkpoint_list(checkpoints: Any, steps: Sequence[int] | None) -> tuple[lis
         trees = [jax.tree.map(lambda x, i=i: x[i], checkpoints) for i in range(sizes.pop())]
     if not trees:
         raise ValueError("checkpoints is empty; give at least one checkpoint")
-    steps = list(range(len(trees))) if steps is None else [int(s) for s in steps]
-    if len(steps) != len(trees):
-        raise ValueError(f"steps has {len(steps)} entries for {len(trees)} checkpoints")
+    steps = list(range(len(trees))) if steps is None else steps
+    steps = validation.check_checkpoint_steps(steps, len(trees))
     structure = jax.tree.structure(trees[0])
     shapes = [np.shape(x) for x in jax.tree.leaves(trees[0])]
     for step, tree in zip(steps, trees, strict=True):
@@ -132,6 +131,12 @@ def llc_trajectory(
             f"sampling settings: {sorted(_SETTINGS)}"
         )
     steps, trees = _checkpoint_list(checkpoints, steps)
+    validation.check_checkpoints(steps, trees)  # every one, not only the last
+    merged = {**_SETTINGS, **settings}
+    validation.check_diagnostics(
+        diagnostics, num_draws=merged["num_draws"], num_chains=merged["num_chains"],
+        progress=progress,
+    )  # fmt: skip
     if checkpoint_batch_size is not None:
         estimator.validation.check_positive_int(
             "checkpoint_batch_size", checkpoint_batch_size, "how many checkpoints to vmap at once"
@@ -161,6 +166,7 @@ def llc_trajectory(
         results = [jax.tree.map(lambda x, i=i: x[i], batched) for i in range(len(trees))]
     rows, finished = [], []
     for step, result in zip(steps, results, strict=True):
+        validation.check_init_loss(result.init_loss, f"the checkpoint at step {step}")
         estimator._check_divergence(result, plan.settings["step_size"], raise_if_all=False)
         if np.asarray(result.diverged).all():
             result = result._replace(calibration=plan.calibration)

@@ -43,7 +43,7 @@ class LearningCoefficient(NamedTuple):
     multiplicity: int
 
 
-def _int(name: str, value: object, minimum: int) -> int:
+def checked_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, got bool {value!r}")
     try:
@@ -62,11 +62,11 @@ def _ints(name: str, values: object, minimum: int, min_len: int) -> list[int]:
         raise TypeError(f"{name} must be a sequence of integers, got {type(values).__name__}")
     if len(values) < min_len:
         raise ValueError(f"{name} must have at least {min_len} entries, got {len(values)}")
-    return [_int(f"{name}[{i}]", v, minimum) for i, v in enumerate(values)]
+    return [checked_int(f"{name}[{i}]", v, minimum) for i, v in enumerate(values)]
 
 
 def _rank(rank: object, widths: Sequence[int], what: str) -> int:
-    r = _int("rank", rank, 0)
+    r = checked_int("rank", rank, 0)
     if r > min(widths):
         raise ValueError(
             f"rank={r} exceeds the narrowest width {min(widths)} of {what}; "
@@ -80,7 +80,7 @@ def regular(d: int) -> LearningCoefficient:
 
     λ = d/2, m = 1.
     """
-    d = _int("d", d, 1)
+    d = checked_int("d", d, 1)
     return LearningCoefficient(Fraction(d, 2), 1)
 
 
@@ -122,7 +122,7 @@ def reduced_rank_regression(M: int, H: int, N: int, rank: int) -> LearningCoeffi
 
     (At most one of the last three conditions can hold since r ≤ min(M, H, N).)
     """
-    M, H, N = _int("M", M, 1), _int("H", H, 1), _int("N", N, 1)
+    M, H, N = checked_int("M", M, 1), checked_int("H", H, 1), checked_int("N", N, 1)
     r = _rank(rank, [M, H, N], f"M={M}, H={H}, N={N}")
     if M + H < N + r:
         return LearningCoefficient(Fraction(H * M - H * r + N * r, 2), 1)
@@ -189,7 +189,7 @@ def tanh_one_hidden(H: int) -> LearningCoefficient:
     crossing (1, 1), so λ = 1/2 and m = 2. The m for perfect squares H ≥ 4 is taken from the
     literature and not re-derived here.
     """
-    H = _int("H", H, 1)
+    H = checked_int("H", H, 1)
     k = math.isqrt(H)
     return LearningCoefficient(Fraction(H + k * k + k, 4 * k + 2), 2 if k * k == H else 1)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from numbers import Integral, Real
 from typing import Any
@@ -23,15 +24,38 @@ def _shapes(tree: PyTree) -> str:
     return str(jax.tree.map(lambda x: f"{np.dtype(x.dtype).name}{list(np.shape(x))}", tree))
 
 
+def _leaf_problem(leaf: Any) -> str | None:
+    """Why ``leaf`` cannot be a data or params array, or None."""
+    if type(leaf).__module__.split(".")[0] == "pandas":
+        return (
+            f"a pandas {type(leaf).__name__}; pass arrays instead, e.g. "
+            "frame.to_numpy(dtype=np.float32), or a dict of columns {name: frame[name].to_numpy()}"
+        )
+    if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+        return None
+    dtype = np.dtype(leaf.dtype)
+    if dtype.kind in "OUS" or (dtype.kind == "V" and not jnp.issubdtype(dtype, jnp.number)):
+        return (
+            f"an array of dtype {np.dtype(leaf.dtype)} (strings or Python objects); JAX needs "
+            "numbers: encode them first (e.g. token ids, one-hot vectors or floats)"
+        )
+    return None
+
+
 def check_data(data: PyTree) -> int:
-    """Return n, the shared leading-axis length of every leaf of ``data``."""
-    leaves = jax.tree.leaves(data)
+    """Return n, the shared leading-axis length of every leaf of ``data``; refuse leaves that
+    are not numeric arrays and float leaves holding NaN or inf."""
+    with_paths = jax.tree_util.tree_leaves_with_path(data)
+    leaves = [leaf for _, leaf in with_paths]
     if not leaves:
         raise ValueError(
             "data is empty: pass a pytree of arrays sharing a leading axis of length n"
         )
     lengths = []
-    for leaf in leaves:
+    for path, leaf in with_paths:
+        problem = _leaf_problem(leaf)
+        if problem:
+            raise TypeError(f"data{jax.tree_util.keystr(path)} is {problem}")
         if not hasattr(leaf, "shape") or np.ndim(leaf) < 1:
             raise TypeError(
                 "data leaves must be arrays with a leading example axis; got "
@@ -48,11 +72,34 @@ def check_data(data: PyTree) -> int:
         raise ValueError(
             "data has zero examples (leading axis length 0); pass a non-empty data set"
         )
+    check_finite_data(data)
     return int(lengths[0])
 
 
+def check_finite_data(data: PyTree) -> None:
+    """Refuse NaN or inf in the float leaves of ``data`` (before they pass for a divergence):
+    host arrays are checked on the host, device arrays in one compiled reduction."""
+    with_paths = [
+        ("data" + jax.tree_util.keystr(path), leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(data)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact)
+    ]
+    on_device = [(name, leaf) for name, leaf in with_paths if isinstance(leaf, jax.Array)]
+    bad = [name for name, leaf in with_paths if not isinstance(leaf, jax.Array)
+           and not np.isfinite(leaf).all()]  # fmt: skip
+    if on_device and not bad:
+        finite = np.asarray(finite_leaves([leaf for _, leaf in on_device]))
+        bad = [name for (name, _), ok in zip(on_device, finite, strict=True) if not ok]
+    if bad:
+        raise ValueError(
+            f"{bad[0]} contains NaN or inf; every example must be finite (drop or "
+            "impute those rows before estimating; a NaN in one example makes every chain that "
+            "draws it diverge)"
+        )
+
+
 @jax.jit
-def _finite_leaves(leaves: list) -> jax.Array:
+def finite_leaves(leaves: list) -> jax.Array:
     # one compiled check for the whole tree: checked leaf by leaf eagerly, each distinct leaf
     # shape would compile two small programs (~70 ms on CPU), seconds for a large model
     return jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])
@@ -64,6 +111,9 @@ def check_params(params: PyTree) -> None:
         raise ValueError("params is an empty pytree: pass the checkpoint w* whose LLC to estimate")
     where = [jax.tree_util.keystr(path) or "params" for path, _ in with_paths]
     for name, (_, leaf) in zip(where, with_paths, strict=True):
+        problem = _leaf_problem(leaf)
+        if problem:
+            raise TypeError(f"params leaf {name} is {problem}")
         dtype = getattr(leaf, "dtype", None)
         if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(
@@ -71,7 +121,21 @@ def check_params(params: PyTree) -> None:
                 "be a float array (cast with jax.tree.map(lambda x: x.astype(jnp.float32), "
                 "params), or close over integer constants in loss_fn)"
             )
-    finite = np.asarray(_finite_leaves([leaf for _, leaf in with_paths]))
+    sizes = [int(np.size(leaf)) for _, leaf in with_paths]
+    if sum(sizes) == 0:
+        raise ValueError(
+            f"params has no elements (shapes {_shapes(params)}): there is nothing to sample; "
+            "pass the checkpoint w* whose LLC to estimate"
+        )
+    empty = [name for name, size in zip(where, sizes, strict=True) if size == 0]
+    if empty:
+        warnings.warn(
+            f"params leaves {empty} have zero elements; they take no part in the estimate "
+            "(drop them from params to silence this warning)",
+            UserWarning,
+            stacklevel=3,
+        )
+    finite = np.asarray(finite_leaves([leaf for _, leaf in with_paths]))
     if not finite.all():
         raise ValueError(
             f"params leaf {where[int(np.argmin(finite))]} contains NaN or inf; the checkpoint "
@@ -124,9 +188,8 @@ def check_settings(
     nbeta: Any,
     localization: Any,
     eval_batch_size: Any,
-    acceptance_checks: Any = 0,
-    chain_batch_size: Any = None,
 ) -> None:
+    """The sampling settings of one run (``check_chain_groups``: how its chains are grouped)."""
     if _real("step_size", step_size) <= 0:
         raise ValueError(
             f"step_size must be > 0 (it is ε, the SGLD noise variance); got {step_size}. "
@@ -143,6 +206,21 @@ def check_settings(
             f"batch_size={batch_size} exceeds the number of examples n={n}; use batch_size <= {n} "
             f"(batch_size={n} is full-batch)"
         )
+    if eval_batch_size is not None:
+        _int("eval_batch_size", eval_batch_size, 1, "It is the chunk size for L_n(w*).")
+    if nbeta is not None and _real("nbeta", nbeta) <= 0:
+        raise ValueError(f"nbeta must be > 0 (or None for n/log n); got {nbeta}")
+    if nbeta is None and n < 2:
+        raise ValueError(f"nbeta=None means n/log n, undefined for n={n}; pass nbeta explicitly")
+    if _real("localization", localization) < 0:
+        raise ValueError(f"localization (γ) must be >= 0; got {localization}. Use 0 for none")
+
+
+def check_chain_groups(
+    *, num_chains: Any, acceptance_checks: Any = 0, chain_batch_size: Any = None
+) -> None:
+    """``acceptance_checks`` >= 0 and ``chain_batch_size`` (None, "auto" or a divisor of
+    ``num_chains``, itself checked by ``check_settings``)."""
     _int("acceptance_checks", acceptance_checks, 0, "Use 0 to skip the MALA acceptance checks.")
     if isinstance(chain_batch_size, str) and chain_batch_size != "auto":
         raise ValueError(
@@ -156,13 +234,14 @@ def check_settings(
                 f"chain_batch_size={chain_batch_size} must divide num_chains={num_chains}; "
                 f"e.g. use one of {[k for k in range(1, num_chains + 1) if num_chains % k == 0]}"
             )
-    if eval_batch_size is not None:
-        _int("eval_batch_size", eval_batch_size, 1, "It is the chunk size for L_n(w*).")
+
+
+def check_optional_settings(*, nbeta: Any, localization: Any) -> None:
+    """``nbeta`` and ``localization`` when given (None: the default, or calibrated with
+    ``step_size="auto"``), checked under their own names before a calibration uses them."""
     if nbeta is not None and _real("nbeta", nbeta) <= 0:
         raise ValueError(f"nbeta must be > 0 (or None for n/log n); got {nbeta}")
-    if nbeta is None and n < 2:
-        raise ValueError(f"nbeta=None means n/log n, undefined for n={n}; pass nbeta explicitly")
-    if _real("localization", localization) < 0:
+    if localization is not None and _real("localization", localization) < 0:
         raise ValueError(f"localization (γ) must be >= 0; got {localization}. Use 0 for none")
 
 
@@ -324,7 +403,46 @@ def check_sampler(
                 f"sampler_options[{name!r}] = {value!r} must be hashable (a number, string or "
                 "tuple): it shapes the compiled program"
             ) from None
+    if isinstance(sampler, str):
+        check_sampler_option_values(sampler, options)
     return dict(options)
+
+
+# what each named sampler's options must satisfy: (test, wording)
+_OPTION_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "friction": (lambda v: v > 0, "> 0 (the momentum decay rate; e.g. 0.1)"),
+    "alpha": (lambda v: v > 0, "> 0 (the friction; e.g. 0.01)"),
+    "beta": (lambda v: v >= 0, ">= 0 (the gradient noise estimate; 0 is usual)"),
+    "decay": (lambda v: 0 < v < 1, "in (0, 1) (e.g. 0.99)"),
+    "eps": (lambda v: v > 0, "> 0 (e.g. 1.0)"),
+    "temperature": (lambda v: v > 0, "> 0 (1 is the posterior)"),
+    "adapt_steps": (lambda v: v >= 0, ">= 0 (e.g. num_burnin)"),
+    "num_integration_steps": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def check_sampler_option_values(sampler: str, options: Mapping[str, Any]) -> None:
+    """Numeric ``sampler_options`` of a named sampler: finite, and in range where the range is
+    known (e.g. sghmc's ``friction`` > 0), so that a bad value is named here rather than
+    surfacing as "all chains diverged; lower step_size"."""
+    for name, value in options.items():
+        number = isinstance(value, (Real, np.number)) and not isinstance(value, bool)
+        if not number and (value is None or name not in _OPTION_RULES):
+            continue
+        if not number:
+            raise TypeError(
+                f"sampler_options[{name!r}] of sampler={sampler!r} must be a number; got "
+                f"{value!r} ({type(value).__name__})"
+            )
+        if not math.isfinite(float(value)):
+            raise ValueError(
+                f"sampler_options[{name!r}] of sampler={sampler!r} must be finite; got {value}"
+            )
+        rule = _OPTION_RULES.get(name)
+        if rule is not None and not rule[0](float(value)):
+            raise ValueError(
+                f"sampler_options[{name!r}] of sampler={sampler!r} must be {rule[1]}; got {value}"
+            )
 
 
 def check_loss_fn(loss_fn: Callable, params: PyTree, data: PyTree, batch_size: int) -> None:
@@ -332,13 +450,25 @@ def check_loss_fn(loss_fn: Callable, params: PyTree, data: PyTree, batch_size: i
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(params, batch); got {loss_fn!r}")
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype), data)
+    raw: list = []
+
+    def traced(p, b):
+        raw.append(out := loss_fn(p, b))
+        return out
+
     try:
-        out = jax.eval_shape(loss_fn, params, batch)
+        out = jax.eval_shape(traced, params, batch)
     except Exception as err:
         raise ValueError(
             f"loss_fn(params, batch) failed with params {_shapes(params)} and a batch of "
             f"{_shapes(batch)}: {type(err).__name__}: {err}"
         ) from err
+    if raw and isinstance(raw[0], (Real, np.generic, np.ndarray)):
+        raise TypeError(
+            f"loss_fn returned a {type(raw[0]).__name__} ({raw[0]!r}), not a JAX array: it "
+            "must be computed with jax.numpy from params and batch so that SGLD can "
+            "differentiate it (no float(), .item() or NumPy inside loss_fn)"
+        )
     if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
         got = _shapes(out) if jax.tree.leaves(out) else repr(out)
         raise ValueError(
@@ -354,3 +484,200 @@ def check_loss_fn(loss_fn: Callable, params: PyTree, data: PyTree, batch_size: i
             f"loss_fn is not differentiable in params ({type(err).__name__}: {err}); "
             "SGLD needs jax.grad(loss_fn)"
         ) from err
+
+
+# -- precision, dtypes and degenerate runs ----------------------------------------------------
+
+
+def setting_dtype(params: PyTree) -> np.dtype:
+    """The dtype ε, nβ and γ are used in: float64 when ``jax_enable_x64`` is on and some float
+    leaf of ``params`` is float64 (the chains then run in float64), else float32."""
+    dtypes = [np.dtype(x.dtype) for x in jax.tree.leaves(params) if hasattr(x, "dtype")]
+    wide = any(d == np.float64 for d in dtypes)
+    return np.dtype(np.float64 if wide and jax.config.jax_enable_x64 else np.float32)
+
+
+def _in_dtype(name: str, value: Any, dtype: np.dtype, *, positive: bool, meaning: str) -> Any:
+    exact = _real(name, value)
+    cast = np.asarray(exact, dtype)
+    info = np.finfo(dtype)
+    if not np.isfinite(cast):
+        raise ValueError(
+            f"{name}={exact:g} overflows {dtype.name} (the dtype of the chains; largest "
+            f"{info.max:.3g}); {meaning}"
+        )
+    if positive and exact > 0 and (cast == 0 or abs(exact) < info.tiny):
+        raise ValueError(
+            f"{name}={exact:g} underflows {dtype.name} (the dtype of the chains; smallest normal "
+            f"{info.tiny:.3g}), so the chains would not move; {meaning}"
+        )
+    return jnp.asarray(cast)
+
+
+def cast_settings(params: PyTree, *, step_size: Any, nbeta: Any, localization: Any) -> dict:
+    """ε, nβ and γ as arrays of ``setting_dtype(params)``, each checked to be representable
+    there (a value that is positive in float64 may be 0 or inf in float32)."""
+    dtype = setting_dtype(params)
+    return dict(
+        step_size=_in_dtype("step_size", step_size, dtype, positive=True,
+                            meaning="typical values are 1e-6 to 1e-3"),
+        nbeta=_in_dtype("nbeta", nbeta, dtype, positive=True,
+                        meaning="nβ is usually n/log n (the default, nbeta=None)"),
+        localization=_in_dtype("localization", localization, dtype, positive=False,
+                               meaning="typical values are 1 to 1e4"),
+    )  # fmt: skip
+
+
+def check_compute_dtype(compute_dtype: Any) -> np.dtype | None:
+    """``compute_dtype``: None or a floating dtype (``"bfloat16"``, ``jnp.float16``, ...)."""
+    if compute_dtype is None:
+        return None
+    try:
+        dtype = jnp.dtype(compute_dtype)
+    except TypeError:
+        raise TypeError(
+            f"compute_dtype={compute_dtype!r} is not a dtype; use None, 'float32', 'bfloat16' "
+            "or 'float16'"
+        ) from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"compute_dtype={compute_dtype!r} is {dtype.name}, not a floating dtype; the loss "
+            "is evaluated and differentiated in it: use None, 'float32', 'bfloat16' or 'float16'"
+        )
+    return dtype
+
+
+MIN_DIAGNOSED_DRAWS = 4
+
+
+def check_diagnostics(
+    diagnostics: Any, *, num_draws: Any, num_chains: Any, progress: Any = None
+) -> None:
+    """``diagnostics`` must be a bool (``progress`` a bool or None); with too few draws or
+    chains to diagnose, say so."""
+    if not isinstance(diagnostics, (bool, np.bool_)):
+        raise TypeError(f"diagnostics must be True or False; got {diagnostics!r}")
+    if progress is not None and not isinstance(progress, (bool, np.bool_)):
+        raise TypeError(
+            f"progress must be True, False or None (a bar on a terminal only); got {progress!r}"
+        )
+    if not diagnostics or not isinstance(num_draws, Integral) or isinstance(num_draws, bool):
+        return
+    if num_draws < MIN_DIAGNOSED_DRAWS:
+        warnings.warn(
+            f"num_draws={num_draws}: too few draws per chain for the diagnostics (R-hat, ESS, "
+            f"trend need at least {MIN_DIAGNOSED_DRAWS}), so result.diagnostics cannot vouch for "
+            "the estimate; keep more draws",
+            UserWarning,
+            stacklevel=3,
+        )
+    elif isinstance(num_chains, Integral) and num_chains < 2:
+        warnings.warn(
+            "num_chains=1: R-hat and the spread llc_std need at least 2 chains; the diagnostics "
+            "check one chain only",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def check_checkpoint_steps(steps: Any, count: int) -> list[int]:
+    """Training steps of ``count`` checkpoints: integers, one per checkpoint, no repeats."""
+    try:
+        values = list(steps)
+    except TypeError:
+        raise TypeError(f"steps must be a sequence of ints; got {steps!r}") from None
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, Integral):
+            raise TypeError(f"steps must be ints; got {value!r} ({type(value).__name__})")
+    if len(values) != count:
+        raise ValueError(f"steps has {len(values)} entries for {count} checkpoints")
+    repeated = sorted({int(s) for s in values if values.count(s) > 1})
+    if repeated:
+        raise ValueError(
+            f"steps {repeated} occur more than once; every checkpoint needs its own training "
+            "step (the rows of the curve are keyed by it)"
+        )
+    return [int(s) for s in values]
+
+
+def check_grid(name: str, values: Any, *, allow_zero: bool) -> list[float]:
+    """A calibration list (``step_sizes``, ``localizations``, ``nbetas``): a non-empty sequence
+    of finite numbers, each > 0 (>= 0 with ``allow_zero``)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, np.ndarray)):
+        raise TypeError(
+            f"{name} must be a list of numbers, e.g. [1.0, 10.0, 100.0]; got {values!r} "
+            f"({type(values).__name__})"
+        )
+    values = [_real(f"{name}[{i}]", v) for i, v in enumerate(np.asarray(values).tolist())]
+    if not values:
+        raise ValueError(f"{name} must be a non-empty list of numbers; got an empty one")
+    bad = [v for v in values if v < 0 or (v == 0 and not allow_zero)]
+    if bad:
+        bound = "non-negative (>= 0)" if allow_zero else "positive (> 0)"
+        raise ValueError(f"{name} must be {bound}; got {bad} in {values}")
+    return values
+
+
+def check_init_loss(init_loss: Any, where: str = "the checkpoint w*") -> None:
+    """L_n(w*) must be finite: params and data were checked, so a NaN/inf here is the loss's."""
+    value = float(np.asarray(init_loss))
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"the full-data loss L_n(w*) at {where} is {value} although params and data are "
+            "finite: loss_fn itself is not finite there (a log of 0, a division by 0, an "
+            "overflow); fix loss_fn. The step size is not the cause"
+        )
+
+
+def check_curvature(h_max: float) -> None:
+    """The largest Hessian eigenvalue at w* (``calibrate``) must be finite: params and data
+    were checked, so a NaN/inf here means the loss or its gradient is not finite at w*."""
+    if not math.isfinite(h_max):
+        raise FloatingPointError(
+            f"the largest Hessian eigenvalue of the loss at w* is {h_max} although params and "
+            "data are finite: loss_fn (or its gradient) is not finite at w* (a log of 0, a "
+            "division by 0, sqrt at 0); fix loss_fn"
+        )
+
+
+def check_loss_scale(loss_fn: Callable, params: PyTree, data: PyTree) -> None:
+    """A mean loss gives the same value on a batch and on that batch repeated twice; a sum
+    gives twice as much. Raise when ``loss_fn`` scales with the batch size like a sum."""
+    n = jax.tree.leaves(data)[0].shape[0]
+    batch = jax.tree.map(lambda x: jnp.asarray(x[: min(n, 8)]), data)
+    twice = jax.tree.map(lambda x: jnp.concatenate([x, x]), batch)
+    try:
+        once_value = float(jax.jit(loss_fn)(params, batch))
+        twice_value = float(jax.jit(loss_fn)(params, twice))
+    except Exception:  # a loss tied to one batch shape: the scale cannot be probed this way
+        return
+    if not (math.isfinite(once_value) and math.isfinite(twice_value)):
+        return
+    if abs(twice_value - once_value) <= 1e-3 * max(abs(once_value), abs(twice_value), 1e-30):
+        return
+    raise ValueError(
+        f"loss_fn scales with the batch size: {once_value:.6g} on a batch of "
+        f"{min(n, 8)} examples, {twice_value:.6g} on the same examples repeated twice. It must "
+        "return the mean loss over the batch (jnp.mean), not the sum; nβ carries the scale n"
+    )
+
+
+def check_estimate(loss_fn: Callable, params: PyTree, data: PyTree, result: Any) -> None:
+    """After a run, before any verdict on the step size: L_n(w*) finite, and when the estimate
+    is impossible for an LLC (every chain diverged, λ̂ < 0 or λ̂ > d/2 with d parameters), a
+    loss written as a sum instead of a mean is named as the cause."""
+    check_init_loss(result.init_loss)
+    llc = float(np.asarray(result.llc_mean))
+    d = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+    if np.asarray(result.diverged).all() or not (0 <= llc <= d / 2):
+        check_loss_scale(loss_fn, params, data)
+
+
+def check_checkpoints(steps: list[int], trees: list) -> None:
+    """Every checkpoint of a trajectory checked like ``params`` (float, finite, non-empty),
+    the error naming its training step."""
+    for step, tree in zip(steps, trees, strict=True):
+        try:
+            check_params(tree)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"checkpoint at step {step}: {err}") from None

@@ -304,15 +304,15 @@ def test_params_not_finite(value):
 def test_params_finite_check_names_the_bad_leaf_and_compiles_once():
     # leaves of distinct shapes and dtypes, the bad one in the middle
     tree = {"a": jnp.ones((2, 3)), "b": np.ones(5, np.float64), "c": jnp.ones(4, jnp.bfloat16)}
-    before = validation._finite_leaves._cache_size()
+    before = validation.finite_leaves._cache_size()
     validation.check_params(tree)
     # one program for the whole tree (eagerly, each leaf shape would compile two)
-    assert validation._finite_leaves._cache_size() == before + 1
+    assert validation.finite_leaves._cache_size() == before + 1
     tree["b"] = tree["b"].copy()
     tree["b"][3] = np.nan
     with pytest.raises(ValueError, match=r"params leaf \['b'\] contains NaN or inf"):
         validation.check_params(tree)
-    assert validation._finite_leaves._cache_size() == before + 1
+    assert validation.finite_leaves._cache_size() == before + 1
 
 
 @pytest.mark.parametrize("empty", [{}, ()])

@@ -26,6 +26,7 @@ from jaxslt.study.spec import (
     FULL_DATA,
     Cell,
     EntryPointCheckpoints,
+    EntryPointError,
     MemoryCheckpoints,
     OrbaxCheckpoints,
     Spec,
@@ -34,7 +35,7 @@ from jaxslt.study.spec import (
     load_spec,
     spec_from_dict,
 )
-from jaxslt.study.store import SCHEMA_VERSION, CellOutcome, Store
+from jaxslt.study.store import SCHEMA_VERSION, CellOutcome, Store, StoreError
 
 __all__ = [
     "FULL_DATA",
@@ -42,11 +43,13 @@ __all__ = [
     "Cell",
     "CellOutcome",
     "EntryPointCheckpoints",
+    "EntryPointError",
     "MemoryCheckpoints",
     "OrbaxCheckpoints",
     "RunSummary",
     "Spec",
     "Store",
+    "StoreError",
     "StudyProblem",
     "StudyReport",
     "StudyStatus",

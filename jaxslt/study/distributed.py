@@ -20,11 +20,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from jaxslt.study.runner import (
-    _failed,
-    _Tracker,
+from jaxslt.study.execution import (
+    Tracker,
     enable_compilation_cache,
     execute_cell,
+    failed_outcome,
     load_problem,
     worker_name,
 )
@@ -58,7 +58,7 @@ def _remote_cell(spec: Spec, params: PyTree, cell: Cell, cache_dir: str | None) 
             try:
                 loaded = checkpoints.load(cell.step, like=problem.like)
             except Exception as err:  # the cell's failure, stored by the driver
-                return _failed(cell, f"loading checkpoint step {cell.step}: {err}", started)
+                return failed_outcome(cell, f"loading checkpoint step {cell.step}: {err}", started)
             _checkpoint.clear()
             _checkpoint[ckey] = loaded
             load_seconds = time.perf_counter() - clock
@@ -71,7 +71,7 @@ def run_on_ray(
     checkpoints: OrbaxCheckpoints | MemoryCheckpoints,
     todo: Sequence[Cell],
     store: Store,
-    tracker: _Tracker,
+    tracker: Tracker,
     outcomes: list[CellOutcome],
     address: str,
     cache_dir: pathlib.Path | None,
@@ -115,12 +115,15 @@ def run_on_ray(
                 cell, dispatched = pending.pop(ref)
                 try:
                     outcome = ray.get(ref)
-                except ray.exceptions.RayError as err:  # retries used up: store the failure
-                    outcome = _failed(
+                except ray.exceptions.RayError as err:  # retries used up
+                    # a lost worker (killed, out of memory, node gone) is the machine's failure,
+                    # not the cell's: kept for the next run; an error raised in the task is not
+                    outcome = failed_outcome(
                         cell,
                         f"Ray task failed after {spec.max_retries} retries: "
                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
                         dispatched,
+                        transient=not isinstance(err, ray.exceptions.RayTaskError),
                     )
                 store.record(outcome)
                 tracker.finished_cell(outcome)

@@ -22,7 +22,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxslt.study.runner import _duration, as_spec
+from jaxslt.study.execution import duration
+from jaxslt.study.runner import as_spec
 from jaxslt.study.spec import EntryPointCheckpoints, Spec, cell_identity, expand
 from jaxslt.study.store import Store
 
@@ -42,6 +43,7 @@ class StudyStatus(NamedTuple):
     interrupted: int
     eta_s: float | None
     active: bool
+    damaged: int = 0  # done cells whose trace sidecar is missing or truncated
 
     def __str__(self) -> str:
         parts = [
@@ -52,11 +54,16 @@ class StudyStatus(NamedTuple):
         ]
         if self.interrupted:
             parts.append(f"{self.interrupted} interrupted (rerun by the next run)")
+        if self.damaged:
+            parts.append(
+                f"{self.damaged} damaged (done, but the trace sidecar is missing or truncated; "
+                "the next run recomputes them)"
+            )
         text = ", ".join(parts)
         if not self.active:
             text += "; no run in progress"
         elif self.eta_s is not None:
-            text += f"; ETA {_duration(self.eta_s)}"
+            text += f"; ETA {duration(self.eta_s)}"
         return text
 
 
@@ -112,12 +119,14 @@ def status(spec: Spec | str | pathlib.Path) -> StudyStatus:
     """Where the study stands (reads the store; starts nothing)."""
     spec = as_spec(spec)
     store = _store(spec)
-    rows, active = [], False
+    rows, active, broken = [], False, {}
     if store is not None:
         with store:
             active = store.writer_active()
             rows = store.rows()
+            broken = store.damaged()
     mine = _stored_cells(spec, rows)
+    damaged = sum(r is not None and r["cell_id"] in broken for r in mine)
     count = {s: sum(r is not None and r["status"] == s for r in mine) for s in ("done", "failed")}
     running = sum(r is not None and r["status"] == "running" for r in mine)
     pending = len(mine) - count["done"] - count["failed"] - running
@@ -139,6 +148,7 @@ def status(spec: Spec | str | pathlib.Path) -> StudyStatus:
         0 if active else running,
         eta,
         active,
+        damaged,
     )
 
 

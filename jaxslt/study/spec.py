@@ -38,13 +38,16 @@ The TOML file::
     max_retries = 3
     num_cpus = 1
 
-Relative paths (store, checkpoint directory) are relative to the spec file's folder, and that
-folder is put on ``sys.path`` while entry points are imported, so a ``problem.py`` next to the
-spec is found.
+Relative paths (store, checkpoint directory) are relative to the spec file's folder (a
+relative store must stay inside it; write an absolute path for another place), and that folder
+is appended to ``sys.path`` while entry points are imported and called (then removed), so a
+``problem.py`` next to the spec is found while an ``arviz.py`` there never shadows an installed
+package. A spec names code to run, like any entry-point system: run only specs you trust.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -53,10 +56,12 @@ import inspect
 import itertools
 import json
 import math
+import os
 import pathlib
 import sys
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -173,7 +178,7 @@ class EntryPointCheckpoints:
     root: str = "."
 
     def resolve(self) -> MemoryCheckpoints:
-        trees = load_entry_point(self.entry_point, self.root)(**self.kwargs)
+        trees = call_entry_point(self.entry_point, self.root, self.kwargs, "[checkpoints]")
         return MemoryCheckpoints(_check_trees(trees, f"[checkpoints] {self.entry_point}"))
 
 
@@ -228,24 +233,68 @@ def _entry_point_name(entry: str | Callable) -> str:
     return name
 
 
+class EntryPointError(RuntimeError):
+    """A spec's entry point (problem or checkpoints function) raised; the message names it and
+    carries its traceback."""
+
+
+@contextlib.contextmanager
+def spec_folder_importable(root: str | pathlib.Path) -> Iterator[None]:
+    """``root`` (the spec's folder) on ``sys.path`` *after* the installed packages, so that a
+    ``problem.py`` beside the spec is found but an ``arviz.py`` there never shadows ArviZ;
+    ``sys.path`` is restored on exit."""
+    root = str(pathlib.Path(root).resolve())
+    added = root not in sys.path
+    if added:
+        sys.path.append(root)
+    try:
+        yield
+    finally:
+        if added and root in sys.path:
+            sys.path.remove(root)
+
+
+def _raised(entry: str, what: str, err: Exception) -> EntryPointError:
+    trace = "".join(traceback.format_exception(err)).rstrip()
+    return EntryPointError(
+        f"{what} entry point {entry!r} raised {type(err).__name__}: {err}\n"
+        f"(a spec runs the code it names: run only specs you trust)\n{trace}"
+    )
+
+
+def call_entry_point(
+    entry: str | Callable, root: str | pathlib.Path, kwargs: Mapping[str, Any], what: str
+) -> Any:
+    """Import ``entry`` and call it with ``kwargs``, the spec's folder importable meanwhile;
+    an exception inside it becomes an ``EntryPointError`` naming it, with its traceback."""
+    function = load_entry_point(entry, root)
+    with spec_folder_importable(root):
+        try:
+            return function(**kwargs)
+        except Exception as err:
+            raise _raised(_entry_point_name(entry), what, err) from err
+
+
 def load_entry_point(entry: str | Callable, root: str | pathlib.Path = ".") -> Callable:
-    """The callable ``"package.module:function"`` names (the folder ``root`` is searched first,
-    as well as ``sys.path``); a callable is returned unchanged."""
+    """The callable ``"package.module:function"`` names (searched on ``sys.path``, then in the
+    folder ``root``: installed modules are never shadowed by files beside the spec); a callable
+    is returned unchanged. ``sys.path`` is left as it was."""
     if callable(entry):
         return entry
     if not isinstance(entry, str) or entry.count(":") != 1 or not all(entry.split(":")):
         raise ValueError(f"entry point must look like 'package.module:function'; got {entry!r}")
     module_name, attr = entry.split(":")
     root = str(pathlib.Path(root).resolve())
-    if root not in sys.path:
-        sys.path.insert(0, root)
     try:
-        obj = importlib.import_module(module_name)
+        with spec_folder_importable(root):
+            obj = importlib.import_module(module_name)
     except ImportError as err:
         raise ValueError(
             f"entry point {entry!r}: cannot import module {module_name!r} ({err}); it must be "
             f"importable here (installed, on PYTHONPATH, or a file in {root})"
         ) from err
+    except Exception as err:  # the module itself raised (or does not parse)
+        raise _raised(entry, "importing the", err) from err
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ValueError(f"entry point {entry!r}: module {module_name!r} has no {attr!r}")
@@ -291,7 +340,7 @@ def as_problem(value: Any, where: str = "problem") -> StudyProblem:
 def estimate_llc_defaults() -> dict[str, Any]:
     """The settings a cell may set and their defaults: ``estimate_llc``'s keyword arguments
     (minus key, mesh, progress) plus seed (0) and data ("full")."""
-    from jaxslt import estimate_llc
+    from jaxslt.estimator import estimate_llc
 
     params = inspect.signature(estimate_llc).parameters.values()
     out = {
@@ -379,6 +428,14 @@ class Spec:
         object.__setattr__(self, "root", root)
         if not isinstance(self.store, str | pathlib.PurePath) or not str(self.store):
             raise TypeError(f"store must be a file path (str or Path); got {self.store!r}")
+        store = pathlib.Path(self.store).expanduser()
+        if not store.is_absolute():  # relative: inside the spec's folder
+            inside = os.path.normpath(os.path.join(root, store))
+            if inside != root and not inside.startswith(root.rstrip(os.sep) + os.sep):
+                raise ValueError(
+                    f"[study] store {str(self.store)!r} leads outside the spec's folder {root}; "
+                    "keep it inside, or write an absolute path if you mean that place"
+                )
         object.__setattr__(self, "checkpoints", _as_checkpoints(self.checkpoints, root))
         if not isinstance(self.settings, Mapping):
             raise TypeError(
@@ -482,9 +539,14 @@ def _check_values(spec: Spec) -> None:
         }
         if args["localization"] is None:
             args["localization"] = 0.0
-        wanted = inspect.signature(validation.check_settings).parameters
         try:
-            validation.check_settings(**{k: v for k, v in args.items() if k in wanted})
+            for check in (validation.check_settings, validation.check_chain_groups):
+                wanted = inspect.signature(check).parameters
+                check(**{k: v for k, v in args.items() if k in wanted})
+            validation.check_compute_dtype(point.get("compute_dtype"))
+            validation.check_diagnostics(
+                point.get("diagnostics", True), num_draws=None, num_chains=None
+            )
             if "sampler" in point:
                 options = point.get("sampler_options")
                 options = None if options is None else _hashable(options)

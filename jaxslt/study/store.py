@@ -38,7 +38,8 @@ import pathlib
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -99,6 +100,47 @@ COLUMNS = (
 )  # fmt: skip
 
 
+class StoreError(RuntimeError):
+    """A store that cannot be read or written: not SQLite, corrupted, or on read-only media.
+    The message is one line naming the file, what is wrong and what to do."""
+
+
+def describe_sqlite_error(path: pathlib.Path, err: sqlite3.Error, writing: bool) -> StoreError:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    lowered = text.lower()
+    if "readonly" in lowered or "read-only" in lowered or "unable to open" in lowered:
+        what = "cannot be written (read-only file or folder?)" if writing else "cannot be opened"
+        todo = (
+            "make its folder writable, or point the spec's store at a writable place"
+            if writing
+            else "check that it exists and is readable"
+        )
+    elif "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
+        what = "is not a readable SQLite store (corrupted, truncated or another kind of file)"
+        todo = "move it aside (and its .traces folder) and run the study again to rebuild it"
+    elif "locked" in lowered or "busy" in lowered:
+        what = "is locked by another process"
+        todo = "wait for the other process to finish, then try again"
+    else:
+        what = "failed"
+        todo = "check the file, or move it aside and run the study again"
+    return StoreError(f"study store {str(path)!r} {what} ({text}); {todo}")
+
+
+def _guarded(method: Callable) -> Callable:
+    """Turn an ``sqlite3`` error inside a ``Store`` method into a one-line ``StoreError``."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as err:
+            raise describe_sqlite_error(self.path, err, not self.read_only) from err
+
+    return wrapper
+
+
 class CellOutcome(NamedTuple):
     """What running one cell produced, ready to store: ``status`` "done" or "failed",
     ``values`` the result columns, ``traces`` the arrays of the sidecar (done cells)."""
@@ -114,6 +156,7 @@ class CellOutcome(NamedTuple):
     run_seconds: float
     worker: str
     versions: Mapping[str, str]
+    transient: bool = False  # a failure that may not repeat (out of memory, a lost worker)
 
 
 def _sql_value(value: Any) -> Any:
@@ -135,12 +178,33 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in JSON")
 
 
-def _connect(path: pathlib.Path) -> sqlite3.Connection:
+def _connect(path: pathlib.Path, *, read_only: bool = False) -> sqlite3.Connection:
+    if read_only:  # no journal-mode switch, no file created: works on read-only media
+        uri = pathlib.Path(os.path.abspath(path)).as_uri()
+        try:
+            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60, isolation_level=None)
+            conn.execute("PRAGMA user_version").fetchone()
+        except sqlite3.OperationalError:  # a WAL store whose folder is read-only
+            conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        return conn
     conn = sqlite3.connect(path, timeout=60, isolation_level=None)  # explicit transactions
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
     conn.row_factory = sqlite3.Row
-    return conn
+    return conn  # WAL and synchronous=FULL are set once the file is known to be a study store
+
+
+def sidecar_problem(path: pathlib.Path) -> str | None:
+    """Why the trace sidecar at ``path`` is unusable ("missing", "truncated or corrupted"),
+    or None when it is a whole ``.npz`` holding ``loss_trace``."""
+    if not path.exists():
+        return "missing"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if archive.testzip() is not None or "loss_trace.npy" not in archive.namelist():
+                return "truncated or corrupted"
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return "truncated or corrupted"
+    return None
 
 
 @contextlib.contextmanager
@@ -167,14 +231,29 @@ class Store:
     ".traces")``. Open it with ``Store(path)``; only the run holding ``writer()`` writes."""
 
     def __init__(self, path: str | pathlib.Path, *, create: bool = True) -> None:
+        """``create=False`` opens an existing store read-only (status, report, load_results:
+        nothing is written, so a store on read-only media can be read)."""
         self.path = pathlib.Path(path)
         self.traces_dir = self.path.with_suffix(".traces")
+        self.read_only = not create
         if not create and not self.path.exists():
             raise FileNotFoundError(
                 f"study store {str(self.path)!r} does not exist yet: run the study first"
             )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = _connect(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(
+                f"study store {str(self.path)!r}: cannot create its folder ({err.strerror}); "
+                "point the spec's store at a writable place"
+            ) from None
+        try:
+            self._open(create)
+        except sqlite3.Error as err:
+            raise describe_sqlite_error(self.path, err, create) from err
+
+    def _open(self, create: bool) -> None:
+        self._conn = _connect(self.path, read_only=not create)
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             self._conn.close()
@@ -182,7 +261,20 @@ class Store:
                 f"study store {str(self.path)!r} has schema version {version}, newer than this "
                 f"jaxslt's {SCHEMA_VERSION}: upgrade jaxslt to read it"
             )
+        tables = {
+            row[0]
+            for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if (version > 0 or tables) and "cells" not in tables:
+            self._conn.close()
+            raise StoreError(
+                f"study store {str(self.path)!r} is an SQLite database but not a jaxslt study "
+                f"store (tables {sorted(tables)}); point the spec's store at another file"
+            )
         self._empty = version == 0 and not create  # a reader racing the first writer
+        if create:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
         if version < SCHEMA_VERSION and create:
             with _transaction(self._conn):
                 for statement in _SCHEMA.split(";"):
@@ -207,8 +299,16 @@ class Store:
         dies) and clear temporary sidecars a killed writer left behind."""
         import fcntl
 
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        real = self.path.resolve()  # one lock per store, whatever path (symlink) reached it
+        lock_path = real.with_name(real.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise StoreError(
+                f"study store {str(self.path)!r}: cannot create its lock file {str(lock_path)!r} "
+                f"({err.strerror}); make its folder writable, or point the spec's store at a "
+                "writable place"
+            ) from None
         try:
             for attempt in range(40):  # a reader's momentary shared lock must not fail a run
                 try:
@@ -235,7 +335,8 @@ class Store:
         """Whether some process holds the writer lock now (a run is in progress)."""
         import fcntl
 
-        lock_path = self.path.with_name(self.path.name + ".lock")
+        real = self.path.resolve()
+        lock_path = real.with_name(real.name + ".lock")
         if not lock_path.exists():
             return False
         fd = os.open(lock_path, os.O_RDONLY)
@@ -247,6 +348,7 @@ class Store:
             os.close(fd)
         return False
 
+    @_guarded
     def mark_running(self, cell: Cell, worker: str) -> None:
         """Record that ``cell`` started (or was dispatched): one committed transaction."""
         with _transaction(self._conn) as conn:
@@ -262,6 +364,7 @@ class Store:
                 ),
             )  # fmt: skip
 
+    @_guarded
     def record(self, outcome: CellOutcome) -> None:
         """Store a finished cell: sidecar first (temp file, fsync, rename, fsync the folder),
         then its row in one transaction. A ``done`` row is never overwritten."""
@@ -271,7 +374,9 @@ class Store:
             traces = self._write_sidecar(cell.cell_id, outcome.traces)
         row = {
             "cell_id": cell.cell_id,
-            "status": outcome.status,
+            # a transient failure is not stored as "failed" (which a run skips): the row
+            # stays "running", i.e. interrupted, and the next run retries it
+            "status": "running" if outcome.transient else outcome.status,
             "step": cell.step,
             "data": cell.data,
             "seed": cell.seed,
@@ -313,12 +418,14 @@ class Store:
 
     # -- reading -----------------------------------------------------------------------------
 
+    @_guarded
     def statuses(self) -> dict[str, str]:
         """cell id → status, for every stored cell."""
         if self._empty:
             return {}
         return dict(self._conn.execute("SELECT cell_id, status FROM cells").fetchall())
 
+    @_guarded
     def rows(self) -> list[dict[str, Any]]:
         """Every stored row as a dict (JSON columns decoded)."""
         out: list[dict[str, Any]] = []
@@ -332,19 +439,52 @@ class Store:
             out.append(record)
         return out
 
+    @_guarded
     def load_traces(self, cell_id: str) -> dict[str, np.ndarray]:
         """The sidecar arrays of a finished cell (``loss_trace``: (chains, draws) minibatch
         losses at the kept draws; ``burnin_loss_trace``: (chains, burn-in))."""
         row = self._conn.execute(
-            "SELECT status, traces FROM cells WHERE cell_id = ?", (cell_id,)
+            "SELECT status, traces, step, seed FROM cells WHERE cell_id = ?", (cell_id,)
         ).fetchone()
         if row is None:
             raise KeyError(f"cell {cell_id!r} is not in {str(self.path)!r}")
         if row["traces"] is None:
             raise KeyError(f"cell {cell_id!r} has no traces (status {row['status']!r})")
-        with np.load(self.path.parent / row["traces"]) as npz:
+        path = self.path.parent / row["traces"]
+        problem = sidecar_problem(path)
+        if problem:
+            raise StoreError(
+                f"cell {cell_id} (step {row['step']}, seed {row['seed']}): its trace sidecar "
+                f"{str(path)!r} is {problem}; run the study again to recompute the cell"
+            )
+        with np.load(path) as npz:
             return {k: npz[k] for k in npz.files}
 
+    @_guarded
+    def damaged(self) -> dict[str, str]:
+        """cell id → what is wrong, for every ``done`` cell whose trace sidecar is missing,
+        truncated or corrupted (each sidecar is read through: CRC-checked)."""
+        if self._empty:
+            return {}
+        rows = self._conn.execute("SELECT cell_id, traces FROM cells WHERE status = 'done'")
+        out = {}
+        for cell_id, traces in rows.fetchall():
+            problem = "missing" if traces is None else sidecar_problem(self.path.parent / traces)
+            if problem:
+                out[cell_id] = f"trace sidecar {problem}"
+        return out
+
+    @_guarded
+    def invalidate(self, cell_ids: list[str], reason: str) -> None:
+        """Set ``done`` cells back to ``running`` (rerun by this or the next run), e.g. when
+        their sidecar is damaged; the reason goes to ``error``."""
+        with _transaction(self._conn) as conn:
+            conn.executemany(
+                "UPDATE cells SET status = 'running', error = ? WHERE cell_id = ?",
+                [(reason, cell_id) for cell_id in cell_ids],
+            )
+
+    @_guarded
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check`` ("ok" for a sound file)."""
         return self._conn.execute("PRAGMA integrity_check").fetchone()[0]
