@@ -153,7 +153,8 @@ def local_geometry(
         v, _, trace = carry
         z = jax.tree.map(lambda x: jnp.sign(x), tree_normal(jax.random.fold_in(key, t), params))
         hv, hz = hvp2(v, z)
-        return (normalize(hv), optax.tree.vdot(v, hv), trace + optax.tree.vdot(z, hz)), None
+        rayleigh = optax.tree.vdot(v, hv).astype(jnp.float32)
+        return (normalize(hv), rayleigh, trace + optax.tree.vdot(z, hz).astype(jnp.float32)), None
 
     leaves, treedef = jax.tree.flatten(params)
     start = normalize(  # generic and deterministic: not orthogonal to any eigenvector by design
@@ -181,7 +182,7 @@ def local_geometry(
             g1, g2 = _unstack(grad2(params, jax.tree.map(lambda x: x[rows], data)))
             return 0.5 * optax.tree.norm(optax.tree.sub(g1, g2), squared=True)
 
-        grad_noise = jnp.mean(jax.lax.map(pair, batches))
+        grad_noise = jnp.mean(jax.lax.map(pair, batches)).astype(jnp.float32)
     return LocalGeometry(h_max, trace_h, grad_noise, jnp.full_like(trace_h, jnp.nan))
 
 

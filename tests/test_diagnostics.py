@@ -387,3 +387,27 @@ def test_real_large_step_warns_mala_acceptance(well_tuned):
     assert diag.mala_accept < 0.8
     assert has(diag, "step_size is too large for the local curvature"), str(diag)
     assert diag.llc > 1.2 * float(well_tuned.llc_mean)  # the inflation it warns about
+
+
+def test_a_noisy_estimate_warns_even_with_many_effective_draws():
+    """i.i.d. draws (ESS ≈ 1200) with λ = 4 but a per-draw SD of 26 (minibatch noise): the MC
+    standard error 26/√1200 ≈ 0.75 is 19% of λ̂; the ESS rule (which assumes SD √λ) passes it."""
+    rng = np.random.default_rng(3)
+    trace = INIT + (4.0 + 26.0 * rng.normal(size=(4, 300))) / NBETA
+    diag = diagnose(make_result(trace))
+    assert diag.ess_bulk > 1000
+    assert has(diag, "too noisy to trust"), diag.warnings
+    quiet = diagnose(make_result(INIT + (4.0 + 2.0 * rng.normal(size=(4, 300))) / NBETA))
+    assert not has(quiet, "too noisy")
+
+
+def test_an_estimate_below_the_loss_precision_warns():
+    """float32 losses at L_n(w*) = 0.7 are spaced 6e-8 apart: with nβ = 100 a λ̂ of ~1e-5 is
+    within a few units of rounding (the γ = 1e4 normal crossings gave 3 distinct values)."""
+    init = np.float32(INIT)
+    ulp = np.spacing(init)
+    rng = np.random.default_rng(4)
+    trace = (init + ulp * rng.integers(0, 3, size=(4, 1000))).astype(np.float32)
+    result = make_result(trace, init_loss=float(init))._replace(loss_trace=trace)
+    diag = diagnose(result)
+    assert has(diag, "below its precision"), diag.warnings
