@@ -407,7 +407,7 @@ def settings(steps):
     return out
 
 
-def run_one(spec: Spec, name: str, s: dict) -> dict:
+def run_one(spec: Spec, name: str, s: dict, key: int = 1) -> dict:
     steps, chains = s["steps"], s["chains"]
     kw = dict(num_chains=chains, num_draws=steps - steps // 5, num_burnin=steps // 5,
               nbeta=spec.nbeta, batch_size=spec.batch_size, progress=False)  # fmt: skip
@@ -422,7 +422,7 @@ def run_one(spec: Spec, name: str, s: dict) -> dict:
         warnings.simplefilter("always")
         try:
             result = jaxslt.estimate_llc(spec.loss_fn, spec.params, spec.data,
-                                         key=jax.random.key(1), **kw)  # fmt: skip
+                                         key=jax.random.key(key), **kw)  # fmt: skip
         except (FloatingPointError, RuntimeError, ValueError) as err:
             raised, result = err, None
     wall = time.perf_counter() - start
@@ -489,7 +489,7 @@ def report(data: dict, machine: str, command: str) -> str:
         f"run is 4 chains × {data['steps']:,} steps (20% burn-in); ε = c/(S + γ), S = nβ·h_max "
         "at w* (see each problem's note); *off*: |estimate/target − 1| > 20% (target at the "
         "run's own nβ, γ; raised ⇒ off); *flagged*: any warning in `result.diagnostics`, any "
-        "`LLCWarning`, or an exception. Every run uses key 1.",
+        f"`LLCWarning`, or an exception. Every run uses key {data.get('key', 1)}.",
         "",
         "| | off by > 20% | within 20% |",
         "|---|---|---|",
@@ -516,9 +516,11 @@ def report(data: dict, machine: str, command: str) -> str:
         lines.append(f"| {c} | {len(fired)} | {len(offs)} | {'; '.join(only) or '–'} |")
     lines += ["", "## Problems", ""]
     for p in data["problems"].values():
+        base = next((r for r in p["rows"] if r["setting"] == "c=0.1"), p["rows"][0])
         lines.append(
             f"- **{p['label']}**: S = nβ·h_max = {p['scale']:.4g}, nβ = {p['nbeta']:.4g}, "
-            f"base γ = {p['gamma']:g}, λ = {fmt(p['lam'], 'g')}. {p['note']}"
+            f"base γ = {p['gamma']:g}, λ = {fmt(p['lam'], 'g')}, target at the base (nβ, γ) "
+            f"{base['target']:.4g} ({base['kind']}). {p['note']}"
         )
     lines += [
         "",
@@ -554,14 +556,17 @@ def main():
     parser.add_argument("--settings", default=None, help="comma-separated subset of the grid")
     parser.add_argument("--quick", action="store_true", help=f"3,000 steps instead of {STEPS:,}")
     parser.add_argument("--report", action="store_true", help="only rebuild the markdown")
+    parser.add_argument(
+        "--key", type=int, default=1, help="PRNG key of every run (results suffixed)"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     steps = 3000 if args.quick else STEPS
     plat = jax.devices()[0].platform
-    suffix = "-quick" if args.quick else ""
+    suffix = ("-quick" if args.quick else "") + (f"-key{args.key}" if args.key != 1 else "")
     store = args.out / f"diagnostics-{plat}{suffix}.json"
     data = json.loads(store.read_text()) if store.exists() else {"problems": {}}
-    data["steps"] = steps
+    data["steps"], data["key"] = steps, args.key
     grid = settings(steps)
     if args.settings:
         grid = {k: v for k, v in grid.items() if k in args.settings.split(",")}
@@ -578,7 +583,7 @@ def main():
                 note += f"; long full-batch MALA reference at the base (nβ, γ): {ref:.4g}"
             old = {r["setting"]: r for r in data["problems"].get(key, {}).get("rows", [])}
             for name, s in grid.items():
-                r = run_one(spec, name, s)
+                r = run_one(spec, name, s, args.key)
                 old[name] = r
                 print(f"  {name}: {fmt(r['estimate'])} vs {r['target']:.4g} "
                       f"({fmt(rel(r, r['target']), '+.0%')}) off={r['off']} "
@@ -595,6 +600,7 @@ def main():
     data["problems"] = {k: data["problems"][k] for k in order}
     machine = f"{platform.machine()} {jax.devices()[0].device_kind}, jax {jax.__version__}"
     command = f"python benchmarks/diagnostics.py{' --quick' if args.quick else ''}"
+    command += f" --key {args.key}" if args.key != 1 else ""
     write_result(args.out, f"diagnostics-{plat}{suffix}.md", report(data, machine, command))
 
 
