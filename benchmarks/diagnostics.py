@@ -31,11 +31,15 @@ Problems and their targets:
   target; the reference is a long full-batch MALA run (Metropolis-adjusted, so free of
   discretisation and minibatch bias) at the same (nβ, γ): 4 chains × 40,000 steps.
 - the toy model of superposition (6 features, 2 hidden dims, f(x) = ReLU(WᵀWx + b), one feature
-  on per example at a U[0, 1] value, loss mean ||x − f(x)||², n = 5000) at its 6-gon minimum
-  (λ = 8.5; the Hessian's positive eigenvalues are counted and printed) and at the 5-gon
-  critical point (λ = 7, W's 6th column 0 and its bias negative, so that feature is dead), from
-  which chains can escape to lower loss. Target: λ (no finite target is known); the long MALA
-  reference at the base settings is printed alongside.
+  on per example at a U[0, 1] value, loss mean ||x − f(x)||², n = 5000), trained in float64 from
+  a regular k-gon: at its 6-gon minimum (λ = 8.5; the Hessian's positive eigenvalues are
+  counted and printed: 17) the target is a long full-batch MALA reference at the run's (nβ, γ)
+  (4 × 40,000 steps; 9.21 at the base nβ = 587, γ = 1, 8% above λ, so λ itself would misjudge
+  good runs); at the 5-gon critical point (W's 6th column 0 and its bias −0.1, so that feature
+  is dead; 14 positive eigenvalues: λ = 7) the target is λ, since chains can escape to lower
+  loss (a long MALA run there gives −1.5 ± 3.3).
+
+Hand-written findings in ``results/diagnostics-notes.md`` are appended to the table.
 
 The rows of each problem are saved in ``results/diagnostics-<platform>.json``, so the problems
 can be run in separate invocations (each ≤ 15 minutes on 2 cores); the markdown table is
@@ -465,7 +469,36 @@ def rel(r, ref):
     return r["estimate"] / ref - 1 if math.isfinite(r["estimate"]) else math.nan
 
 
-def report(data: dict, machine: str, command: str) -> str:
+def other_keys(stores: list[Path]) -> list[str]:
+    """A section summarising the same grid run with other keys (``--key k``)."""
+    lines = [
+        "",
+        "## The same grid with other keys",
+        "",
+        "Off and unflagged depends on the key: the same grid rerun with other keys "
+        "(`--key k`, on the problems listed).",
+        "",
+        "| key | problems | runs | off & flagged | **off & not flagged** | off & not flagged: "
+        "problem / setting (vs target) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for store in stores:
+        other = json.loads(store.read_text())
+        rows = [r for p in other["problems"].values() for r in p["rows"]]
+        bad = [r for r in rows if r["off"] and not r["flagged"]]
+        listing = "; ".join(
+            f"{r['problem']} / {r['setting']} ({fmt(rel(r, r['target']), '+.0%')})" for r in bad
+        )
+        names = ", ".join(p["label"] for p in other["problems"].values())
+        flagged_off = sum(r["off"] and r["flagged"] for r in rows)
+        lines.append(
+            f"| {other['key']} | {names} | {len(rows)} | {flagged_off} | **{len(bad)}** | "
+            f"{listing or '–'} |"
+        )
+    return lines
+
+
+def report(data: dict, machine: str, command: str, stores=()) -> str:
     rows = [r for p in data["problems"].values() for r in p["rows"]]
     counts = {(f, o): 0 for f in (True, False) for o in (True, False)}
     for r in rows:
@@ -547,6 +580,11 @@ def report(data: dict, machine: str, command: str) -> str:
             f"{fmt(r['ess'], '.0f')} | {fmt(r['trend'], '+.0%')} ({fmt(r['trend_z'], '.1f')}) | "
             f"{r['wall']:.0f} |"
         )  # fmt: skip
+    if stores:
+        lines += other_keys(list(stores))
+    notes = Path(__file__).parent / "results" / "diagnostics-notes.md"
+    if notes.exists() and data.get("key", 1) == 1 and not data.get("quick"):
+        lines += ["", notes.read_text().rstrip()]
     return "\n".join(lines) + "\n"
 
 
@@ -566,7 +604,7 @@ def main():
     suffix = ("-quick" if args.quick else "") + (f"-key{args.key}" if args.key != 1 else "")
     store = args.out / f"diagnostics-{plat}{suffix}.json"
     data = json.loads(store.read_text()) if store.exists() else {"problems": {}}
-    data["steps"], data["key"] = steps, args.key
+    data["steps"], data["key"], data["quick"] = steps, args.key, args.quick
     grid = settings(steps)
     if args.settings:
         grid = {k: v for k, v in grid.items() if k in args.settings.split(",")}
@@ -601,7 +639,11 @@ def main():
     machine = f"{platform.machine()} {jax.devices()[0].device_kind}, jax {jax.__version__}"
     command = f"python benchmarks/diagnostics.py{' --quick' if args.quick else ''}"
     command += f" --key {args.key}" if args.key != 1 else ""
-    write_result(args.out, f"diagnostics-{plat}{suffix}.md", report(data, machine, command))
+    stores = []
+    if args.key == 1 and not args.quick:
+        stores = sorted(args.out.glob(f"diagnostics-{plat}-key*.json"))
+    text = report(data, machine, command, stores)
+    write_result(args.out, f"diagnostics-{plat}{suffix}.md", text)
 
 
 if __name__ == "__main__":
