@@ -125,7 +125,7 @@ def main():
         f"Within 10% of the exact target: {len(ok)} of {len(rows)}; mean |error| "
         f"{np.mean(errors):.1%} over the {len(errors)} that returned.\n"
     )
-    write_result(args.out, "auto", text)
+    write_result(args.out, f"auto-{jax.devices()[0].platform}.md", text)
 
 
 if __name__ == "__main__":
