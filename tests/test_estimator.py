@@ -246,7 +246,8 @@ def test_result_is_a_pytree_with_a_readable_summary():
     chex.assert_shape(result.running_llc(), (3, 20))
     np.testing.assert_allclose(result.running_llc()[:, -1], result.llc_per_chain, rtol=1e-5)
     leaves = jax.tree.leaves(jax.jit(lambda r: r)(result))
-    assert len(leaves) == len(result) - 3  # observables off (None); diagnostics, calibration static
+    # observables off (None); diagnostics, calibration static; geometry a NamedTuple of arrays
+    assert len(leaves) == len(result) - 4 + len(result.geometry)
     text = repr(result)
     assert "LLC = " in text and "nβ = 100" in text and "3 chains" in text
 
