@@ -122,7 +122,8 @@ def llc_trajectory(
     ``init_loss`` (L_n(w_t)), ``num_diverged``, ``mala_accept``, ``rhat``, ``ess_bulk``,
     ``ok`` (the diagnostics, when ``diagnostics``), ``warnings`` (every warning of that
     checkpoint, "; "-joined, "" when none), plus the observables' columns when requested.
-    Every warning is also raised with the prefix "checkpoint at step <step>: ". ``df.attrs["results"]`` holds the ``LLCResult`` of every row and
+    Every warning is also raised with the prefix "checkpoint at step <step>: ".
+    ``df.attrs["results"]`` holds the ``LLCResult`` of every row and
     ``df.attrs["calibration"]`` the calibration of ``"auto"``. Chains that diverge are left
     out as in ``estimate_llc``; a checkpoint whose chains all diverge gets NaN and a warning
     instead of stopping the whole curve.
