@@ -66,7 +66,14 @@ from scipy.stats import chi2 as chi2_dist
 from scipy.stats import norm as normal
 from scipy.stats import t as student_t
 
-__all__ = ["Stages", "StagesWarning", "detect_stages", "noise_scale", "step_axis"]
+__all__ = [
+    "Stages",
+    "StagesWarning",
+    "axis_scale",
+    "detect_stages",
+    "noise_scale",
+    "step_axis",
+]
 
 MIN_POINTS = 3  # with llc_std: a knee (two stages) needs three checkpoints
 # without llc_std σ comes from the scatter; below 12 checkpoints its ν ≲ 6 residual degrees of
@@ -148,6 +155,12 @@ def step_axis(steps: np.ndarray, scale: Literal["log", "linear"]) -> np.ndarray:
     return np.where(steps >= first, 1.0 + np.log10(np.maximum(steps, first) / first), steps / first)
 
 
+def axis_scale(steps: np.ndarray, scale: str = "auto") -> str:
+    """The x axis a curve over ``steps`` is read (and drawn) on: ``scale`` itself unless
+    "auto"; then "log" when the positive steps span more than two decades, else "linear"."""
+    return _resolve_scale(np.asarray(steps, dtype=float), scale)
+
+
 def _resolve_scale(steps: np.ndarray, scale: str) -> str:
     """Resolve scale="auto": "log" when the positive steps span more than two decades."""
     if scale != "auto":
@@ -192,8 +205,11 @@ def _smooth(
 ) -> _Smooth:
     d = x[None, :] - x[:, None]  # d[t, s] = x_s − x_t: row t is the fit centred at x_t
     # where checkpoints are sparse (a step 0 on a log axis, few checkpoints) the kernel widens
-    # to the second nearest neighbour, so that every local line rests on at least three points
-    width = np.maximum(bandwidth, np.sort(np.abs(d), axis=1)[:, min(2, x.size - 1)])[:, None]
+    # to half the distance of the second nearest neighbour (weight e⁻² = 0.14 there), so that
+    # every local line rests on three points while farther ones (≤ e^−4.5 = 0.01 at 1.5× that
+    # distance) cannot pull it off them
+    near = np.sort(np.abs(d), axis=1)[:, min(2, x.size - 1)]
+    width = np.maximum(bandwidth, near / 2.0)[:, None]
     w = np.exp(-0.5 * (d / width) ** 2) / sigma[None, :] ** 2
     s0, s1, s2 = w.sum(1), (w * d).sum(1), (w * d * d).sum(1)
     # intercept of the weighted least-squares line through (x_s − x_t, y_s), in closed form
