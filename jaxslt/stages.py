@@ -8,45 +8,51 @@ transformers"). ``detect_stages`` finds them in a noisy curve y_t at steps s_t a
    (``scale="auto"``; checkpoints are usually log-spaced), a step 0 placed as matplotlib's
    ``symlog`` places it (linear below the first positive step s₁, [0, s₁] one decade wide);
    otherwise x = step. X = x_max − x_min.
-2. **Noise.** σ_t is the larger of the given ``llc_std`` and the scatter σ̂ seen about a smooth
-   curve (``noise_scale`` with kernel width h/2: corners inflate the residuals by about
-   (Δslope·h)², and boundaries are corners), so an underestimated ``llc_std`` cannot create
-   stages. When σ̂ is
-   the one used, it was estimated from ν residual degrees of freedom and every threshold below
-   becomes the Student-t(ν) quantile with the tail probability of the normal ``significance``.
+2. **Noise.** The errors e_t of the λ̂_t have Cov(e_s, e_t) = σ_s σ_t ρ^|s−t| (AR(1) in
+   checkpoint order, ρ = ``correlation``: one key for every checkpoint, common random numbers,
+   correlates neighbours). With ``llc_std`` σ_t is the stated value; without it σ is estimated
+   from the scatter about a smooth curve (``noise_scale``, corrected for ρ, kernel width h/2:
+   corners inflate residuals) and every threshold becomes the Student-t(ν) quantile with the
+   tail probability of the normal ``significance`` (ν the Satterthwaite degrees of freedom).
+   That needs at least ``MIN_POINTS_ESTIMATE`` = 12 checkpoints (below, ν ≲ 6 and the 4σ
+   threshold becomes ≳ 10σ); with ``llc_std`` at least ``MIN_POINTS`` = 3. With fewer the
+   result is ``status="insufficient"`` and a ``StagesWarning`` names the number needed.
 3. **Smoothing.** Local-linear regression with a Gaussian kernel of width h = ``smoothing``·X
-   (widened locally to the second-nearest checkpoint where they are sparse) and weights 1/σ_t²;
-   unlike a moving average it has no bias at the ends. It is linear, ŷ = S·y, so the standard
-   error se_t = sqrt(Σ_s S_ts² σ_s²) of ŷ_t is exact for independent noise. R = max ŷ − min ŷ.
+   (widened where checkpoints are sparse to half the distance of the second-nearest one, so
+   every local line rests on three points and farther ones cannot pull it off them) and
+   weights 1/σ_t². It is linear, ŷ = S·y, so Cov(ŷ) = S Σ Sᵀ exactly, correlation included.
+   R = max ŷ − min ŷ. A positive loss is smoothed (and segmented) as log(loss): never < 0.
 4. **Boundaries.** (a) Every local maximum (minimum) of ŷ whose topographic prominence exceeds
-   ``significance``·sqrt(se_peak² + se_base²) (``scipy.signal.find_peaks``), the most
-   significant first, kept ``min_stage``·X apart and from the ends. (b) Knees, by binary
-   segmentation: a stretch between boundaries is split at the knee of the best continuous
-   two-piece line through its raw values when that lowers χ² = Σ (y − fit)²/σ² by more than
-   ``significance``², and so on in the halves. (c) The stage model is the continuous
-   piecewise-linear fit (weighted least squares) with knots at the boundaries; each boundary
-   moves to the checkpoint within 2h that minimises its χ² (coordinate descent), keeping stages
-   ``min_stage``·X long. Smoothing rounds corners and shifts them toward the gentler side; the
-   stage model does not.
-5. **Stages.** With c_k the stage model at boundary k, a stage is "flat" when
-   |c_{k+1} − c_k| ≤ ``flat``·R·Δx/X + ``significance``·se(c_{k+1} − c_k), i.e. unless it
-   changes significantly more than ``flat`` times the slope that crosses R over the whole axis;
-   otherwise "rising" or "falling". Stages are maximal: a boundary between two stages of the
-   same kind (a plateau split by noise, a rise with a kink) is dropped and (c) repeated until
-   none is left. Critical points are read off the sequence: rising → falling is a peak,
-   falling → rising a trough, a flat stage a plateau.
+   ``significance``·sd(ŷ_peak − ŷ_base) (``scipy.signal.find_peaks``), the most significant
+   first, kept ``min_stage``·X apart and from the ends (``min_stage`` → 0 when the
+   checkpoints are sparser than that: (N − 1)·``min_stage`` ≤ 1). (b) Knees, by binary
+   segmentation: a stretch is split at the knee of the best continuous two-piece line when
+   that lowers the generalised χ² = (y − fit)ᵀ Σ⁻¹ (y − fit) (Prais–Winsten whitening) by more
+   than ``significance``²; on stretches with at most 40 candidates the best pair of knees
+   (rise–flat–rise needs both at once) wins when it beats the line by 2·``significance``² and
+   the single knee by ``significance``². (c) The stage model is the continuous
+   piecewise-linear GLS fit with knots at the boundaries; each knot moves to the checkpoint
+   within max(2h, the largest spacing) that minimises its χ² (coordinate descent).
+5. **Stages.** With c_k the stage model at knot k and se(c_{k+1} − c_k) from its covariance
+   (BᵀΣ⁻¹B)⁻¹, a piece is "flat" when |c_{k+1} − c_k| ≤ ``significance``·se + min(``flat``·R·Δx/X,
+   ``significance``·se) (a slow drift of at most ``flat`` times the mean slope is tolerated,
+   never more than the significance threshold again), otherwise "rising" or "falling".
+   Neighbouring pieces of the same kind are one stage; the stage model keeps every knot, so it
+   follows the points. Critical points are read off the stage sequence: rising → falling is a
+   peak, falling → rising a trough, a flat stage a plateau.
+6. **Goodness of fit.** With ``llc_std`` the stage model's χ² is compared with χ²_ν
+   (ν = N − knots): beyond its 1 − 10⁻³ quantile the stated σ is too small (or the curve has
+   structure finer than its checkpoints); with ν ≥ 12 σ is scaled by √(χ²/ν) and steps 3–5
+   repeated with Student-t(ν) thresholds, with fewer a ``StagesWarning`` says so.
 
 With ``loss``, the loss curve goes through steps 2–5 on its own (σ always estimated from its
-scatter). Its boundaries (where a loss plateau ends and a sudden drop begins, where the drop
-ends, loss spikes) become boundaries too, unless an LLC boundary lies within ``min_stage``·X; a
-stage then has the kind of the LLC stage holding it. Stage values are each curve's own stage
-model at the boundaries.
+scatter, so at least 12 checkpoints). Its boundaries (where a loss plateau ends and a sudden
+drop begins, where the drop ends, loss spikes) become boundaries too, unless an LLC boundary
+lies within ``min_stage``·X; a stage then has the kind of the LLC stage holding it.
 
-Defaults (``smoothing`` 0.05, ``significance`` 4, ``flat`` 0.1, ``min_stage`` 2·``smoothing``),
-measured: 1 false stage in 9000 pure-noise curves of 20–300 checkpoints (with and without
-``llc_std``); on a rise–peak–fall–plateau curve (81 checkpoints over 4 decades, noise 3% of the
-peak) the right stages in 200 of 200 draws, the corners' RMS error at the Fisher-information
-limit of the stage model (0.02 and 0.08 decades; limit 0.02 and 0.07).
+Measured in ``benchmarks/stages.py`` (results in ``benchmarks/results/stages-cpu.md``): false
+stages on pure noise with and without correlation, and the recovery of rise–plateau–rise–fall
+curves at 6–100 checkpoints.
 """
 
 from __future__ import annotations
