@@ -341,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rho = adjacent_correlation(np.array(curves)) if len(curves) > 2 else 0.0
     rho_used = float(np.clip(rho, 0.0, 0.95))
     table["population_loss"] = pop
+    for r, curve in enumerate(curves[1:]):
+        table[f"llc_mean_key{r + 1}"] = curve  # the independent-key repeats
     se = table["llc_std"].to_numpy() / math.sqrt(settings["num_chains"])
     stages = jaxslt.detect_stages(table["step"], table["llc_mean"], llc_std=se,
                                   loss=pop, correlation=rho_used)  # fmt: skip

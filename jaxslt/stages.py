@@ -41,9 +41,11 @@ transformers"). ``detect_stages`` finds them in a noisy curve y_t at steps s_t a
    follows the points. Critical points are read off the stage sequence: rising → falling is a
    peak, falling → rising a trough, a flat stage a plateau.
 6. **Goodness of fit.** With ``llc_std`` the stage model's χ² is compared with χ²_ν
-   (ν = N − knots): beyond its 1 − 10⁻³ quantile the stated σ is too small (or the curve has
-   structure finer than its checkpoints); with ν ≥ 12 σ is scaled by √(χ²/ν) and steps 3–5
-   repeated with Student-t(ν) thresholds, with fewer a ``StagesWarning`` says so.
+   (ν = N − knots): beyond its 1 − 10⁻³ quantile the boundaries are searched again without
+   the ``min_stage`` limit (a fast transition between slow stretches needs close knots); if
+   the fit is still improbable the stated σ is too small (or the curve has structure finer
+   than its checkpoints): with ν ≥ 12 σ is scaled by √(χ²/ν) and steps 3–5 repeated with
+   Student-t(ν) thresholds, with fewer a ``StagesWarning`` says so.
 
 With ``loss``, the loss curve goes through steps 2–5 on its own (σ always estimated from its
 scatter, so at least 12 checkpoints). Its boundaries (where a loss plateau ends and a sudden
@@ -564,10 +566,20 @@ def _curve(
         # scaled by √(χ²/ν) and the curve segmented again with Student-t(ν) thresholds; with
         # fewer, a warning says so (inflating σ by an estimate that uncertain would turn any
         # change "flat")
-        knots = curve.model_pieces.bounds
-        dof = y.size - len(knots)
-        chi2 = _spline(x, y, _Noise(sigma, rho), knots)[2]
-        if dof >= 1 and chi2_dist.sf(chi2, dof) < GOF_TAIL:
+        def misfit(curve):
+            knots = curve.model_pieces.bounds
+            dof = y.size - len(knots)
+            chi2 = _spline(x, y, _Noise(sigma, rho), knots)[2]
+            return dof, chi2, dof >= 1 and chi2_dist.sf(chi2, dof) < GOF_TAIL
+
+        dof, chi2, bad = misfit(curve)
+        if bad and min_len > 0:
+            # first let boundaries come closer than min_stage: a fast transition between two
+            # slow stretches needs knots closer together than the default allows
+            closer = segment(_Noise(sigma, rho), significance=significance, min_len=0.0)
+            if not misfit(closer)[2]:
+                curve, bad = closer, False
+        if bad:
             if dof >= MIN_POINTS_ESTIMATE:
                 sigma = sigma * math.sqrt(chi2 / dof)
                 t_sig = float(student_t.isf(normal.sf(significance), dof))
