@@ -369,19 +369,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     plateaus.to_csv(out / "plateaus.csv", index=False)
 
     # (e) figures
+    # the plateau close up: λ̂ on the 5-gon+ against the theory levels (transition points are
+    # arrows at the bottom edge)
     fig = plots.plot_trajectory(
         table.assign(init_loss=pop),
         stages=stages,
-        title="TMS (6 features, 2 hidden): LLC over SGD training",
+        ylim=(-2.0, 12.0),
+        title="TMS (6 features, 2 hidden): LLC over SGD training, plateau close up",
     )
     ax = fig.axes[0]
+    levels_theory: dict[float, list[str]] = {}
     for p, row in zip(points, rows, strict=True):
         if not math.isnan(row["theory_llc"]):
-            ax.axhline(row["theory_llc"], color="0.4", lw=0.8, ls="-.")
-            ax.annotate(f"{p['name']}: λ = {row['theory_llc']:g}", (1.0, row["theory_llc"]),
-                        xycoords=("axes fraction", "data"), ha="right", va="bottom",
-                        fontsize=8, color="0.3")  # fmt: skip
+            levels_theory.setdefault(row["theory_llc"], []).append(p["name"])
+    for value, names in levels_theory.items():
+        ax.axhline(value, color="0.4", lw=0.8, ls="-.")
+        ax.annotate(f"λ = {value:g} ({', '.join(names)})", (0.99, value),
+                    xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                    fontsize=8, color="0.3")  # fmt: skip
     fig.savefig(out / "tms_llc.png", dpi=plots.DPI)
+    full = out / "tms_llc_full.png"
+    plots.plot_trajectory(table.assign(init_loss=pop), stages=stages, title="TMS", path=full)
     plots.plot_stages(
         table["step"],
         table["llc_mean"],

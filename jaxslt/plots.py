@@ -1158,6 +1158,7 @@ def plot_trajectory(
     *,
     loss: str | None = "init_loss",
     stages: Any = None,
+    ylim: tuple[float, float] | None = None,
     title: str | None = None,
     path: str | Path | None = None,
 ) -> Figure:
@@ -1170,7 +1171,8 @@ def plot_trajectory(
     positive and spanning more than a decade. Checkpoints whose diagnostics failed
     (``ok`` False) are ringed in red and counted in the legend. The y limits are robust
     (``robust_limits``): an outlier such as λ̂ = −250 at step 0 is drawn as a red arrow at
-    the edge with its value, instead of squashing every other point into a line. With
+    the edge with its value, instead of squashing every other point into a line; ``ylim``
+    sets the limits instead (e.g. to look at a plateau), points beyond drawn the same way. With
     ``stages`` (``jaxslt.detect_stages`` of the same curve) the stage boundaries are dotted
     lines and the stage model is dashed. Returns the figure; with ``path`` (png/pdf/svg) it is
     also written there.
@@ -1223,25 +1225,30 @@ def plot_trajectory(
             labels.append("stage model (boundaries dotted)")
 
     band = [y] if std is None else [y, y - std, y + std]
-    lim = robust_limits(np.concatenate([b[finite] for b in band]))
+    lim = robust_limits(np.concatenate([b[finite] for b in band])) if ylim is None else ylim
     if lim is not None:
         lo, hi = lim
         ax.set_ylim(lo, hi)
-        outside = finite & ((y < lo) | (y > hi))
-        for i in np.flatnonzero(outside):
+        outside = np.flatnonzero(finite & ((y < lo) | (y > hi)))
+        # every outlier gets an arrow at the edge; values are written for at most four (the
+        # first, the most extreme each way, the last), so that a run of them stays legible
+        named = set(outside[:1]) | set(outside[-1:])
+        if outside.size:
+            named |= {int(outside[np.argmin(y[outside])]), int(outside[np.argmax(y[outside])])}
+        for i in outside:
             top = y[i] > hi
             edge = hi if top else lo
+            text = f"{_fmt(y[i], 3)}" + ("" if ok[i] else " (failed)") if i in named else ""
             ax.annotate(
-                f"{_fmt(y[i], 3)}" + ("" if ok[i] else " (failed)"), (s[i], edge),
-                xytext=(0, -14 if top else 14),
+                text, (s[i], edge), xytext=(0, -14 if top else 14),
                 textcoords="offset points", ha="center", va="center", fontsize=8,
                 color=_FAILED_COLOR,
                 arrowprops={"arrowstyle": "->", "color": _FAILED_COLOR, "lw": 1.2},
                 annotation_clip=False,
             )  # fmt: skip
-        if outside.any():
+        if outside.size:
             handles.append(Line2D([], [], color=_FAILED_COLOR, marker=r"$\uparrow$", ls="none"))
-            labels.append(f"{int(outside.sum())} outlier(s) beyond the axis (value shown)")
+            labels.append(f"{outside.size} point(s) beyond the axis (arrows; values of up to 4)")
 
     if w is not None and np.isfinite(w).any():
         ax_loss = ax.twinx()

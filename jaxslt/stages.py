@@ -560,6 +560,7 @@ def _curve(
         sigma = np.maximum(np.asarray(given, dtype=float), floor)
         segment = functools.partial(_segment_curve, name, x, y, bandwidth=bandwidth, flat=flat)
         curve = segment(_Noise(sigma, rho), significance=significance, min_len=min_len)
+
         # goodness of fit: the stage model's χ² against the stated noise. When it exceeds the
         # 1 − GOF_TAIL quantile of χ²_ν (ν = N − knots), the stated σ is too small (or the
         # curve has structure finer than the checkpoints). With ν ≥ MIN_POINTS_ESTIMATE σ is
