@@ -65,6 +65,7 @@ import scipy.optimize  # noqa: E402
 
 import jaxslt  # noqa: E402
 from jaxslt import plots  # noqa: E402
+from jaxslt.stages import adjacent_correlation  # noqa: E402
 
 NUM_FEATURES, NUM_HIDDEN = 6, 2
 OFF_BIAS = -0.5  # bias of a feature that is off (any negative value is as critical)
@@ -255,16 +256,6 @@ def theory(point: dict) -> float:
     return point["theory_llc"]
 
 
-def adjacent_correlation(curves: np.ndarray) -> float:
-    """ρ̂ of the errors of adjacent checkpoints from R independent-key repeats of one curve
-    (curves: R × T): z = (λ̂ − mean over keys)/std over keys, ρ̂ = mean of z_t z_{t+1}·R/(R − 1)."""
-    r = curves.shape[0]
-    dev = curves - curves.mean(axis=0)
-    sd = dev.std(axis=0, ddof=1)
-    z = dev[:, sd > 0] / sd[sd > 0]
-    return float(np.mean(z[:, :-1] * z[:, 1:]) * r / (r - 1))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=pathlib.Path, required=True)
@@ -339,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           checkpoint_batch_size=8, **settings)  # fmt: skip
             curves.append(again["llc_mean"].to_numpy())
     rho = adjacent_correlation(np.array(curves)) if len(curves) > 2 else 0.0
-    rho_used = float(np.clip(rho, 0.0, 0.95))
+    rho_used = float(np.clip(rho, 0.0, 0.99))
     table["population_loss"] = pop
     for r, curve in enumerate(curves[1:]):
         table[f"llc_mean_key{r + 1}"] = curve  # the independent-key repeats
@@ -361,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plateaus = (
         table[table["at"] != ""].groupby("at")
         .agg(first=("step", "min"), last=("step", "max"), llc=("llc_mean", "mean"),
-             llc_sd=("llc_mean", "std"), checkpoints=("step", "size"))
+             llc_median=("llc_mean", "median"), llc_sd=("llc_mean", "std"),
+             checkpoints=("step", "size"))
         .reset_index()
     )  # fmt: skip
     plateaus["kgon_llc"] = plateaus["at"].map(kgons.set_index("critical_point")["llc"])

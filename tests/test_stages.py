@@ -22,6 +22,7 @@ from jaxslt.stages import (
     MIN_POINTS_ESTIMATE,
     Stages,
     StagesWarning,
+    adjacent_correlation,
     detect_stages,
     noise_scale,
     step_axis,
@@ -531,3 +532,17 @@ def test_plot_stages_rejects_mismatched_input():
         plots.plot_stages(STEPS, np.where(np.arange(81) == 3, np.nan, TRUTH), stages)
     with pytest.raises(ValueError, match="suffix"):
         plots.plot_stages(STEPS, TRUTH, stages, path="stages.jpg2")
+
+
+def test_adjacent_correlation_of_repeats():
+    """20 independent-key repeats of a 50-checkpoint curve whose errors are AR(1) with ρ = 0.8
+    around a common trend: ρ̂ within 0.06 (the lag-1 product of AR(1) errors has variance
+    ≈ (1 + ρ²) over R·T = 1000 products, sd ≈ 0.04/√(effective fraction) ~ 0.015; 0.06 is 4
+    sd) and ≈ 0 for independent errors."""
+    trend = np.linspace(0.0, 10.0, 50)
+    rho_hat = adjacent_correlation(np.array([trend + _ar1(s, 50, 0.8) for s in range(20)]))
+    assert rho_hat == pytest.approx(0.8, abs=0.06)
+    white = adjacent_correlation(np.array([trend + _ar1(100 + s, 50, 0.0) for s in range(20)]))
+    assert white == pytest.approx(0.0, abs=0.1)
+    with pytest.raises(ValueError, match="R ≥ 3"):
+        adjacent_correlation(np.ones((2, 5)))

@@ -59,7 +59,7 @@ def test_quick_llc_estimates_near_half_the_rank(run):
 
 def test_training_trajectory_stages_and_figures(run):
     for name in ("trajectory.csv", "stages.csv", "plateaus.csv", "tms_llc.png",
-                 "tms_stages.png", "summary.json"):  # fmt: skip
+                 "tms_llc_full.png", "tms_stages.png", "summary.json"):  # fmt: skip
         assert (run / name).stat().st_size > 0, name
     summary = json.loads((run / "summary.json").read_text())
     plateaus = pd.read_csv(run / "plateaus.csv").set_index("at")
