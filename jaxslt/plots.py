@@ -1239,8 +1239,9 @@ def plot_trajectory(
             top = y[i] > hi
             edge = hi if top else lo
             text = f"{_fmt(y[i], 3)}" + ("" if ok[i] else " (failed)") if i in named else ""
+            lift = 14 + 11 * (sorted(named).index(i) % 2 if i in named else 0)  # stagger
             ax.annotate(
-                text, (s[i], edge), xytext=(0, -14 if top else 14),
+                text, (s[i], edge), xytext=(0, -lift if top else lift),
                 textcoords="offset points", ha="center", va="center", fontsize=8,
                 color=_FAILED_COLOR,
                 arrowprops={"arrowstyle": "->", "color": _FAILED_COLOR, "lw": 1.2},

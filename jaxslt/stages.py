@@ -33,10 +33,12 @@ transformers"). ``detect_stages`` finds them in a noisy curve y_t at steps s_t a
    the single knee by ``significance``². (c) The stage model is the continuous
    piecewise-linear GLS fit with knots at the boundaries; each knot moves to the checkpoint
    within max(2h, the largest spacing) that minimises its χ² (coordinate descent).
-5. **Stages.** With c_k the stage model at knot k and se(c_{k+1} − c_k) from its covariance
-   (BᵀΣ⁻¹B)⁻¹, a piece is "flat" when |c_{k+1} − c_k| ≤ ``significance``·se + min(``flat``·R·Δx/X,
-   ``significance``·se) (a slow drift of at most ``flat`` times the mean slope is tolerated,
-   never more than the significance threshold again), otherwise "rising" or "falling".
+5. **Stages.** With c_k the stage model at knot k (the weighted least-squares fit with those
+   knots, which follows the points; the GLS χ² only places them) and se(c_{k+1} − c_k) from its
+   sandwich covariance under Σ, a piece is "flat" when |c_{k+1} − c_k| ≤ ``significance``·se
+   + min(``flat``·R·Δx/X, ``significance``·se) (a slow drift of at most ``flat`` times the
+   mean slope is tolerated, never more than the significance threshold again), otherwise
+   "rising" or "falling".
    Neighbouring pieces of the same kind are one stage; the stage model keeps every knot, so it
    follows the points. Critical points are read off the stage sequence: rising → falling is a
    peak, falling → rising a trough, a flat stage a plateau.
@@ -420,10 +422,21 @@ class _Pieces(NamedTuple):
 
 
 def _pieces(x, y, noise, bounds, slope_tol, significance) -> _Pieces:
-    """GLS linear spline with knots at x[bounds] (hat-function basis, so the coefficients are the
-    knot values c_k, with covariance (BᵀΣ⁻¹B)⁻¹); stage k is "flat" when
-    |c_{k+1} − c_k| ≤ significance·se(c_{k+1} − c_k), "rising" or "falling" otherwise."""
-    knots, cov, _ = _spline(x, y, noise, bounds)
+    """The stage model: the weighted least-squares linear spline with knots at x[bounds]
+    (hat-function basis B, so the coefficients are the knot values c = (BᵀWB)⁻¹BᵀWy, W = diag
+    1/σ²), which follows the points; its covariance is the sandwich
+    (BᵀWB)⁻¹ BᵀWΣWB (BᵀWB)⁻¹ under the correlated errors Σ. (The GLS fit, used to place the
+    knots, is more efficient but under strong correlation may sit off the points by an offset
+    the noise model allows.) Stage k is "flat" when |c_{k+1} − c_k| ≤ significance·se
+    (+ the capped drift tolerance), "rising" or "falling" otherwise."""
+    basis = _basis(x, bounds)
+    sigma = noise.sigma
+    w = 1.0 / sigma**2
+    bread = np.linalg.inv(basis.T @ (w[:, None] * basis))
+    knots = bread @ (basis.T @ (w * y))
+    cov_y = sigma[:, None] * _correlation(x.size, noise.rho) * sigma[None, :]
+    meat = (basis * w[:, None]).T @ cov_y @ (basis * w[:, None])
+    cov = bread @ meat @ bread
     change = np.diff(knots)
     var = np.diag(cov)
     se = np.sqrt(np.maximum(var[1:] + var[:-1] - 2.0 * np.diag(cov, 1), 0.0))
