@@ -373,7 +373,7 @@ def _draw_traces(
         ax_burn.set_xlim(-0.5, b - 0.5)
         ax_burn.set_title("burn-in", loc="left", fontsize=9)
         ax_burn.set_xlabel("step")
-        ax_burn.locator_params(axis="x", nbins=3)
+        ax_burn.locator_params(axis="x", nbins=2)
 
     llc_handles: list[Any] = []
     mean_ok = np.isfinite(c.llc_mean)
@@ -913,13 +913,23 @@ def plot_summary(
     c = _chains(result)
     fig = Figure(figsize=SUMMARY_FIGSIZE, layout="constrained")
     grid = fig.add_gridspec(4, 2, height_ratios=[3.0, 3.0, 2.3, 1.9], width_ratios=[1.0, 1.0])
-    ax_loss = fig.add_subplot(grid[0, :])
-    ax_llc = fig.add_subplot(grid[1, :], sharex=ax_loss)
+    ax_burn = None
+    if c.num_burnin > LONG_BURNIN * c.num_draws:
+        # as in plot_trace: a long burn-in gets a narrow panel of its own
+        top = grid[0, :].subgridspec(1, 2, width_ratios=[1, 4])
+        ax_burn = fig.add_subplot(top[0, 0])
+        ax_loss = fig.add_subplot(top[0, 1])
+        bottom = grid[1, :].subgridspec(1, 2, width_ratios=[1, 4])
+        ax_llc = fig.add_subplot(bottom[0, 1], sharex=ax_loss)
+        fig.add_subplot(bottom[0, 0]).axis("off")
+    else:
+        ax_loss = fig.add_subplot(grid[0, :])
+        ax_llc = fig.add_subplot(grid[1, :], sharex=ax_loss)
     ax_chain = fig.add_subplot(grid[2, 0])
     ax_text = fig.add_subplot(grid[2, 1])
     ax_diag = fig.add_subplot(grid[3, :])
 
-    _draw_traces(ax_loss, ax_llc, c, true_llc=true_llc, legend_fontsize=7)
+    _draw_traces(ax_loss, ax_llc, c, true_llc=true_llc, legend_fontsize=7, ax_burn=ax_burn)
     _draw_per_chain(ax_chain, c, true_llc)
 
     ax_text.axis("off")

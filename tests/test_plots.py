@@ -315,3 +315,10 @@ def test_trace_long_burnin_gets_its_own_panel():
     # a short burn-in stays on the shared axis, shaded
     fig = plots.plot_trace(_synthetic_result(diverge_chain=None))
     assert len([a for a in fig.axes if a.axison]) == 2
+
+
+def test_summary_long_burnin_gets_its_own_panel():
+    result = _synthetic_result(num_draws=400, num_burnin=6000, diverge_chain=None)
+    fig = plots.plot_summary(result)
+    titled = [a for a in fig.axes if a.get_title(loc="left") == "burn-in"]
+    assert len(titled) == 1 and titled[0].get_xlim() == pytest.approx((-0.5, 5999.5))
