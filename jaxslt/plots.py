@@ -1,10 +1,10 @@
-"""Diagnostic plots of LLC estimates, written straight to files (png, pdf or svg).
+"""Diagnostic plots of LLC estimates, as figures and (when asked) files (png, pdf or svg).
 
-Every function builds a ``matplotlib.figure.Figure`` directly (never ``pyplot``), saves it with
-``fig.savefig(path)`` and returns the ``Path`` written: no window opens, no global state (the
-backend, pyplot's figure list, rcParams) changes, so the functions work headless, in threads and
-in notebooks alike. The file format follows the suffix of ``path``; missing parent folders are
-created.
+One convention for every function: it builds a ``matplotlib.figure.Figure`` directly (never
+``pyplot``) and returns it; given ``path=`` it also writes it there (``fig.savefig``). No window
+opens, no global state (the backend, pyplot's figure list, rcParams) changes, so the functions
+work headless, in threads and in notebooks alike. The file format follows the suffix of
+``path``; missing parent folders are created.
 
 - ``plot_trace(result, path)``: minibatch loss per chain (burn-in shaded) above the running LLC
   estimate per chain, with the final mean ± std band.
@@ -13,8 +13,10 @@ created.
 - ``plot_summary(result, path, diagnostics=...)``: a one-page (8.5 × 11 in) report: both trace
   panels, the per-chain estimates, the settings and the diagnostics' warnings.
 - ``plot_stages(steps, llc, stages, ...)``: an LLC curve over training checkpoints split into the
-  stages of ``jaxslt.stages.detect_stages``. It returns the ``Figure`` (for notebooks and further
-  drawing) and writes it only when given ``path=``.
+  stages of ``jaxslt.stages.detect_stages``.
+- ``plot_trajectory(table, ...)``: ``llc_trajectory``'s table: λ̂ ± std against the training
+  step (log axis across decades), the loss on a twin axis, failed checkpoints ringed, robust y
+  limits.
 
 Conventions are the package's (README, "Conventions"): nβ the weight on the mean loss, γ the
 localization, ε the SGLD noise variance. Diverged chains (NaN/inf losses) are drawn dashed with a
@@ -23,6 +25,7 @@ dotted line at the divergence and labelled; non-finite values are never plotted 
 
 from __future__ import annotations
 
+import itertools
 import math
 import textwrap
 from collections.abc import Sequence
@@ -40,10 +43,13 @@ __all__ = [
     "STAGES_FIGSIZE",
     "SUMMARY_FIGSIZE",
     "TRACE_FIGSIZE",
+    "TRAJECTORY_FIGSIZE",
     "plot_calibration",
     "plot_stages",
     "plot_summary",
     "plot_trace",
+    "plot_trajectory",
+    "robust_limits",
 ]
 
 DPI = 150  # resolution of PNG output (pdf/svg are vector); png pixels = figsize × DPI
@@ -221,33 +227,68 @@ def _divergence_index(c: _Chains, chain: int) -> int | None:
     return min(step, full.size - 1)
 
 
+def _binned_mean(x: np.ndarray, y: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Means of y (NaN-aware) and of x over ``bins`` equal consecutive blocks (fewer when short):
+    the line that stays readable where the raw trace is an overplotted band."""
+    n = y.size
+    if n <= bins:
+        return x, y
+    edges = np.linspace(0, n, bins + 1).astype(int)
+    xs = np.array([x[a:b].mean() for a, b in itertools.pairwise(edges)])
+    with np.errstate(all="ignore"):
+        finite = np.where(np.isfinite(y), y, np.nan)
+        ys = np.array([np.nanmean(finite[a:b]) if np.isfinite(finite[a:b]).any() else np.nan
+                       for a, b in itertools.pairwise(edges)])  # fmt: skip
+    return xs, ys
+
+
+TRACE_BINS = 150  # the loss per chain is drawn as this many block means over the raw trace
+LONG_BURNIN = 0.5  # burn-in longer than this × the kept draws gets its own narrow panel
+
+
 def _draw_traces(
-    ax_loss, ax_llc, c: _Chains, *, true_llc: float | None, legend_fontsize: float = 8
+    ax_loss,
+    ax_llc,
+    c: _Chains,
+    *,
+    true_llc: float | None,
+    legend_fontsize: float = 8,
+    ax_burn: Any = None,
 ) -> None:
-    """(a) minibatch loss per chain, burn-in shaded; (b) running LLC per chain with the band."""
+    """(a) minibatch loss per chain, burn-in shaded; (b) running LLC per chain with the band.
+    With ``ax_burn`` the burn-in loss goes there (its own x axis) and (a) shows only the kept
+    draws, so that a long burn-in cannot squeeze them into the end of the axis."""
     b, d = c.num_burnin, c.num_draws
     stride = max(1, math.ceil((b + d) / MAX_POINTS))
     x_burn = np.arange(b)
     x_draw = b + np.arange(d)
     labelled = c.num_chains <= MAX_LABELLED_CHAINS
     healthy = ~c.diverged
+    burn_ax = ax_loss if ax_burn is None else ax_burn
 
     for ax in (ax_loss, ax_llc):
-        if b > 0:
+        if b > 0 and ax_burn is None:
             ax.axvspan(-0.5, b - 0.5, color="0.92", zorder=0, lw=0)
         ax.grid(True, color="0.85", lw=0.5)
+    if ax_burn is not None:
+        ax_burn.set_facecolor("0.96")
+        ax_burn.grid(True, color="0.85", lw=0.5)
 
     loss_handles: list[Any] = []
     for i in range(c.num_chains):
         div = bool(c.diverged[i])
         color = _chain_color(i, div)
         style = {"ls": "--", "lw": 0.9} if div else {"ls": "-", "lw": 0.6}
-        ax_loss.plot(
-            x_burn[::stride], _finite(c.burnin[i])[::stride], color=color, alpha=0.3, **style
-        )
-        ax_loss.plot(
-            x_draw[::stride], _finite(c.loss[i])[::stride], color=color, alpha=0.85, **style
-        )
+        # the raw trace as a light band, its block means as the line to read
+        for ax, xs, ys, alpha in (
+            (burn_ax, x_burn, c.burnin[i], 0.45),
+            (ax_loss, x_draw, c.loss[i], 0.9),
+        ):
+            if xs.size == 0:
+                continue
+            ax.plot(xs[::stride], _finite(ys)[::stride], color=color, alpha=0.15, lw=0.4)
+            ax.plot(*_binned_mean(xs, _finite(ys), TRACE_BINS), color=color, alpha=alpha,
+                    **{**style, "lw": style["lw"] + 0.6})  # fmt: skip
         ax_llc.plot(
             x_draw[::stride],
             _finite(c.running[i])[::stride],
@@ -300,6 +341,8 @@ def _draw_traces(
 
     if np.isfinite(c.init_loss):
         ax_loss.axhline(c.init_loss, color="black", ls="--", lw=1.2, zorder=5)
+        if ax_burn is not None:
+            ax_burn.axhline(c.init_loss, color="black", ls="--", lw=1.2, zorder=5)
         loss_handles.append(
             Line2D(
                 [],
@@ -311,7 +354,11 @@ def _draw_traces(
             )
         )
     if b > 0:
-        loss_handles.append(Patch(color="0.92", label=f"burn-in ({b} steps, lighter)"))
+        where = "left panel" if ax_burn is not None else "shaded"
+        loss_handles.append(Patch(color="0.92", label=f"burn-in ({b} steps, {where})"))
+    loss_handles.append(
+        Line2D([], [], color="0.3", lw=1.2, label=f"block means ({TRACE_BINS} per trace)")
+    )
 
     # axis ranges from the healthy chains only: a diverging chain's blow-up must not flatten
     # everything else (its line simply leaves the axes; the dotted line marks where)
@@ -319,6 +366,14 @@ def _draw_traces(
     lim = _limits([c.burnin[source], c.loss[source], c.init_loss])
     if lim is not None:
         ax_loss.set_ylim(lim)
+    if ax_burn is not None:
+        lim_burn = _limits([c.burnin[source], c.init_loss])
+        if lim_burn is not None:
+            ax_burn.set_ylim(lim_burn)
+        ax_burn.set_xlim(-0.5, b - 0.5)
+        ax_burn.set_title("burn-in", loc="left", fontsize=9)
+        ax_burn.set_xlabel("step")
+        ax_burn.locator_params(axis="x", nbins=2)
 
     llc_handles: list[Any] = []
     mean_ok = np.isfinite(c.llc_mean)
@@ -362,9 +417,9 @@ def _draw_traces(
     )
     if lim is not None:
         ax_llc.set_ylim(lim)
-    ax_llc.set_xlim(-0.5 if b > 0 else b - 0.5, b + max(d, 1) - 0.5)
+    ax_llc.set_xlim(-0.5 if b > 0 and ax_burn is None else b - 0.5, b + max(d, 1) - 0.5)
 
-    ax_loss.set_ylabel(r"minibatch loss $L_B(w_t)$")
+    (ax_loss if ax_burn is None else ax_burn).set_ylabel(r"minibatch loss $L_B(w_t)$")
     ax_llc.set_ylabel(r"running $\hat\lambda$ = $n\beta\,(\overline{L_B} - L_n(w^*))$")
     ax_llc.set_xlabel("step (burn-in, then kept draws)")
     ax_loss.set_title("(a) loss per chain", loc="left", fontsize=9)
@@ -387,28 +442,41 @@ def _draw_traces(
 
 def plot_trace(
     result: Any,
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     true_llc: float | None = None,
     title: str | None = None,
-) -> Path:
-    """Trace plot of one ``LLCResult``, written to ``path`` (png/pdf/svg by suffix).
+) -> Figure:
+    """Trace plot of one ``LLCResult``; returns the figure, written to ``path`` (png/pdf/svg by
+    suffix) when given.
 
     Two panels sharing the x axis (burn-in steps, shaded, then the kept draws): (a) the minibatch
     loss of every chain with a dashed line at L_n(w*); (b) the running estimate
     nβ·(mean_{s≤t} L_B(w_s) − L_n(w*)) of every chain (``result.running_llc()``) with the final
     mean ± std band and, if given, a dashed line at ``true_llc``. Diverged chains are dashed,
     marked with a dotted line (and a red ×) where their loss became non-finite, and labelled;
-    the y ranges follow the healthy chains. nβ, γ, ε appear in the title block. Returns the path.
+    the y ranges follow the healthy chains. nβ, γ, ε appear in the title block.
     """
-    path = _output_path(path)
+    out = None if path is None else _output_path(path)
     c = _chains(result)
     fig = Figure(figsize=TRACE_FIGSIZE, layout="constrained")
-    ax_loss, ax_llc = fig.subplots(2, 1, sharex=True)
-    _draw_traces(ax_loss, ax_llc, c, true_llc=true_llc)
+    if c.num_burnin > LONG_BURNIN * c.num_draws:
+        # a long burn-in gets its own narrow panel; the kept draws fill the main axes
+        grid = fig.add_gridspec(2, 2, width_ratios=[1, 4])
+        ax_burn = fig.add_subplot(grid[0, 0])
+        ax_loss = fig.add_subplot(grid[0, 1])
+        ax_llc = fig.add_subplot(grid[1, 1], sharex=ax_loss)
+        note = fig.add_subplot(grid[1, 0])
+        note.axis("off")
+    else:
+        ax_burn = None
+        ax_loss, ax_llc = fig.subplots(2, 1, sharex=True)
+    _draw_traces(ax_loss, ax_llc, c, true_llc=true_llc, ax_burn=ax_burn)
     heading = title if title is not None else "LLC estimate: SGLD traces"
     fig.suptitle(f"{heading}\n{_estimate_line(c)}\n{_settings_line(c)}", fontsize=10)
-    return _save(fig, path)
+    if out is not None:
+        _save(fig, out)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,8 +543,11 @@ def _ring(ax, x, y, *, zorder=7):
     )
 
 
-def plot_calibration(table: Any, path: str | Path, *, true_llc: float | None = None) -> Path:
-    """Calibration grid plot of a step_size × localization table, written to ``path``.
+def plot_calibration(
+    table: Any, path: str | Path | None = None, *, true_llc: float | None = None
+) -> Figure:
+    """Calibration grid plot of a step_size × localization table; returns the figure, written
+    to ``path`` when given.
 
     ``table``: a pandas DataFrame with columns step_size, localization, llc_mean, llc_std,
     mala_accept, diverged (number of diverged chains), ok (bool), selected (bool; the recommended
@@ -487,11 +558,11 @@ def plot_calibration(table: Any, path: str | Path, *, true_llc: float | None = N
     diverged) filled, unhealthy ones hollow, the selected cell circled, cells without an
     estimate (all chains diverged) marked × at the bottom, the ε → 0 extrapolation as a diamond
     at the left edge, ``true_llc`` dashed. Right: MALA acceptance vs ε per γ with the target
-    band 0.8–0.95 (NaN acceptances skipped). Returns the path.
+    band 0.8–0.95 (NaN acceptances skipped).
     """
     import pandas as pd
 
-    path = _output_path(path)
+    out = None if path is None else _output_path(path)
     if not isinstance(table, pd.DataFrame):
         table = pd.DataFrame(table)
     missing = [col for col in _CALIBRATION_COLUMNS if col not in table.columns]
@@ -671,7 +742,9 @@ def plot_calibration(table: Any, path: str | Path, *, true_llc: float | None = N
         fontsize=8,
         frameon=False,
     )
-    return _save(fig, path)
+    if out is not None:
+        _save(fig, out)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -821,31 +894,42 @@ def _draw_per_chain(ax, c: _Chains, true_llc: float | None) -> None:
 
 def plot_summary(
     result: Any,
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     diagnostics: Any = None,
     true_llc: float | None = None,
-) -> Path:
-    """A one-page (8.5 × 11 in) diagnostics summary of one ``LLCResult``, written to ``path``.
+) -> Figure:
+    """A one-page (8.5 × 11 in) diagnostics summary of one ``LLCResult``; returns the figure,
+    written to ``path`` when given.
 
     The two trace panels of ``plot_trace``; the per-chain estimates (a strip, or a histogram for
     more than 16 chains) with the mean ± std band and ``true_llc``; a text block with the estimate
     ± std, nβ, γ, ε, L_n(w*), chains/draws/burn-in, acceptance and divergences; and, when
     ``diagnostics`` is given, its verdict, R-hat, bulk ESS and warnings (wrapped; "no warnings"
     when there are none). Any object works as ``diagnostics``: without a ``warnings`` attribute
-    its ``str()`` is shown. Returns the path.
+    its ``str()`` is shown.
     """
-    path = _output_path(path)
+    out = None if path is None else _output_path(path)
     c = _chains(result)
     fig = Figure(figsize=SUMMARY_FIGSIZE, layout="constrained")
     grid = fig.add_gridspec(4, 2, height_ratios=[3.0, 3.0, 2.3, 1.9], width_ratios=[1.0, 1.0])
-    ax_loss = fig.add_subplot(grid[0, :])
-    ax_llc = fig.add_subplot(grid[1, :], sharex=ax_loss)
+    ax_burn = None
+    if c.num_burnin > LONG_BURNIN * c.num_draws:
+        # as in plot_trace: a long burn-in gets a narrow panel of its own
+        top = grid[0, :].subgridspec(1, 2, width_ratios=[1, 4])
+        ax_burn = fig.add_subplot(top[0, 0])
+        ax_loss = fig.add_subplot(top[0, 1])
+        bottom = grid[1, :].subgridspec(1, 2, width_ratios=[1, 4])
+        ax_llc = fig.add_subplot(bottom[0, 1], sharex=ax_loss)
+        fig.add_subplot(bottom[0, 0]).axis("off")
+    else:
+        ax_loss = fig.add_subplot(grid[0, :])
+        ax_llc = fig.add_subplot(grid[1, :], sharex=ax_loss)
     ax_chain = fig.add_subplot(grid[2, 0])
     ax_text = fig.add_subplot(grid[2, 1])
     ax_diag = fig.add_subplot(grid[3, :])
 
-    _draw_traces(ax_loss, ax_llc, c, true_llc=true_llc, legend_fontsize=7)
+    _draw_traces(ax_loss, ax_llc, c, true_llc=true_llc, legend_fontsize=7, ax_burn=ax_burn)
     _draw_per_chain(ax_chain, c, true_llc)
 
     ax_text.axis("off")
@@ -885,7 +969,9 @@ def plot_summary(
     )
 
     fig.suptitle(f"LLC estimate summary\n{_estimate_line(c)}", fontsize=11)
-    return _save(fig, path)
+    if out is not None:
+        _save(fig, out)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -895,7 +981,7 @@ STAGES_FIGSIZE = (10.0, 5.5)
 _STAGE_SHADE = "0.90"  # every other stage is shaded; the rest stay white
 _POINT_MARKERS = {"peak": "^", "trough": "v"}
 _LOSS_COLOR = "tab:orange"
-_STAGE_ARROWS = {"rising": "↑", "falling": "↓", "flat": "→"}
+_STAGE_ARROWS = {"rising": "↑", "falling": "↓", "flat": "→", "insufficient": "?"}
 
 
 def _critical_point_style(kind: str, on_loss: bool) -> dict[str, Any]:
@@ -981,17 +1067,17 @@ def plot_stages(
     ax.plot(s, y, color=_HEALTHY_COLOR, lw=0.8, marker="o", ms=2.5, zorder=3)
     handles.append(Line2D([], [], color=_HEALTHY_COLOR, lw=0.8, marker="o", ms=2.5))
     labels.append(r"$\hat\lambda$ per checkpoint")
-    ax.plot(s, stages.smoothed, color="navy", lw=1.2, alpha=0.7, zorder=4)
-    handles.append(Line2D([], [], color="navy", lw=1.2, alpha=0.7))
-    labels.append(
-        f"smoothed (kernel width {_fmt(stages.bandwidth, 3)}"
-        + (" decades)" if stages.scale == "log" else " steps)")
-    )
-    knots_x = np.r_[table["start_step"].to_numpy(float), table["end_step"].to_numpy(float)[-1:]]
-    knots_y = np.r_[table["llc_start"].to_numpy(float), table["llc_end"].to_numpy(float)[-1:]]
-    ax.plot(knots_x, knots_y, color="black", lw=1.6, ls="--", zorder=5)
-    handles.append(Line2D([], [], color="black", lw=1.6, ls="--"))
-    labels.append("stage model")
+    if np.isfinite(stages.smoothed).any():
+        ax.plot(s, stages.smoothed, color="navy", lw=1.2, alpha=0.7, zorder=4)
+        handles.append(Line2D([], [], color="navy", lw=1.2, alpha=0.7))
+        labels.append(
+            f"smoothed (kernel width {_fmt(stages.bandwidth, 3)}"
+            + (" decades)" if stages.scale == "log" else " steps)")
+        )
+    if np.isfinite(stages.model).all():  # NaN when the result is "insufficient"
+        ax.plot(s, stages.model, color="black", lw=1.6, ls="--", zorder=5)
+        handles.append(Line2D([], [], color="black", lw=1.6, ls="--"))
+        labels.append("stage model")
 
     ax_loss = None
     if w is not None:
@@ -1032,7 +1118,14 @@ def plot_stages(
     ax.grid(True, which="major", color="0.85", lw=0.5)
     n = stages.num_stages
     heading = title if title is not None else "Developmental stages of the LLC"
-    fig.suptitle(f"{heading}: {n} stage{'s' if n != 1 else ''}", fontsize=11)
+    if stages.status == "insufficient":
+        fig.suptitle(
+            f"{heading}: too few checkpoints to tell stages from noise "
+            f"({s.size}; needs {stages.needed})",
+            fontsize=11,
+        )
+    else:
+        fig.suptitle(f"{heading}: {n} stage{'s' if n != 1 else ''}", fontsize=11)
     fig.legend(
         handles,
         labels,
@@ -1041,6 +1134,153 @@ def plot_stages(
         fontsize=8,
         frameon=False,
     )
+    if out is not None:
+        _save(fig, out)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# plot_trajectory
+
+TRAJECTORY_FIGSIZE = (9.0, 5.0)
+_FAILED_COLOR = "tab:red"
+
+
+def robust_limits(values: np.ndarray, *, reach: float = 1.5) -> tuple[float, float] | None:
+    """y limits that one outlier cannot flatten: the finite values' range, clipped to
+    [q₁₀ − reach·(q₉₀ − q₁₀), q₉₀ + reach·(q₉₀ − q₁₀)] (q the percentiles), padded by 8%.
+    Values outside are outliers (drawn at the edge by ``plot_trajectory``). None when no
+    value is finite."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return None
+    q10, q90 = np.percentile(v, [10.0, 90.0])
+    spread = q90 - q10
+    lo, hi = float(v.min()), float(v.max())
+    if spread > 0:
+        lo, hi = max(lo, q10 - reach * spread), min(hi, q90 + reach * spread)
+    return _limits([lo, hi])
+
+
+def plot_trajectory(
+    table: Any,
+    *,
+    loss: str | None = "init_loss",
+    stages: Any = None,
+    ylim: tuple[float, float] | None = None,
+    title: str | None = None,
+    path: str | Path | None = None,
+) -> Figure:
+    """λ̂ over training: ``llc_trajectory``'s table as LLC ± std against the training step.
+
+    Points with ± ``llc_std`` error bars (the spread of the chains; the standard error of the
+    mean is llc_std/√num_chains); the x axis is logarithmic when the positive steps span more
+    than two decades (symlog through a step 0, as ``jaxslt.stages.step_axis`` places it);
+    the ``loss`` column (default ``init_loss``, L_n(w_t)) on a twin axis, log-scaled when
+    positive and spanning more than a decade. Checkpoints whose diagnostics failed
+    (``ok`` False) are ringed in red and counted in the legend. The y limits are robust
+    (``robust_limits``): an outlier such as λ̂ = −250 at step 0 is drawn as a red arrow at
+    the edge with its value, instead of squashing every other point into a line; ``ylim``
+    sets the limits instead (e.g. to look at a plateau), points beyond drawn the same way. With
+    ``stages`` (``jaxslt.detect_stages`` of the same curve) the stage boundaries are dotted
+    lines and the stage model is dashed. Returns the figure; with ``path`` (png/pdf/svg) it is
+    also written there.
+    """
+    from jaxslt.stages import as_curve, axis_scale
+
+    for column in ("step", "llc_mean"):
+        if column not in getattr(table, "columns", ()):
+            raise ValueError(
+                f"table must be llc_trajectory's DataFrame (columns step, llc_mean, llc_std, "
+                f"...); it has no {column!r} column"
+            )
+    out = None if path is None else _output_path(path)
+    s = as_curve("steps", np.asarray(table["step"], dtype=float))
+    y = np.asarray(table["llc_mean"], dtype=float)
+    std = np.asarray(table["llc_std"], dtype=float) if "llc_std" in table.columns else None
+    ok = np.asarray(table["ok"], dtype=bool) if "ok" in table.columns else np.ones(s.size, bool)
+    w = None
+    if loss is not None and loss in table.columns:
+        w = np.asarray(table[loss], dtype=float)
+
+    fig = Figure(figsize=TRAJECTORY_FIGSIZE, layout="constrained")
+    ax = fig.subplots()
+    scale = axis_scale(s)
+    _stage_axis(ax, s, scale)
+    handles: list[Any] = []
+    labels: list[str] = []
+    finite = np.isfinite(y)
+    ax.errorbar(
+        s[finite], y[finite], yerr=None if std is None else std[finite], color=_HEALTHY_COLOR,
+        marker="o", ms=4, lw=1.0, elinewidth=0.8, capsize=2, zorder=4,
+    )  # fmt: skip
+    handles.append(Line2D([], [], color=_HEALTHY_COLOR, marker="o", ms=4, lw=1.0))
+    labels.append(r"$\hat\lambda$ ± llc_std (spread of the chains)")
+    failed = ~ok & finite
+    if failed.any():
+        ax.plot(
+            s[failed], y[failed], ls="none", marker="o", ms=11, mfc="none",
+            mec=_FAILED_COLOR, mew=1.6, zorder=6,
+        )  # fmt: skip
+        handles.append(Line2D([], [], ls="none", marker="o", ms=11, mfc="none",
+                              mec=_FAILED_COLOR, mew=1.6))  # fmt: skip
+        labels.append(f"failed diagnostics ({int(failed.sum())} of {s.size}; see warnings)")
+    if stages is not None:
+        for b in stages.boundaries[1:-1]:
+            ax.axvline(b, color="0.55", lw=0.8, ls=":", zorder=1)
+        if np.isfinite(stages.model).all() and stages.model.size == s.size:
+            ax.plot(s, stages.model, color="black", lw=1.4, ls="--", zorder=5)
+            handles.append(Line2D([], [], color="black", lw=1.4, ls="--"))
+            labels.append("stage model (boundaries dotted)")
+
+    band = [y] if std is None else [y, y - std, y + std]
+    lim = robust_limits(np.concatenate([b[finite] for b in band])) if ylim is None else ylim
+    if lim is not None:
+        lo, hi = lim
+        ax.set_ylim(lo, hi)
+        outside = np.flatnonzero(finite & ((y < lo) | (y > hi)))
+        # every outlier gets an arrow at the edge; values are written for at most four (the
+        # first, the most extreme each way, the last), so that a run of them stays legible
+        named = set(outside[:1]) | set(outside[-1:])
+        if outside.size:
+            named |= {int(outside[np.argmin(y[outside])]), int(outside[np.argmax(y[outside])])}
+        for i in outside:
+            top = y[i] > hi
+            edge = hi if top else lo
+            text = f"{_fmt(y[i], 3)}" + ("" if ok[i] else " (failed)") if i in named else ""
+            lift = 14 + 11 * (sorted(named).index(i) % 2 if i in named else 0)  # stagger
+            ax.annotate(
+                text, (s[i], edge), xytext=(0, -lift if top else lift),
+                textcoords="offset points", ha="center", va="center", fontsize=8,
+                color=_FAILED_COLOR,
+                arrowprops={"arrowstyle": "->", "color": _FAILED_COLOR, "lw": 1.2},
+                annotation_clip=False,
+            )  # fmt: skip
+        if outside.size:
+            handles.append(Line2D([], [], color=_FAILED_COLOR, marker=r"$\uparrow$", ls="none"))
+            labels.append(f"{outside.size} point(s) beyond the axis (arrows; values of up to 4)")
+
+    if w is not None and np.isfinite(w).any():
+        ax_loss = ax.twinx()
+        ax_loss.plot(s, _finite(w), color=_LOSS_COLOR, lw=1.2, alpha=0.9, zorder=3)
+        positive = w[np.isfinite(w)]
+        if (positive > 0).all() and positive.max() / positive.min() > 10.0:
+            ax_loss.set_yscale("log")
+        ax_loss.set_ylabel(f"loss ({loss})", color=_LOSS_COLOR)
+        ax_loss.tick_params(axis="y", colors=_LOSS_COLOR)
+        handles.append(Line2D([], [], color=_LOSS_COLOR, lw=1.2))
+        labels.append(f"{loss} (right axis)")
+        ax.set_zorder(ax_loss.get_zorder() + 1)  # the LLC in front of the loss
+        ax.patch.set_visible(False)
+
+    ax.set_xlim(s[0], s[-1]) if s.size > 1 else None
+    ax.set_xlabel("training step" + (" (log scale)" if scale == "log" else ""))
+    ax.set_ylabel(r"LLC $\hat\lambda$")
+    ax.grid(True, which="major", color="0.85", lw=0.5)
+    fig.suptitle(title if title is not None else "LLC over training", fontsize=11)
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 3),
+               fontsize=8, frameon=False)  # fmt: skip
     if out is not None:
         _save(fig, out)
     return fig

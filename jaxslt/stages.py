@@ -8,51 +8,63 @@ transformers"). ``detect_stages`` finds them in a noisy curve y_t at steps s_t a
    (``scale="auto"``; checkpoints are usually log-spaced), a step 0 placed as matplotlib's
    ``symlog`` places it (linear below the first positive step s₁, [0, s₁] one decade wide);
    otherwise x = step. X = x_max − x_min.
-2. **Noise.** σ_t is the larger of the given ``llc_std`` and the scatter σ̂ seen about a smooth
-   curve (``noise_scale`` with kernel width h/2: corners inflate the residuals by about
-   (Δslope·h)², and boundaries are corners), so an underestimated ``llc_std`` cannot create
-   stages. When σ̂ is
-   the one used, it was estimated from ν residual degrees of freedom and every threshold below
-   becomes the Student-t(ν) quantile with the tail probability of the normal ``significance``.
+2. **Noise.** The errors e_t of the λ̂_t have Cov(e_s, e_t) = σ_s σ_t ρ^|s−t| (AR(1) in
+   checkpoint order, ρ = ``correlation``: one key for every checkpoint, common random numbers,
+   correlates neighbours). With ``llc_std`` σ_t is the stated value; without it σ is estimated
+   from the scatter about a smooth curve (``noise_scale``, corrected for ρ, kernel width h/2:
+   corners inflate residuals) and every threshold becomes the Student-t(ν) quantile with the
+   tail probability of the normal ``significance`` (ν the Satterthwaite degrees of freedom).
+   That needs at least ``MIN_POINTS_ESTIMATE`` = 12 checkpoints (below, ν ≲ 6 and the 4σ
+   threshold becomes ≳ 10σ); with ``llc_std`` at least ``MIN_POINTS`` = 3. With fewer the
+   result is ``status="insufficient"`` and a ``StagesWarning`` names the number needed.
 3. **Smoothing.** Local-linear regression with a Gaussian kernel of width h = ``smoothing``·X
-   (widened locally to the second-nearest checkpoint where they are sparse) and weights 1/σ_t²;
-   unlike a moving average it has no bias at the ends. It is linear, ŷ = S·y, so the standard
-   error se_t = sqrt(Σ_s S_ts² σ_s²) of ŷ_t is exact for independent noise. R = max ŷ − min ŷ.
+   (widened where checkpoints are sparse to half the distance of the second-nearest one, so
+   every local line rests on three points and farther ones cannot pull it off them) and
+   weights 1/σ_t². It is linear, ŷ = S·y, so Cov(ŷ) = S Σ Sᵀ exactly, correlation included.
+   R = max ŷ − min ŷ. A positive loss is smoothed (and segmented) as log(loss): never < 0.
 4. **Boundaries.** (a) Every local maximum (minimum) of ŷ whose topographic prominence exceeds
-   ``significance``·sqrt(se_peak² + se_base²) (``scipy.signal.find_peaks``), the most
-   significant first, kept ``min_stage``·X apart and from the ends. (b) Knees, by binary
-   segmentation: a stretch between boundaries is split at the knee of the best continuous
-   two-piece line through its raw values when that lowers χ² = Σ (y − fit)²/σ² by more than
-   ``significance``², and so on in the halves. (c) The stage model is the continuous
-   piecewise-linear fit (weighted least squares) with knots at the boundaries; each boundary
-   moves to the checkpoint within 2h that minimises its χ² (coordinate descent), keeping stages
-   ``min_stage``·X long. Smoothing rounds corners and shifts them toward the gentler side; the
-   stage model does not.
-5. **Stages.** With c_k the stage model at boundary k, a stage is "flat" when
-   |c_{k+1} − c_k| ≤ ``flat``·R·Δx/X + ``significance``·se(c_{k+1} − c_k), i.e. unless it
-   changes significantly more than ``flat`` times the slope that crosses R over the whole axis;
-   otherwise "rising" or "falling". Stages are maximal: a boundary between two stages of the
-   same kind (a plateau split by noise, a rise with a kink) is dropped and (c) repeated until
-   none is left. Critical points are read off the sequence: rising → falling is a peak,
-   falling → rising a trough, a flat stage a plateau.
+   ``significance``·sd(ŷ_peak − ŷ_base) (``scipy.signal.find_peaks``), the most significant
+   first, kept ``min_stage``·X apart and from the ends (``min_stage`` → 0 when the
+   checkpoints are sparser than that: (N − 1)·``min_stage`` ≤ 1). (b) Knees, by binary
+   segmentation: a stretch is split at the knee of the best continuous two-piece line when
+   that lowers the generalised χ² = (y − fit)ᵀ Σ⁻¹ (y − fit) (Prais–Winsten whitening) by more
+   than ``significance``²; on stretches with at most 40 candidates the best pair of knees
+   (rise–flat–rise needs both at once) wins when it beats the line by 2·``significance``² and
+   the single knee by ``significance``². (c) The stage model is the continuous
+   piecewise-linear GLS fit with knots at the boundaries; each knot moves to the checkpoint
+   within max(2h, the largest spacing) that minimises its χ² (coordinate descent).
+5. **Stages.** With c_k the stage model at knot k (the weighted least-squares fit with those
+   knots, which follows the points; the GLS χ² only places them) and se(c_{k+1} − c_k) from its
+   sandwich covariance under Σ, a piece is "flat" when |c_{k+1} − c_k| ≤ ``significance``·se
+   + min(``flat``·R·Δx/X, ``significance``·se) (a slow drift of at most ``flat`` times the
+   mean slope is tolerated, never more than the significance threshold again), otherwise
+   "rising" or "falling".
+   Neighbouring pieces of the same kind are one stage; the stage model keeps every knot, so it
+   follows the points. Critical points are read off the stage sequence: rising → falling is a
+   peak, falling → rising a trough, a flat stage a plateau.
+6. **Goodness of fit.** With ``llc_std`` the stage model's χ² is compared with χ²_ν
+   (ν = N − knots): beyond its 1 − 10⁻³ quantile the boundaries are searched again without
+   the ``min_stage`` limit (a fast transition between slow stretches needs close knots); if
+   the fit is still improbable the stated σ is too small (or the curve has structure finer
+   than its checkpoints): with ν ≥ 12 σ is scaled by √(χ²/ν) and steps 3–5 repeated with
+   Student-t(ν) thresholds, with fewer a ``StagesWarning`` says so.
 
 With ``loss``, the loss curve goes through steps 2–5 on its own (σ always estimated from its
-scatter). Its boundaries (where a loss plateau ends and a sudden drop begins, where the drop
-ends, loss spikes) become boundaries too, unless an LLC boundary lies within ``min_stage``·X; a
-stage then has the kind of the LLC stage holding it. Stage values are each curve's own stage
-model at the boundaries.
+scatter, so at least 12 checkpoints). Its boundaries (where a loss plateau ends and a sudden
+drop begins, where the drop ends, loss spikes) become boundaries too, unless an LLC boundary
+lies within ``min_stage``·X; a stage then has the kind of the LLC stage holding it.
 
-Defaults (``smoothing`` 0.05, ``significance`` 4, ``flat`` 0.1, ``min_stage`` 2·``smoothing``),
-measured: 1 false stage in 9000 pure-noise curves of 20–300 checkpoints (with and without
-``llc_std``); on a rise–peak–fall–plateau curve (81 checkpoints over 4 decades, noise 3% of the
-peak) the right stages in 200 of 200 draws, the corners' RMS error at the Fisher-information
-limit of the stage model (0.02 and 0.08 decades; limit 0.02 and 0.07).
+Measured in ``benchmarks/stages.py`` (results in ``benchmarks/results/stages-cpu.md``): false
+stages on pure noise with and without correlation, and the recovery of rise–plateau–rise–fall
+curves at 6–100 checkpoints.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -60,15 +72,34 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import pandas as pd
 from scipy.signal import find_peaks
+from scipy.stats import chi2 as chi2_dist
 from scipy.stats import norm as normal
 from scipy.stats import t as student_t
 
-__all__ = ["Stages", "detect_stages", "noise_scale", "step_axis"]
+__all__ = [
+    "Stages",
+    "StagesWarning",
+    "adjacent_correlation",
+    "axis_scale",
+    "detect_stages",
+    "noise_scale",
+    "step_axis",
+]
 
-MIN_POINTS = 5  # a peak needs two points each side; the noise estimate needs second differences
+MIN_POINTS = 3  # with llc_std: a knee (two stages) needs three checkpoints
+# without llc_std σ comes from the scatter; below 12 checkpoints its ν ≲ 6 residual degrees of
+# freedom make the 4σ threshold a Student-t quantile ≳ 10σ: nothing short of a cliff is found
+MIN_POINTS_ESTIMATE = 12
+DEFAULT_CORRELATION = 0.0
+GOF_TAIL = 1e-3  # a stated llc_std is scaled up when the stage model's χ² is this improbable
 SCALES = ("auto", "log", "linear")
 POINT_KINDS = ("peak", "trough", "plateau")
-STAGE_KINDS = ("rising", "falling", "flat")
+STAGE_KINDS = ("rising", "falling", "flat", "insufficient")
+
+
+class StagesWarning(UserWarning):
+    """detect_stages could not use all of its input (too few checkpoints)."""
+
 
 _MAD_TO_STD = 1.482602218505602  # 1/Φ⁻¹(3/4): the MAD of a normal sample → its std
 
@@ -86,12 +117,19 @@ class Stages:
       boundary, which stands for it). Empty when the LLC is one flat stage and there is no loss.
     - ``stages``: one row per stage: ``stage`` (0, 1, ...), ``start_step``, ``end_step``,
       ``kind`` ("rising", "falling" or "flat"), ``llc_start``, ``llc_end``, ``llc_change`` (the
-      LLC's stage model, the continuous piecewise-linear fit through its boundaries) and, with a
+      LLC's stage model, the continuous piecewise-linear fit through its boundaries),
+      ``llc_change_se`` (its standard error under the noise model: a "flat" stage has
+      |llc_change| ≤ ``significance``·``llc_change_se``, a rising/falling one more) and, with a
       loss, ``loss_start``, ``loss_end``, ``loss_change`` (the loss's stage model).
     - ``smoothed`` / ``smoothed_std``: the kernel-smoothed LLC ŷ and its standard error at every
       checkpoint; ``smoothed_loss``: the smoothed loss (None without one).
     - ``noise``: σ used for each LLC value; ``scale``: "log" or "linear"; ``bandwidth``: the
       kernel width h in units of the x axis (decades on a log scale).
+    - ``model``: the LLC's stage model at every checkpoint (residuals y − model are the check
+      that it follows the points: Σ((y − model)/σ)² ≈ N − number of boundaries);
+      ``correlation``: the ρ of the noise model.
+    - ``status``: "ok", or "insufficient" when there were too few checkpoints (fewer than
+      ``needed``) to tell stages from noise: one stage of kind "insufficient", NaN curves.
     """
 
     boundaries: np.ndarray
@@ -103,6 +141,10 @@ class Stages:
     noise: np.ndarray
     scale: str
     bandwidth: float
+    model: np.ndarray
+    correlation: float
+    status: Literal["ok", "insufficient"] = "ok"
+    needed: int = MIN_POINTS
 
     @property
     def num_stages(self) -> int:
@@ -124,6 +166,12 @@ def step_axis(steps: np.ndarray, scale: Literal["log", "linear"]) -> np.ndarray:
     return np.where(steps >= first, 1.0 + np.log10(np.maximum(steps, first) / first), steps / first)
 
 
+def axis_scale(steps: np.ndarray, scale: str = "auto") -> str:
+    """The x axis a curve over ``steps`` is read (and drawn) on: ``scale`` itself unless
+    "auto"; then "log" when the positive steps span more than two decades, else "linear"."""
+    return _resolve_scale(np.asarray(steps, dtype=float), scale)
+
+
 def _resolve_scale(steps: np.ndarray, scale: str) -> str:
     """Resolve scale="auto": "log" when the positive steps span more than two decades."""
     if scale != "auto":
@@ -135,106 +183,227 @@ def _resolve_scale(steps: np.ndarray, scale: str) -> str:
 
 
 class _Smooth(NamedTuple):
-    """Local-linear Gaussian-kernel smoother: ŷ = matrix @ y and its standard error."""
+    """Local-linear Gaussian-kernel smoother: ŷ = matrix @ y, its covariance and std."""
 
     x: np.ndarray
     matrix: np.ndarray
     value: np.ndarray
+    cov: np.ndarray
     std: np.ndarray
 
 
-def _smooth(x: np.ndarray, y: np.ndarray, sigma: np.ndarray, bandwidth: float) -> _Smooth:
+def _correlation(n: int, rho: float) -> np.ndarray:
+    """R_ij = ρ^|i−j|: the AR(1) correlation of the errors of n checkpoints in order."""
+    i = np.arange(n)
+    return rho ** np.abs(i[:, None] - i[None, :]) if rho > 0 else np.eye(n)
+
+
+def _whitener(sigma: np.ndarray, rho: float) -> np.ndarray:
+    """W with W Σ Wᵀ = I for Σ = D R D (D = diag σ, R the AR(1) correlation): the
+    Prais–Winsten transform z_0 = e_0/σ_0, z_t = (e_t/σ_t − ρ e_{t−1}/σ_{t−1})/√(1 − ρ²)."""
+    n = sigma.size
+    w = np.diag(1.0 / sigma)
+    if rho > 0 and n > 1:
+        c = 1.0 / math.sqrt(1.0 - rho**2)
+        idx = np.arange(1, n)
+        w[idx, idx] = c / sigma[1:]
+        w[idx, idx - 1] = -rho * c / sigma[:-1]
+    return w
+
+
+def _smooth(
+    x: np.ndarray, y: np.ndarray, sigma: np.ndarray, bandwidth: float, rho: float = 0.0
+) -> _Smooth:
     d = x[None, :] - x[:, None]  # d[t, s] = x_s − x_t: row t is the fit centred at x_t
-    # where checkpoints are sparse (a step 0 on a log axis) the kernel widens to the second
-    # nearest neighbour, so that every local line rests on at least three points
-    width = np.maximum(bandwidth, np.sort(np.abs(d), axis=1)[:, 2])[:, None]
+    # where checkpoints are sparse (a step 0 on a log axis, few checkpoints) the kernel widens
+    # to half the distance of the second nearest neighbour (weight e⁻² = 0.14 there), so that
+    # every local line rests on three points while farther ones (≤ e^−4.5 = 0.01 at 1.5× that
+    # distance) cannot pull it off them
+    near = np.sort(np.abs(d), axis=1)[:, min(2, x.size - 1)]
+    width = np.maximum(bandwidth, near / 2.0)[:, None]
     w = np.exp(-0.5 * (d / width) ** 2) / sigma[None, :] ** 2
     s0, s1, s2 = w.sum(1), (w * d).sum(1), (w * d * d).sum(1)
     # intercept of the weighted least-squares line through (x_s − x_t, y_s), in closed form
     matrix = w * (s2[:, None] - s1[:, None] * d) / (s0 * s2 - s1**2)[:, None]
-    return _Smooth(x, matrix, matrix @ y, np.sqrt((matrix**2) @ sigma**2))
+    cov = matrix @ (sigma[:, None] * _correlation(x.size, rho) * sigma[None, :]) @ matrix.T
+    return _Smooth(x, matrix, matrix @ y, cov, np.sqrt(np.maximum(np.diag(cov), 0.0)))
 
 
-def _noise(x: np.ndarray, y: np.ndarray, bandwidth: float) -> tuple[float, float]:
+def _noise(x: np.ndarray, y: np.ndarray, bandwidth: float, rho: float = 0.0) -> tuple[float, float]:
+    corr = _correlation(y.size, rho)
     d2 = y[:-2] - 2.0 * y[1:-1] + y[2:]
-    mad = _MAD_TO_STD * float(np.median(np.abs(d2 - np.median(d2)))) / math.sqrt(6.0)
+    # Var(e_{t−1} − 2e_t + e_{t+1}) = σ²(6 − 8ρ + 2ρ²) for AR(1) errors of correlation ρ
+    mad = _MAD_TO_STD * float(np.median(np.abs(d2 - np.median(d2))))
+    mad /= math.sqrt(6.0 - 8.0 * rho + 2.0 * rho**2)
     s = _smooth(x, y, np.ones_like(y), bandwidth).matrix
-    dof = y.size - 2.0 * float(np.trace(s)) + float(np.sum(s**2))
+    resid = np.eye(y.size) - s
+    m = resid @ corr @ resid.T  # E[(y − Sy)(y − Sy)ᵀ] = σ² M for a locally linear curve
+    trace = float(np.trace(m))
+    # Satterthwaite: RSS/σ² ≈ χ²_ν/ν·tr M with ν = (tr M)²/tr M²
+    dof = trace**2 / float(np.sum(m * m.T)) if trace > 0 else 0.0
     rss = float(np.sum((y - s @ y) ** 2))
-    return (max(mad, math.sqrt(rss / dof)) if dof > 0 else mad), max(dof, 1.0)
+    return (max(mad, math.sqrt(rss / trace)) if trace > 0 else mad), max(dof, 1.0)
 
 
-def noise_scale(x: np.ndarray, y: np.ndarray, bandwidth: float) -> float:
+def adjacent_correlation(curves: np.ndarray) -> float:
+    """ρ̂, the correlation of the errors of adjacent checkpoints, from R ≥ 3 independent-key
+    repeats of one curve (``curves``: R × T, e.g. ``llc_trajectory``'s ``llc_mean`` for R keys):
+    z_rt = (λ̂_rt − mean_r λ̂_rt)/sd_r, ρ̂ = R/(R − 1)·mean over r, t of z_rt z_r,t+1 (the
+    deviations from the mean over keys have correlation −1/(R − 1) across keys; R/(R − 1)
+    undoes the shrinkage of the within-key products). Pass it as ``detect_stages(correlation=)``
+    (clipped to [0, 0.99])."""
+    c = np.asarray(curves, dtype=float)
+    if c.ndim != 2 or c.shape[0] < 3 or c.shape[1] < 2:
+        raise ValueError(f"curves must be R × T with R ≥ 3 repeats and T ≥ 2; got {c.shape}")
+    r = c.shape[0]
+    dev = c - c.mean(axis=0)
+    sd = dev.std(axis=0, ddof=1)
+    z = dev[:, sd > 0] / sd[sd > 0]
+    return float(np.mean(z[:, :-1] * z[:, 1:]) * r / (r - 1))
+
+
+def noise_scale(x: np.ndarray, y: np.ndarray, bandwidth: float, correlation: float = 0.0) -> float:
     """σ of the scatter of y about a smooth curve: the larger of two estimates, so that neither's
     sampling error makes noise look like signal (corners and outliers only raise it).
 
-    - 1.4826·MAD of the second differences / √6 (Var(y_{t−1} − 2y_t + y_{t+1}) = 6σ² for white
-      noise on a locally linear curve; the median ignores a few corners and outliers);
-    - the residual variance of the local-linear fit of width ``bandwidth``,
-      RSS/ν with ν = N − 2·tr S + tr SᵀS (unbiased for a linear smoother ŷ = S·y, about twice
-      as precise as the MAD).
+    - 1.4826·MAD of the second differences / √(6 − 8ρ + 2ρ²) (Var(y_{t−1} − 2y_t + y_{t+1})
+      = σ²(6 − 8ρ + 2ρ²) for errors of adjacent correlation ρ (AR(1)) on a locally linear
+      curve; the median ignores a few corners and outliers);
+    - the residual variance of the local-linear fit ŷ = S·y of width ``bandwidth``: RSS/tr M
+      with M = (I − S) R (I − S)ᵀ, R_ij = ρ^|i−j| (E[RSS] = σ² tr M; for white noise
+      tr M = N − 2·tr S + tr SᵀS), about twice as precise as the MAD.
     """
-    return _noise(np.asarray(x, dtype=float), np.asarray(y, dtype=float), bandwidth)[0]
+    return _noise(
+        np.asarray(x, dtype=float), np.asarray(y, dtype=float), bandwidth, float(correlation)
+    )[0]
 
 
-def _knee_chi2(x, y, weight, lo, hi, knots):
-    """χ² (weighted RSS) of the continuous two-piece line through points lo..hi with its knee at
-    each checkpoint in ``knots``, and of the single line."""
-    xs, ys, ws = x[lo : hi + 1], y[lo : hi + 1], weight[lo : hi + 1]
+class _Noise(NamedTuple):
+    """The error model of one curve: σ_t per checkpoint and the adjacent correlation ρ
+    (Cov(e_s, e_t) = σ_s σ_t ρ^|s−t|)."""
+
+    sigma: np.ndarray
+    rho: float
+
+    def whitener(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """W with W Σ Wᵀ = I for the checkpoints lo..hi (the marginal of an AR(1) process on
+        consecutive indices is AR(1))."""
+        hi = self.sigma.size - 1 if hi is None else hi
+        return _whitener(self.sigma[lo : hi + 1], self.rho)
+
+
+def _gls(design: np.ndarray, y: np.ndarray, white: np.ndarray):
+    """Generalised least squares: coefficients, their covariance (XᵀΣ⁻¹X)⁻¹ and χ² =
+    (y − Xc)ᵀ Σ⁻¹ (y − Xc), with W Σ Wᵀ = I. ``design`` may carry leading batch axes."""
+    xw = white @ design
+    yw = white @ y
+    gram = np.swapaxes(xw, -1, -2) @ xw
+    cov = np.linalg.inv(gram)
+    coef = (cov @ (np.swapaxes(xw, -1, -2) @ yw[:, None]))[..., 0]
+    chi2 = np.sum((yw - (xw @ coef[..., None])[..., 0]) ** 2, axis=-1)
+    return coef, cov, chi2
+
+
+def _knee_chi2(x, y, noise: _Noise, lo, hi, knots):
+    """χ² (generalised RSS) of the continuous two-piece line through points lo..hi with its knee
+    at each checkpoint in ``knots``, and of the single line."""
+    xs, ys = x[lo : hi + 1], y[lo : hi + 1]
+    white = noise.whitener(lo, hi)
     c = x[knots][:, None]
     design = np.stack(
         [np.ones((c.size, xs.size)), np.minimum(xs - c, 0.0), np.maximum(xs - c, 0.0)], -1
     )
-    gram = np.einsum("kmi,m,kmj->kij", design, ws, design)
-    coef = np.linalg.solve(gram, np.einsum("kmi,m,m->ki", design, ws, ys)[..., None])[..., 0]
-    chi2 = ((ys - np.einsum("kmi,ki->km", design, coef)) ** 2 * ws).sum(1)
-    line = np.polynomial.polynomial.polyfit(xs - xs.mean(), ys, 1, w=np.sqrt(ws))
-    line_chi2 = float(
-        np.sum(ws * (ys - np.polynomial.polynomial.polyval(xs - xs.mean(), line)) ** 2)
+    chi2 = _gls(design, ys, white)[2]
+    line = np.stack([np.ones_like(xs), xs - xs.mean()], -1)
+    return chi2, float(_gls(line, ys, white)[2])
+
+
+def _pair_chi2(x, y, noise: _Noise, lo, hi, pairs):
+    """χ² of the continuous three-piece line through points lo..hi with knees at each pair."""
+    xs, ys = x[lo : hi + 1], y[lo : hi + 1]
+    a, b = x[pairs[:, 0]][:, None], x[pairs[:, 1]][:, None]
+    design = np.stack(
+        [
+            np.ones((a.size, xs.size)),
+            np.minimum(xs - a, 0.0),
+            np.clip(xs - a, 0.0, b - a),
+            np.maximum(xs - b, 0.0),
+        ],
+        -1,
     )
-    return chi2, line_chi2
+    return _gls(design, ys, noise.whitener(lo, hi))[2]
 
 
-def _knees(x, y, weight, lo, hi, min_len, threshold):
-    """Binary segmentation of lo..hi at significant knees (indices, increasing)."""
+PAIR_SEARCH_MAX = 40  # stretches with at most this many candidate knees also try knee pairs
+
+
+def _knees(x, y, noise, lo, hi, min_len, threshold):
+    """Binary segmentation of lo..hi at significant knees (indices, increasing): the best knee
+    when it lowers χ² by more than ``threshold``, else (short stretches) the best pair of knees
+    when it lowers χ² by more than 2·``threshold`` (a step, rise–flat–rise, needs both at
+    once: neither knee alone fits it)."""
     inner = np.arange(lo + 1, hi)
     inner = inner[(x[inner] - x[lo] >= min_len) & (x[hi] - x[inner] >= min_len)]
     if inner.size == 0:
         return []
-    chi2, line_chi2 = _knee_chi2(x, y, weight, lo, hi, inner)
+    chi2, line_chi2 = _knee_chi2(x, y, noise, lo, hi, inner)
     best = int(np.argmin(chi2))
-    if line_chi2 - chi2[best] <= threshold:
+    cuts, fit = [], line_chi2
+    if line_chi2 - chi2[best] > threshold:
+        cuts, fit = [int(inner[best])], float(chi2[best])
+    if 2 <= inner.size <= PAIR_SEARCH_MAX:
+        pairs = np.array(
+            [(i, j) for i in inner for j in inner if j > i and x[j] - x[i] >= min_len], dtype=int
+        )
+        if pairs.size:
+            pair_chi2 = _pair_chi2(x, y, noise, lo, hi, pairs)
+            k = int(np.argmin(pair_chi2))
+            # the pair wins when it beats the line by 2·threshold and the best single knee
+            # (if any) by threshold: each of its knees is significant given the other
+            if line_chi2 - pair_chi2[k] > 2.0 * threshold and fit - pair_chi2[k] > threshold:
+                cuts = [int(pairs[k, 0]), int(pairs[k, 1])]
+    if not cuts:
         return []
-    c = int(inner[best])
-    return [
-        *_knees(x, y, weight, lo, c, min_len, threshold),
-        c,
-        *_knees(x, y, weight, c, hi, min_len, threshold),
-    ]
+    ends = [lo, *cuts, hi]
+    out = []
+    for a, b in itertools.pairwise(ends):
+        out += _knees(x, y, noise, a, b, min_len, threshold)
+        if b != hi:
+            out.append(b)
+    return out
 
 
-def _spline(x, y, weight, bounds):
-    """Weighted least-squares continuous piecewise-linear fit with knots at x[bounds]: knot
-    values c (hat-function basis B, so the coefficients are the values at the knots), their
-    covariance (BᵀWB)⁻¹ and the χ² = Σ w (y − Bc)²."""
-    basis = np.stack([np.interp(x, x[bounds], e) for e in np.eye(len(bounds))], 1)
-    cov = np.linalg.inv(basis.T @ (weight[:, None] * basis))
-    knots = cov @ (basis.T @ (weight * y))
-    return knots, cov, float(np.sum(weight * (y - basis @ knots) ** 2))
+def _basis(x: np.ndarray, bounds, knots_x: np.ndarray | None = None) -> np.ndarray:
+    """Hat functions with knots at x[bounds] (or ``knots_x``), evaluated at x: the
+    coefficients are the values at the knots."""
+    kx = x[bounds] if knots_x is None else knots_x
+    return np.stack([np.interp(x, kx, e) for e in np.eye(len(kx))], 1)
 
 
-def _descend(x, y, weight, bounds, min_len, window):
+def _spline(x, y, noise: _Noise, bounds, white=None):
+    """Generalised least-squares continuous piecewise-linear fit with knots at x[bounds]: knot
+    values c, their covariance (BᵀΣ⁻¹B)⁻¹ and the χ²."""
+    white = noise.whitener() if white is None else white
+    knots, cov, chi2 = _gls(_basis(x, bounds), y, white)
+    return knots, cov, float(chi2)
+
+
+def _descend(x, y, noise, bounds, min_len, window):
     """Coordinate descent of the spline's χ² over the interior knots: each moves to its best
     checkpoint within ``window`` that keeps stages at least ``min_len`` long, until none moves."""
     bounds = list(bounds)
+    white = noise.whitener()
     for _ in range(10 * len(bounds)):
         moved = False
         for k in range(1, len(bounds) - 1):
             lo, hi, i = x[bounds[k - 1]] + min_len, x[bounds[k + 1]] - min_len, x[bounds[k]]
             options = np.flatnonzero((x >= lo) & (x <= hi) & (np.abs(x - i) <= window))
+            options = options[(options > bounds[k - 1]) & (options < bounds[k + 1])]
             if options.size < 2:
                 continue
-            chi2 = [_spline(x, y, weight, [*bounds[:k], j, *bounds[k + 1 :]])[2] for j in options]
+            chi2 = [
+                _spline(x, y, noise, [*bounds[:k], j, *bounds[k + 1 :]], white)[2] for j in options
+            ]
             best = int(options[int(np.argmin(chi2))])
             moved |= best != bounds[k]
             bounds[k] = best
@@ -249,20 +418,32 @@ class _Pieces(NamedTuple):
     bounds: list[int]
     knots: np.ndarray  # fitted value at each boundary
     kinds: list[str]
+    cov: np.ndarray  # covariance of the knot values
 
 
-def _pieces(x, y, weight, bounds, slope_tol, significance) -> _Pieces:
-    """Weighted least-squares linear spline with knots at x[bounds] (hat-function basis, so the
-    coefficients are the knot values c_k, with covariance (BᵀWB)⁻¹); stage k is "flat" when
-    |c_{k+1} − c_k| ≤ slope_tol·Δx_k + significance·se(c_{k+1} − c_k)."""
-    knots, cov, _ = _spline(x, y, weight, bounds)
-    xk = x[bounds]
+def _pieces(x, y, noise, bounds, slope_tol, significance) -> _Pieces:
+    """The stage model: the weighted least-squares linear spline with knots at x[bounds]
+    (hat-function basis B, so the coefficients are the knot values c = (BᵀWB)⁻¹BᵀWy, W = diag
+    1/σ²), which follows the points; its covariance is the sandwich
+    (BᵀWB)⁻¹ BᵀWΣWB (BᵀWB)⁻¹ under the correlated errors Σ. (The GLS fit, used to place the
+    knots, is more efficient but under strong correlation may sit off the points by an offset
+    the noise model allows.) Stage k is "flat" when |c_{k+1} − c_k| ≤ significance·se
+    (+ the capped drift tolerance), "rising" or "falling" otherwise."""
+    basis = _basis(x, bounds)
+    sigma = noise.sigma
+    w = 1.0 / sigma**2
+    bread = np.linalg.inv(basis.T @ (w[:, None] * basis))
+    knots = bread @ (basis.T @ (w * y))
+    cov_y = sigma[:, None] * _correlation(x.size, noise.rho) * sigma[None, :]
+    meat = (basis * w[:, None]).T @ cov_y @ (basis * w[:, None])
+    cov = bread @ meat @ bread
     change = np.diff(knots)
     var = np.diag(cov)
     se = np.sqrt(np.maximum(var[1:] + var[:-1] - 2.0 * np.diag(cov, 1), 0.0))
-    flat = np.abs(change) <= slope_tol * np.diff(xk) + significance * se
+    noise_level = significance * se
+    flat = np.abs(change) <= noise_level + np.minimum(slope_tol * np.diff(x[bounds]), noise_level)
     kinds = np.where(flat, "flat", np.where(change > 0, "rising", "falling"))
-    return _Pieces(list(bounds), knots, [str(k) for k in kinds])
+    return _Pieces(list(bounds), knots, [str(k) for k in kinds], cov)
 
 
 class _Curve(NamedTuple):
@@ -271,21 +452,35 @@ class _Curve(NamedTuple):
     name: str
     sigma: np.ndarray
     fit: _Smooth
-    pieces: _Pieces
+    pieces: _Pieces  # the stages (maximal)
+    model_pieces: _Pieces  # the stage model: every knot, before merging same-kind neighbours
+    transform: str = "none"  # "log": the curve was segmented as log(values)
 
-    def at(self, bounds: list[int]) -> tuple[np.ndarray, list[str]]:
-        """This curve's stage model (values, and the kind of the own stage holding each
-        stretch) at boundaries that include its own."""
-        own = self.pieces
+    def back(self, v: np.ndarray) -> np.ndarray:
+        return np.exp(v) if self.transform == "log" else v
+
+    def model(self) -> np.ndarray:
+        """The stage model at every checkpoint, on the curve's own scale."""
+        own = self.model_pieces
+        return self.back(np.interp(self.fit.x, self.fit.x[own.bounds], own.knots))
+
+    def at(self, bounds: list[int]) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """This curve's stage model at boundaries that include its own: values, the kind of
+        the own stage holding each stretch, and the standard error of each stretch's change
+        (on the segmented scale)."""
+        own, model = self.pieces, self.model_pieces
         x = self.fit.x
-        values = np.interp(x[bounds], x[own.bounds], own.knots)
+        interp = _basis(np.asarray(x[bounds]), None, x[model.bounds])  # values = interp @ knots
+        values = self.back(interp @ model.knots)
+        diff = np.diff(interp, axis=0)
+        se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", diff, model.cov, diff), 0.0))
         holder = np.searchsorted(own.bounds, bounds[:-1], side="right") - 1
-        return values, [own.kinds[k] for k in holder]
+        return values, [own.kinds[k] for k in holder], se
 
 
 def _extrema(fit: _Smooth, significance: float) -> list[tuple[float, int]]:
     """(prominence / its standard error, index) of every significant peak and trough of ŷ."""
-    v, se = fit.value, fit.std
+    v, cov = fit.value, fit.cov
     found = []
     for sign in (1.0, -1.0):
         idx, props = find_peaks(sign * v, prominence=0.0)
@@ -294,17 +489,16 @@ def _extrema(fit: _Smooth, significance: float) -> list[tuple[float, int]]:
         ):
             # the prominence is measured from the higher base (for troughs: the lower one)
             base = left if sign * v[left] >= sign * v[right] else right
-            z = prom / math.hypot(se[i], se[base])
+            var = cov[i, i] + cov[base, base] - 2.0 * cov[i, base]
+            z = prom / math.sqrt(max(var, 1e-300))
             if z > significance:
                 found.append((z, int(i)))
     return found
 
 
-def _segment_curve(name, x, y, sigma, bandwidth, significance, flat, min_len) -> _Curve:
+def _segment_curve(name, x, y, noise: _Noise, bandwidth, significance, flat, min_len) -> _Curve:
     """Steps 3–5 of the module docstring for one curve."""
-    fit = _smooth(x, y, sigma, bandwidth)
-    slope_tol = flat * float(np.ptp(fit.value)) / float(x[-1] - x[0])
-    weight = sigma**-2.0
+    fit = _smooth(x, y, noise.sigma, bandwidth, noise.rho)
     last = len(x) - 1
     # (a) significant extrema, the most significant first, kept min_len apart and from the ends
     bounds = [0, last]
@@ -317,20 +511,28 @@ def _segment_curve(name, x, y, sigma, bandwidth, significance, flat, min_len) ->
         *(
             i
             for a, b in itertools.pairwise(sorted(bounds))
-            for i in (a, *_knees(x, y, weight, a, b, min_len, threshold))
+            for i in (a, *_knees(x, y, noise, a, b, min_len, threshold))
         ),
         last,
     ]
-    # (c) best knots; stages are maximal: drop a boundary between two stages of the same kind,
-    # one at a time, and place the rest again
-    while True:
-        bounds = _descend(x, y, weight, bounds, min_len, 2.0 * bandwidth)
-        pieces = _pieces(x, y, weight, bounds, slope_tol, significance)
-        same = [k for k in range(1, len(bounds) - 1) if pieces.kinds[k - 1] == pieces.kinds[k]]
-        if not same:
-            break
-        del bounds[same[0]]
-    return _Curve(name, sigma, fit, pieces)
+    # (c) best knots, then the stage model is fixed: every knot stays in it (so that it follows
+    # the points); the stages are maximal: neighbours of the same kind are one stage
+    spacing = float(np.max(np.diff(x))) if x.size > 1 else 0.0
+    bounds = _descend(x, y, noise, bounds, min_len, max(2.0 * bandwidth, spacing))
+    slope_tol = flat * float(np.ptp(fit.value)) / float(x[-1] - x[0])
+    model = _pieces(x, y, noise, bounds, slope_tol, significance)
+    keep = [
+        0,
+        *(k for k in range(1, len(bounds) - 1) if model.kinds[k - 1] != model.kinds[k]),
+        len(bounds) - 1,
+    ]
+    pieces = _Pieces(
+        [bounds[k] for k in keep],
+        model.knots[keep],
+        [model.kinds[k] for k in keep[:-1]],
+        model.cov[np.ix_(keep, keep)],
+    )
+    return _Curve(name, noise.sigma, fit, pieces, model)
 
 
 def _critical_points(pieces: _Pieces) -> list[tuple[int, str, float, int]]:
@@ -349,7 +551,7 @@ def _critical_points(pieces: _Pieces) -> list[tuple[int, str, float, int]]:
 
 
 def _stage_table(steps, bounds, llc: _Curve, loss: _Curve | None) -> pd.DataFrame:
-    values, kinds = llc.at(bounds)
+    values, kinds, se = llc.at(bounds)
     a, b = np.asarray(bounds[:-1]), np.asarray(bounds[1:])
     table = {
         "stage": np.arange(len(a)),
@@ -359,28 +561,72 @@ def _stage_table(steps, bounds, llc: _Curve, loss: _Curve | None) -> pd.DataFram
         "llc_start": values[:-1],
         "llc_end": values[1:],
         "llc_change": np.diff(values),
+        "llc_change_se": se,
     }
     if loss is not None:
-        values = np.interp(loss.fit.x[bounds], loss.fit.x[loss.pieces.bounds], loss.pieces.knots)
+        values = loss.at(bounds)[0]
         table |= {"loss_start": values[:-1], "loss_end": values[1:], "loss_change": np.diff(values)}
     return pd.DataFrame(table)
 
 
-def _curve(name, x, values, given, bandwidth, significance, flat, min_len) -> _Curve:
-    """Steps 2–5 of the module docstring for one curve; ``given``: its std, or None."""
+def _curve(
+    name, x, values, given, rho, bandwidth, significance, flat, min_len, transform="none"
+) -> _Curve:
+    """Steps 2–5 of the module docstring for one curve; ``given``: its std, or None.
+    ``transform="log"``: a positive curve (a loss) is segmented as log(values), so its smoothed
+    curve and stage model stay positive."""
+    y = np.log(values) if transform == "log" else values
     # half the kernel width: a corner inflates the residual variance by ~(Δslope·h)², and
     # stage boundaries are corners
-    estimate, dof = _noise(x, values, bandwidth / 2.0)
-    sigma = np.full_like(values, estimate)
-    if given is not None:
-        sigma = np.maximum(sigma, given)
-    if given is None or estimate > np.median(given):
+    estimate, dof = _noise(x, y, bandwidth / 2.0, rho)
+    floor = 1e-9 * max(float(np.abs(y).max()), 1e-12)
+    if given is None:
         # σ estimated from ν residual degrees of freedom: the same tail probability is a
         # Student-t quantile, larger than the normal one for few checkpoints
-        significance = float(student_t.isf(normal.sf(significance), dof))
-    # a noise-free curve still needs finite weights 1/σ²: floor σ far below its values
-    sigma = np.maximum(sigma, 1e-9 * max(float(np.abs(values).max()), 1e-12))
-    return _segment_curve(name, x, values, sigma, bandwidth, significance, flat, min_len)
+        sigma = np.full_like(y, max(estimate, floor))
+        t_sig = float(student_t.isf(normal.sf(significance), dof))
+        curve = _segment_curve(name, x, y, _Noise(sigma, rho), bandwidth, t_sig, flat, min_len)
+    else:
+        # a noise-free curve still needs finite weights 1/σ²: floor σ far below its values
+        sigma = np.maximum(np.asarray(given, dtype=float), floor)
+        segment = functools.partial(_segment_curve, name, x, y, bandwidth=bandwidth, flat=flat)
+        curve = segment(_Noise(sigma, rho), significance=significance, min_len=min_len)
+
+        # goodness of fit: the stage model's χ² against the stated noise. When it exceeds the
+        # 1 − GOF_TAIL quantile of χ²_ν (ν = N − knots), the stated σ is too small (or the
+        # curve has structure finer than the checkpoints). With ν ≥ MIN_POINTS_ESTIMATE σ is
+        # scaled by √(χ²/ν) and the curve segmented again with Student-t(ν) thresholds; with
+        # fewer, a warning says so (inflating σ by an estimate that uncertain would turn any
+        # change "flat")
+        def misfit(curve):
+            knots = curve.model_pieces.bounds
+            dof = y.size - len(knots)
+            chi2 = _spline(x, y, _Noise(sigma, rho), knots)[2]
+            return dof, chi2, dof >= 1 and chi2_dist.sf(chi2, dof) < GOF_TAIL
+
+        dof, chi2, bad = misfit(curve)
+        if bad and min_len > 0:
+            # first let boundaries come closer than min_stage: a fast transition between two
+            # slow stretches needs knots closer together than the default allows
+            closer = segment(_Noise(sigma, rho), significance=significance, min_len=0.0)
+            if not misfit(closer)[2]:
+                curve, bad = closer, False
+        if bad:
+            if dof >= MIN_POINTS_ESTIMATE:
+                sigma = sigma * math.sqrt(chi2 / dof)
+                t_sig = float(student_t.isf(normal.sf(significance), dof))
+                curve = segment(_Noise(sigma, rho), significance=t_sig, min_len=min_len)
+            else:
+                warnings.warn(
+                    f"detect_stages: the {name} stage model's residuals are "
+                    f"{math.sqrt(chi2 / dof):.2g}× the stated noise (χ² = {chi2:.3g} on ν = "
+                    f"{dof}): llc_std underestimates the noise (pass the standard error "
+                    "actually seen, or correlation) or the curve has structure finer than "
+                    "its checkpoints; stages may be spurious",
+                    StagesWarning,
+                    stacklevel=4,
+                )
+    return curve._replace(transform=transform)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,6 +675,7 @@ def detect_stages(
     *,
     llc_std: float | Sequence[float] | np.ndarray | None = None,
     loss: Sequence[float] | np.ndarray | None = None,
+    correlation: float = DEFAULT_CORRELATION,
     scale: Literal["auto", "log", "linear"] = "auto",
     smoothing: float = 0.05,
     significance: float = 4.0,
@@ -438,9 +685,12 @@ def detect_stages(
     """Split an LLC curve over training checkpoints into developmental stages.
 
     Stages are the stretches between critical points of the curve: significant peaks and
-    troughs, and plateaus (stretches whose change is not significantly steeper than ``flat``
-    times the curve's mean slope). The rule, step by step, is in the docstring of
-    ``jaxslt.stages``. Pure noise around a constant gives one "flat" stage.
+    troughs, and plateaus (stretches whose change is not significant). The rule, step by step,
+    is in the docstring of ``jaxslt.stages``. Pure noise around a constant gives one "flat"
+    stage. With too few checkpoints to say anything (fewer than 3 with ``llc_std``, fewer than
+    ``MIN_POINTS_ESTIMATE`` = 12 without, where σ must come from the scatter) the result is
+    ``Stages.status == "insufficient"`` (one stage of kind "insufficient") and a
+    ``StagesWarning`` names the number needed.
 
     Example, from ``jaxslt.llc_trajectory``'s table::
 
@@ -453,38 +703,50 @@ def detect_stages(
         stages.stages  # one row per stage: start_step, end_step, kind, llc_start, llc_end
 
     Args:
-        steps: training step of each checkpoint, strictly increasing (at least 5 checkpoints).
+        steps: training step of each checkpoint, strictly increasing.
         llc: λ̂ at each checkpoint; values < 0 at early checkpoints (w* not yet a minimum) are
             normal.
         llc_std: noise scale of each λ̂ (a scalar or one per checkpoint). The standard error of
             ``LLCResult.llc_mean`` is ``llc_std / sqrt(num_chains)``; passing ``llc_std``
-            itself is conservative (fewer stages). The larger of this and the scatter seen in
-            the curve is used, so an underestimate cannot create stages.
-        loss: loss at each checkpoint; its stage boundaries become boundaries too.
+            itself is conservative (fewer stages). With at least 12 checkpoints the larger of
+            this and the scatter seen in the curve is used, so an underestimate cannot create
+            stages.
+        loss: loss at each checkpoint; its stage boundaries become boundaries too. A positive
+            loss is segmented and smoothed as log(loss), so its smoothed curve stays positive.
+        correlation: correlation ρ of the errors of adjacent checkpoints, Cov(e_s, e_t) =
+            σ_s σ_t ρ^|s−t| (AR(1) in checkpoint order; default 0, independent errors).
+            ``llc_trajectory`` uses one key for every checkpoint (common random numbers),
+            which correlates them strongly: on the toy model of superposition ρ = 0.984
+            (``examples/tms.py``, 6 keys; lag-k correlations 0.96, 0.88, 0.75, 0.60 at k = 2,
+            5, 10, 20). Measure it with ``adjacent_correlation`` from a few independent-key
+            repeats of the curve and pass it: with ρ = 0.99 errors and ``correlation=0`` pure
+            noise shows false stages in 15% (100 checkpoints) to 90% (300) of curves, with the
+            right ρ in none (``benchmarks/results/stages-cpu.md``). Assuming a ρ the errors do
+            not have is as wrong (white noise read with ρ = 0.98 loses the stages of short
+            curves), hence no non-zero default.
         scale: the x axis the curve is read on: "log" (log10 step; symlog through a step 0),
             "linear", or "auto" (log when the positive steps span more than two decades).
         smoothing: Gaussian kernel width h as a fraction of the x range (default 0.05: 0.2
-            decades over 4 decades).
+            decades over 4 decades); widened to the second-nearest checkpoint where sparse.
         significance: the threshold, in standard errors, for a peak's prominence, a stage's
-            change beyond the flat tolerance, and (squared) a knee's χ² gain (default 4).
-        flat: a stage is flat unless its change exceeds ``flat``·R·Δx/X (R the range of the
-            smoothed curve, X that of x) by ``significance`` standard errors (default 0.1).
+            change, and (squared) a knee's χ² gain (default 4).
+        flat: a slow drift counts as flat: a stage is "flat" when its change is within
+            ``significance``·se, or exceeds that by at most min(``flat``·R·Δx/X,
+            ``significance``·se) (R the range of the smoothed curve, X that of x; default 0.1):
+            never by more than twice the significance threshold.
         min_stage: shortest stage, as a fraction of the x range (default 2·``smoothing``:
             structure narrower than the kernel cannot be resolved).
 
     Returns:
-        ``Stages``: boundaries, critical points, the stage table and the smoothed curve.
+        ``Stages``: boundaries, critical points, the stage table, the stage model and the
+        smoothed curve.
 
     Raises:
-        ValueError: mismatched lengths, fewer than 5 checkpoints, steps not strictly increasing,
-            NaN/inf values (naming the index and step), negative ``llc_std``, bad knobs.
+        ValueError: mismatched lengths, steps not strictly increasing, NaN/inf values (naming
+            the index and step), negative ``llc_std``, bad knobs.
         TypeError: non-numeric input.
     """
     s = as_curve("steps", steps)
-    if s.size < MIN_POINTS:
-        raise ValueError(
-            f"steps has {s.size} checkpoints; detecting stages needs at least {MIN_POINTS}"
-        )
     gaps = np.flatnonzero(np.diff(s) <= 0)
     if gaps.size:
         i = int(gaps[0])
@@ -503,6 +765,13 @@ def detect_stages(
     smoothing = _fraction("smoothing", smoothing, 0.0, 1.0)
     significance = _fraction("significance", significance, 0.0, math.inf)
     flat = _fraction("flat", flat, 0.0, 1.0)
+    if isinstance(correlation, bool) or not isinstance(
+        correlation, (int, float, np.floating, np.integer)
+    ):
+        raise TypeError(f"correlation must be a number; got {type(correlation).__name__}")
+    if not 0.0 <= float(correlation) < 1.0:
+        raise ValueError(f"correlation must lie in [0, 1); got {correlation}")
+    rho = float(correlation)
     min_stage = (
         2.0 * smoothing if min_stage is None else _fraction("min_stage", min_stage, 0.0, 1.0)
     )
@@ -515,15 +784,49 @@ def detect_stages(
             raise ValueError(f"llc_std[{i}] = {std[i]:g} is negative; a standard deviation is ≥ 0")
     w = None if loss is None else as_curve("loss", loss, s)
 
+    steps_out = np.asarray(steps)
+    needed = MIN_POINTS if std is not None else MIN_POINTS_ESTIMATE
+    if s.size < needed:
+        warnings.warn(
+            f"detect_stages: {s.size} checkpoints are too few to tell stages from noise; it "
+            f"needs at least {needed}"
+            + ("" if std is not None else f" (or at least {MIN_POINTS} with llc_std given)")
+            + ". Returning Stages(status='insufficient').",
+            StagesWarning,
+            stacklevel=2,
+        )
+        return _insufficient(s, steps_out, y, std, needed, scale, smoothing)
+
     scale = _resolve_scale(s, scale)
     x = step_axis(s, scale)
     span = float(x[-1] - x[0])
     h, min_len = smoothing * span, min_stage * span
-    curves = [
-        None if values is None else _curve(name, x, values, given, h, significance, flat, min_len)
-        for name, values, given in (("llc", y, std), ("loss", w, None))
-    ]
-    llc_curve, loss_curve = curves
+    if (s.size - 1) * min_stage <= 1.0:
+        # sparse checkpoints, on average further apart than min_stage: any checkpoint may be
+        # a boundary (there are at most 1/min_stage candidates to test)
+        min_len = 0.0
+    llc_curve = _curve("llc", x, y, std, rho, h, significance, flat, min_len)
+    loss_curve = None
+    if w is not None:
+        transform = "log" if (w > 0).all() else "none"
+        if s.size >= MIN_POINTS_ESTIMATE:
+            loss_curve = _curve("loss", x, w, None, 0.0, h, significance, flat, min_len, transform)
+        else:
+            warnings.warn(
+                f"detect_stages: the loss's noise is estimated from its scatter, which needs at "
+                f"least {MIN_POINTS_ESTIMATE} checkpoints ({s.size} given); the loss adds no "
+                "boundaries",
+                StagesWarning,
+                stacklevel=2,
+            )
+    smoothed_loss = None
+    if w is not None:
+        if loss_curve is not None:
+            smoothed_loss = loss_curve.back(loss_curve.fit.value)
+        else:
+            log = (w > 0).all()
+            fit = _smooth(x, np.log(w) if log else w, np.ones_like(w), h)
+            smoothed_loss = np.exp(fit.value) if log else fit.value
 
     # the loss's boundaries join the LLC's unless one of those is within min_len
     bounds = list(llc_curve.pieces.bounds)
@@ -533,10 +836,26 @@ def detect_stages(
     bounds.sort()
 
     rows = []
-    for curve in curves:
+    for curve in (llc_curve, loss_curve):
         for i, kind, value, end in [] if curve is None else _critical_points(curve.pieces):
+            value = float(curve.back(np.asarray(value)))
             rows.append((i, kind, value, curve.name, end, bool({i, end} & set(bounds[1:-1]))))
-    steps_out = np.asarray(steps)
+    return Stages(
+        boundaries=steps_out[bounds],
+        critical_points=_points_table(steps_out, rows),
+        stages=_stage_table(steps_out, bounds, llc_curve, loss_curve),
+        smoothed=llc_curve.fit.value,
+        smoothed_std=llc_curve.fit.std,
+        smoothed_loss=smoothed_loss,
+        noise=llc_curve.sigma,
+        scale=scale,
+        bandwidth=h,
+        model=llc_curve.model(),
+        correlation=rho,
+    )
+
+
+def _points_table(steps_out: np.ndarray, rows: list) -> pd.DataFrame:
     points = pd.DataFrame(
         {
             "step": steps_out[[r[0] for r in rows]],
@@ -547,14 +866,41 @@ def detect_stages(
             "boundary": np.array([r[5] for r in rows], dtype=bool),
         }
     )
+    return points.sort_values(["step", "curve"], ignore_index=True)
+
+
+def _insufficient(s, steps_out, y, std, needed, scale, smoothing) -> Stages:
+    """The explicit "too few checkpoints" result: one stage of kind "insufficient", no critical
+    points, no smoothed curve or stage model (NaN)."""
+    n = s.size
+    scale = _resolve_scale(s, scale) if n >= 2 else "linear"
+    span = float(np.ptp(step_axis(s, scale))) if n >= 2 else 0.0
+    ends = [0, n - 1] if n else []
+    table = pd.DataFrame(
+        {
+            "stage": np.arange(min(n, 1)),
+            "start_step": steps_out[ends[:1]],
+            "end_step": steps_out[ends[1:]],
+            "kind": pd.Categorical(["insufficient"] * min(n, 1), categories=STAGE_KINDS),
+            "llc_start": y[ends[:1]],
+            "llc_end": y[ends[1:]],
+            "llc_change": y[ends[1:]] - y[ends[:1]],
+            "llc_change_se": np.full(min(n, 1), np.nan),
+        }
+    )
+    nan = np.full(n, np.nan)
     return Stages(
-        boundaries=steps_out[bounds],
-        critical_points=points.sort_values(["step", "curve"], ignore_index=True),
-        stages=_stage_table(steps_out, bounds, llc_curve, loss_curve),
-        smoothed=llc_curve.fit.value,
-        smoothed_std=llc_curve.fit.std,
-        smoothed_loss=None if loss_curve is None else loss_curve.fit.value,
-        noise=llc_curve.sigma,
+        boundaries=steps_out[ends],
+        critical_points=_points_table(steps_out, []),
+        stages=table,
+        smoothed=nan,
+        smoothed_std=nan,
+        smoothed_loss=None,
+        noise=nan if std is None else np.asarray(std, dtype=float),
         scale=scale,
-        bandwidth=h,
+        bandwidth=smoothing * span,
+        model=nan,
+        correlation=0.0,
+        status="insufficient",
+        needed=needed,
     )

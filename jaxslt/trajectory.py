@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -118,8 +119,10 @@ def llc_trajectory(
 
     Returns a DataFrame, one row per checkpoint: ``step``, ``llc_mean``, ``llc_std``,
     ``init_loss`` (L_n(w_t)), ``num_diverged``, ``mala_accept``, ``rhat``, ``ess_bulk``,
-    ``ok`` and ``warnings`` (the diagnostics, when ``diagnostics``), plus the observables'
-    columns when requested. ``df.attrs["results"]`` holds the ``LLCResult`` of every row and
+    ``ok`` (the diagnostics, when ``diagnostics``), ``warnings`` (every warning of that
+    checkpoint, "; "-joined, "" when none), plus the observables' columns when requested.
+    Every warning is also raised with the prefix "checkpoint at step <step>: ".
+    ``df.attrs["results"]`` holds the ``LLCResult`` of every row and
     ``df.attrs["calibration"]`` the calibration of ``"auto"``. Chains that diverge are left
     out as in ``estimate_llc``; a checkpoint whose chains all diverge gets NaN and a warning
     instead of stopping the whole curve.
@@ -167,20 +170,26 @@ def llc_trajectory(
     rows, finished = [], []
     for step, result in zip(steps, results, strict=True):
         validation.check_init_loss(result.init_loss, f"the checkpoint at step {step}")
-        estimator._check_divergence(result, plan.settings["step_size"], raise_if_all=False)
-        if np.asarray(result.diverged).all():
-            result = result._replace(calibration=plan.calibration)
-        else:
-            result = estimator._finish(result, plan, diagnostics)
+        # every warning names the checkpoint it comes from, and stays with its row
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            estimator._check_divergence(result, plan.settings["step_size"], raise_if_all=False)
+            if np.asarray(result.diverged).all():
+                result = result._replace(calibration=plan.calibration)
+            else:
+                result = estimator._finish(result, plan, diagnostics)
+        messages = [str(w.message) for w in caught]
+        for w in caught:
+            warnings.warn(f"checkpoint at step {step}: {w.message}", w.category, stacklevel=2)
         finished.append(result)
-        rows.append(_row(step, result))
+        rows.append(_row(step, result, messages))
     table = pd.DataFrame(rows)
     table.attrs["results"] = finished
     table.attrs["calibration"] = plan.calibration
     return table
 
 
-def _row(step: int, result: LLCResult) -> dict:
+def _row(step: int, result: LLCResult, messages: Sequence[str] = ()) -> dict:
     row = {
         "step": step,
         "llc_mean": float(result.llc_mean),
@@ -193,10 +202,10 @@ def _row(step: int, result: LLCResult) -> dict:
     }
     report = result.diagnostics
     if report is not None:
-        row.update(
-            rhat=report.rhat, ess_bulk=report.ess_bulk, ok=report.ok,
-            warnings="; ".join(report.warnings),
-        )  # fmt: skip
+        row.update(rhat=report.rhat, ess_bulk=report.ess_bulk, ok=report.ok)
+    # this checkpoint's warnings: those raised for it and the diagnostics' (each once)
+    every = [*messages, *(report.warnings if report is not None else ())]
+    row["warnings"] = "; ".join(dict.fromkeys(every))
     if result.observables is not None:
         obs = result.observables
         row.update(

@@ -15,9 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import dummy_data, quadratic_loss, quadratic_params
+from matplotlib.figure import Figure
 
 import jaxslt
 from jaxslt import plots
+from jaxslt.stages import detect_stages
 
 FORMATS = ("png", "pdf")
 
@@ -123,20 +125,22 @@ def _no_global_side_effects():
 def test_plot_trace(real_result, tmp_path):
     path = tmp_path / "trace.png"
     out = plots.plot_trace(real_result, str(path), true_llc=1.5, title="quadratic toy")
-    assert out == path
+    assert isinstance(out, Figure)
     _check_file(path, plots.TRACE_FIGSIZE)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_plot_trace_diverged_chain(tmp_path, fmt):
     result = _synthetic_result()
-    path = plots.plot_trace(result, tmp_path / "out" / f"trace_div.{fmt}", true_llc=4.0)
+    path = tmp_path / "out" / f"trace_div.{fmt}"
+    plots.plot_trace(result, path, true_llc=4.0)
     _check_file(path, plots.TRACE_FIGSIZE)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_plot_calibration(tmp_path, fmt):
-    path = plots.plot_calibration(_calibration_table(), tmp_path / f"cal.{fmt}", true_llc=3.0)
+    path = tmp_path / f"cal.{fmt}"
+    plots.plot_calibration(_calibration_table(), path, true_llc=3.0)
     _check_file(path, plots.CALIBRATION_FIGSIZE)
 
 
@@ -144,14 +148,16 @@ def test_plot_calibration_degenerate_tables(tmp_path):
     table = _calibration_table(extrapolated=False, nbeta=False)
     # a single cell: one step size, one localization, no acceptance recorded
     one_cell = table.iloc[[1]].assign(mala_accept=np.nan)
-    _check_file(plots.plot_calibration(one_cell, tmp_path / "one.png"), plots.CALIBRATION_FIGSIZE)
+    plots.plot_calibration(one_cell, tmp_path / "one.png")
+    _check_file(tmp_path / "one.png", plots.CALIBRATION_FIGSIZE)
     # one localization, no recommendation, a NaN acceptance and a cell without an estimate,
     # under an nβ grid (one line per (nβ, γ))
     one_gamma = table[table.localization == 10.0].assign(selected=False)
     one_gamma.loc[one_gamma.index[0], "mala_accept"] = np.nan
     one_gamma.loc[one_gamma.index[1], ["llc_mean", "llc_std"]] = np.nan  # all chains diverged
     grid = pd.concat([one_gamma.assign(nbeta=100.0), one_gamma.assign(nbeta=1000.0)])
-    path = plots.plot_calibration(grid, tmp_path / "grid.png")
+    path = tmp_path / "grid.png"
+    plots.plot_calibration(grid, path)
     _check_file(path, plots.CALIBRATION_FIGSIZE)
 
 
@@ -168,9 +174,8 @@ def test_plot_summary(real_result, tmp_path):
     diagnostics = SimpleNamespace(
         rhat=1.004, ess_bulk=512.0, ok=False, warnings=("bulk ESS 80 < 100: " + "run longer " * 20,)
     )
-    path = plots.plot_summary(
-        real_result, tmp_path / "summary.png", diagnostics=diagnostics, true_llc=1.5
-    )
+    path = tmp_path / "summary.png"
+    plots.plot_summary(real_result, path, diagnostics=diagnostics, true_llc=1.5)
     _check_file(path, plots.SUMMARY_FIGSIZE)
 
 
@@ -193,7 +198,8 @@ def test_plot_summary_diverged(tmp_path, fmt):
     # pdf: 20 chains (one legend entry for all, a histogram of the per-chain estimates), one
     # diverging during burn-in; diagnostics without .warnings are shown as their str()
     result = _synthetic_result(num_chains=20, at=40) if fmt == "pdf" else _synthetic_result()
-    path = plots.plot_summary(result, tmp_path / f"s.{fmt}", diagnostics="R-hat fine\nall good")
+    path = tmp_path / f"s.{fmt}"
+    plots.plot_summary(result, path, diagnostics="R-hat fine\nall good")
     _check_file(path, plots.SUMMARY_FIGSIZE)
 
 
@@ -214,3 +220,105 @@ def test_plots_never_import_pyplot():
         for name in [getattr(node, "module", None) or "", *(a.name for a in node.names)]
     ]
     assert not [name for name in imported if "pyplot" in name]
+
+
+# ---------------------------------------------------------------------------------------------
+# one output convention; plot_trajectory; long burn-in
+
+
+def test_every_plot_returns_a_figure_and_writes_only_when_given_a_path(
+    real_result, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    steps = np.geomspace(10.0, 1e4, 12)
+    llc = np.linspace(1.0, 5.0, 12)
+    table = pd.DataFrame({"step": steps, "llc_mean": llc, "llc_std": 0.1})
+    calls = {
+        "trace": lambda p: plots.plot_trace(real_result, p),
+        "calibration": lambda p: plots.plot_calibration(_calibration_table(), p),
+        "summary": lambda p: plots.plot_summary(real_result, p),
+        "stages": lambda p: plots.plot_stages(
+            steps, llc, detect_stages(steps, llc, llc_std=0.1), path=p
+        ),
+        "trajectory": lambda p: plots.plot_trajectory(table, path=p),
+    }
+    for name, call in calls.items():
+        assert isinstance(call(None), Figure), name
+        assert list(tmp_path.iterdir()) == [], name  # nothing written without a path
+        out = tmp_path / f"{name}.png"
+        assert isinstance(call(out), Figure), name
+        assert out.stat().st_size > 5_000, name
+        out.unlink()
+
+
+def _trajectory_table():
+    """16 checkpoints over 4 decades and a step 0 whose λ̂ = −250 (w* not yet a minimum)."""
+    steps = np.r_[0, np.geomspace(10, 1e4, 15).round()]
+    rng = np.random.default_rng(0)
+    x = np.log10(np.maximum(steps, 1.0))
+    llc = np.interp(x, [0, 1, 2.5, 3.2, 4], [-250, 5, 40, 60, 45]) + rng.normal(0, 2, steps.size)
+    ok = np.ones(steps.size, bool)
+    ok[[0, 13]] = False
+    return pd.DataFrame(
+        {
+            "step": steps,
+            "llc_mean": llc,
+            "llc_std": 4.0,
+            "init_loss": 2.3 * np.exp(-steps / 800) + 0.05,
+            "ok": ok,
+        }
+    )
+
+
+def test_plot_trajectory(tmp_path):
+    table = _trajectory_table()
+    stages = detect_stages(table.step, table.llc_mean, llc_std=2.0)
+    fig = plots.plot_trajectory(table, stages=stages, path=tmp_path / "t.png")
+    _check_file(tmp_path / "t.png", plots.TRAJECTORY_FIGSIZE)
+    ax, ax_loss = fig.axes
+    assert ax.get_xscale() == "symlog"  # 4 decades and a step 0
+    assert ax_loss.get_yscale() == "log"  # the loss spans 1.7 decades
+    # robust limits: the −250 outlier is outside, every other point ± std inside
+    lo, hi = ax.get_ylim()
+    rest = table.iloc[1:]
+    assert lo > -250 and lo <= (rest.llc_mean - rest.llc_std).min() and hi >= rest.llc_mean.max()
+    texts = [t.get_text() for t in ax.texts]
+    assert any(t.startswith("-250") and "failed" in t for t in texts), texts
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("failed diagnostics (2 of 16" in t for t in legend), legend
+    # a linear axis when the steps span less than two decades; no loss column, no twin axis
+    short = pd.DataFrame({"step": np.arange(1, 11) * 100.0, "llc_mean": np.arange(10.0)})
+    fig = plots.plot_trajectory(short)
+    assert len(fig.axes) == 1 and fig.axes[0].get_xscale() == "linear"
+    with pytest.raises(ValueError, match="llc_mean"):
+        plots.plot_trajectory(pd.DataFrame({"step": [1, 2]}))
+
+
+def test_robust_limits():
+    values = np.r_[np.linspace(0.0, 10.0, 20), -250.0]
+    lo, hi = plots.robust_limits(values)
+    assert -250 < lo <= 0.0 and hi >= 10.0
+    # without outliers they are the padded range
+    assert plots.robust_limits(np.linspace(0.0, 10.0, 20)) == pytest.approx((-0.8, 10.8))
+    assert plots.robust_limits(np.array([np.nan])) is None
+
+
+def test_trace_long_burnin_gets_its_own_panel():
+    """6000 burn-in steps before 400 draws: the kept draws fill the main axes (they used to
+    fill the last 6% of a shared axis); the burn-in has a narrow panel of its own."""
+    result = _synthetic_result(num_draws=400, num_burnin=6000, diverge_chain=None)
+    fig = plots.plot_trace(result)
+    ax_burn, ax_loss, ax_llc = (a for a in fig.axes if a.axison)
+    assert ax_burn.get_xlim() == pytest.approx((-0.5, 5999.5))
+    assert ax_loss.get_xlim() == pytest.approx((5999.5, 6399.5))
+    assert ax_llc.get_xlim() == ax_loss.get_xlim()
+    # a short burn-in stays on the shared axis, shaded
+    fig = plots.plot_trace(_synthetic_result(diverge_chain=None))
+    assert len([a for a in fig.axes if a.axison]) == 2
+
+
+def test_summary_long_burnin_gets_its_own_panel():
+    result = _synthetic_result(num_draws=400, num_burnin=6000, diverge_chain=None)
+    fig = plots.plot_summary(result)
+    titled = [a for a in fig.axes if a.get_title(loc="left") == "burn-in"]
+    assert len(titled) == 1 and titled[0].get_xlim() == pytest.approx((-0.5, 5999.5))

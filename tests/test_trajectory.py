@@ -109,3 +109,23 @@ def test_errors(problem):
         call([problem.params], num_chain=3)
     with pytest.raises(ValueError, match="checkpoint_batch_size"):
         call([problem.params], checkpoint_batch_size=0)
+
+
+def test_warnings_name_their_checkpoint_and_stay_with_its_row(problem):
+    """Every warning raised by llc_trajectory starts with "checkpoint at step <step>: " and
+    its text is in that step's row of the table (40 draws of 2 chains: the diagnostics warn)."""
+    import warnings
+
+    checkpoints = _checkpoints(problem)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = jaxslt.llc_trajectory(problem.loss_fn, checkpoints, problem.data,
+                                      key=jax.random.key(3), step_size=1e-4,
+                                      steps=[10, 100, 1000], **SETTINGS)  # fmt: skip
+    assert caught, "expected diagnostics warnings from 40 draws"
+    rows = dict(zip(table["step"], table["warnings"], strict=True))
+    for w in caught:
+        text = str(w.message)
+        assert text.startswith("checkpoint at step "), text
+        step, _, body = text.removeprefix("checkpoint at step ").partition(": ")
+        assert body in rows[int(step)], (step, body)
