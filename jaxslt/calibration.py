@@ -19,7 +19,9 @@ Recommendation rule (``Calibration.recommended``, explained in ``Calibration.exp
    diagnostics warn, so the recommended run passes them — and its burn-in covers
    ``MIN_RELAXATIONS`` = 3 relaxation times 1/(εγ) of the flat directions (otherwise its chains
    had not spread yet, and neither their λ̂ nor their curvature predicts the long run; small γ
-   then needs a longer calibration, ``num_burnin``);
+   then needs a longer calibration, ``num_burnin``; with the default step grid, calibration
+   raises its burn-in, up to ``MAX_CALIBRATION_BURNIN``, so that the largest γ can qualify at
+   the pilot's step scale);
 2. for each γ, the healthy estimates are extrapolated linearly to ε → 0 (weighted least squares
    in ε with within-chain standard errors nβ·sd/√ESS, defined for one chain too; discretisation
    bias is O(ε)), giving λ̂₀ ± se₀;
@@ -55,6 +57,7 @@ PyTree = Any
 
 MAX_MARGIN = 0.5  # ε·(nβ·h_max + γ) at w*; see the module docstring
 MIN_RELAXATIONS = 3.0  # burn-in·ε·γ of a healthy cell: flat directions within e⁻³ of equilibrium
+MAX_CALIBRATION_BURNIN = 20_000  # the most calibration raises its burn-in to, to reach that
 # diagnostics warnings that disqualify a cell (ESS is low by design in short calibration runs)
 _DISQUALIFYING = ("R-hat", "trace still", "λ̂ = ", "MALA acceptance", "all ")
 
@@ -212,6 +215,15 @@ def calibrate(
         )  # fmt: skip
         scale, pilots = _pilot_step(pilot, diagnose, h_max, max(nbetas), min(localizations))
         step_sizes = list(scale * PILOT_GRID)
+        # burn-in long enough that at the largest γ the steps from 0.4× the pilot's scale cover
+        # MIN_RELAXATIONS relaxation times, so at least that γ can be judged (capped)
+        needed = math.ceil(
+            MIN_RELAXATIONS / (PILOT_GRID[2] * scale * max(max(localizations), 1e-12))
+        )
+        if needed > num_burnin:
+            longer = min(needed, MAX_CALIBRATION_BURNIN)
+            pilots.append(f"burn-in raised from {num_burnin} to {longer} to equilibrate")
+            num_burnin = longer
     step_sizes = [float(e) for e in step_sizes]
     if not step_sizes or min(step_sizes) <= 0:
         raise ValueError(f"step_sizes must be positive; got {step_sizes}")
