@@ -171,7 +171,7 @@ def test_automatic_model_axis_rule(shape, model, expected):
     assert param_partition_specs(params, _mesh(chain=2, model=model)) == {"w": expected}
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(
     shape=st.lists(st.integers(1, 300), min_size=0, max_size=3),
     model=st.sampled_from([1, 2, 3, 4, 8]),

@@ -33,7 +33,7 @@ class NormalTest(chex.TestCase):
         )
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(
     seed=st.integers(0, 2**31 - 1),
     shape=st.lists(st.integers(1, 9), min_size=1, max_size=4).map(tuple),
