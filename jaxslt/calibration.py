@@ -163,7 +163,7 @@ def calibrate(
         num_burnin=num_burnin, batch_size=batch_size, sampler=sampler,
         cell_batch_size=cell_batch_size,
     )  # fmt: skip
-    return _recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws)
+    return recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws)
 
 
 @functools.partial(
@@ -185,7 +185,7 @@ def _run_grid(loss_fn, params, data, key, eps, gam, nbs, *, num_chains, num_draw
     return jax.lax.map(cell, (eps, gam, nbs), batch_size=cell_batch_size or eps.shape[0])
 
 
-def _recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) -> Calibration:
+def recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) -> Calibration:
     import pandas as pd
 
     rows = []
