@@ -178,14 +178,13 @@ def test_recommend_grid_edges():
 
 
 def test_recommend_uses_a_noise_tolerance_when_it_exceeds_five_percent():
-    # λ̂₀ = 0.2: 5% is 0.01, but 2·√(se² + se₀²) ≥ 2·0.02 = 0.04 decides; offsets 100·ε =
-    # 0.01, 0.02, 0.04, 0.08 → steps up to 2e-4 agree surely, 8e-4 surely not (0.08 > 2√2·0.02·…)
-    cal = _recommend(_line(1.0, 100.0, lam0=0.2, steps=STEPS[:3]) + _line(1.0, 0, steps=()))
+    # λ̂₀ = 0.2: 5% would be 0.01 (only ε = 1e-4 agrees), but 2·√(se² + se₀²) ≥ 0.04 decides;
+    # offsets 100·ε = 0.01, 0.02, 0.04, 0.08 against a tolerance of 0.04–0.08
+    cal = _recommend(_line(1.0, 100.0, lam0=0.2))
     lam0, se0 = cal.extrapolation[1.0]
     tol = 2 * np.hypot(0.02, se0)
-    assert lam0 == pytest.approx(0.2) and tol > 0.04
-    expected = max(e for e in STEPS[:3] if 100.0 * e <= tol)
-    assert _chosen(cal) == (expected, 1.0)
+    assert lam0 == pytest.approx(0.2) and 0.04 < tol < 0.08
+    assert _chosen(cal) == (4e-4, 1.0)
 
 
 def test_recommend_skips_unhealthy_cells():
