@@ -72,6 +72,7 @@ def _run_on_8_devices(script: str) -> None:
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
 
 
+@pytest.mark.xla_internals
 def test_chains_over_a_mesh_match_one_device():
     _run_on_8_devices(SCRIPT)
 
@@ -142,6 +143,7 @@ MODEL_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.xla_internals
 def test_parameters_split_over_a_model_axis_match_one_device():
     _run_on_8_devices(MODEL_SCRIPT)
 
