@@ -239,7 +239,7 @@ def calibrate(
         cell_batch_size=cell_batch_size,
     )  # fmt: skip
     validation.check_init_loss(results.init_loss[0])  # the loss's fault, not the grid's
-    calibration = _recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws)
+    calibration = recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws)
     if pilots:
         calibration.explanation = "\n".join(
             ["Default step grid: " + "; ".join(pilots) + ".", calibration.explanation]
@@ -266,7 +266,7 @@ def _run_grid(loss_fn, params, data, key, eps, gam, nbs, *, num_chains, num_draw
     return jax.lax.map(cell, (eps, gam, nbs), batch_size=cell_batch_size or eps.shape[0])
 
 
-def _recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) -> Calibration:
+def recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) -> Calibration:
     import pandas as pd
 
     rows = []

@@ -1,9 +1,27 @@
-"""Shared fixtures: small problems whose exact answers are known."""
+"""Shared fixtures: small problems whose exact answers are known; the Hypothesis profiles."""
 
 from __future__ import annotations
 
+import os
+
 import jax.numpy as jnp
 import numpy as np
+from hypothesis import HealthCheck, settings
+
+# Hypothesis profiles, chosen by HYPOTHESIS_PROFILE (default "ci"):
+# - "ci": derandomized — every run draws the same examples (seeded from each test's source), no
+#   example database (a failure found while exploring is not replayed into CI) and no check that
+#   depends on wall-clock time (deadline, too_slow), so `pytest -n 2` on a loaded machine gives
+#   the same verdict every time. A failure prints the blob that reproduces it.
+# - "dev": explores new examples on every run (and keeps the database), to look for failures.
+# Tests set only max_examples (their cost); they inherit everything else from the profile.
+_TIMING = [HealthCheck.too_slow]
+settings.register_profile(
+    "ci", derandomize=True, database=None, deadline=None, print_blob=True,
+    suppress_health_check=_TIMING,
+)  # fmt: skip
+settings.register_profile("dev", derandomize=False, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # A regular quadratic model L(w) = L0 + ½ Σ_i h_i (w_i − w*_i)² with w* ≠ 0 and L0 ≠ 0, so that
 # both the centring on w* and the subtraction of L_n(w*) are exercised. The loss ignores the

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,3 +139,156 @@ def test_a_localizer_that_moves_the_estimate_is_a_caution():
             step_size="auto", batch_size=64,
         )  # fmt: skip
     assert any("against" in c and "at γ = 100" in c for c in result.calibration.cautions)
+
+
+# --- the recommendation rule on synthetic tables with a known answer ---------------------------
+# Each cell: 4 chains whose loss trace has SD 0.4/nβ, so that with the stub's ESS of 400 the
+# within-chain SE nβ·sd/√ESS is 0.02; no divergence; a zero bias bound; one optional diagnostics
+# warning; h_max = 0, so the stiffness margin is ε·γ (≪ ½ here unless a test raises h_max). The
+# default burn-in (40,000) covers the 3 relaxation times 1/(εγ) every healthy cell needs.
+
+STEPS = (1e-4, 2e-4, 4e-4, 8e-4)
+
+
+class _Cells(NamedTuple):
+    llc_mean: np.ndarray
+    llc_std: np.ndarray
+    diverged: np.ndarray
+    mala_accept: np.ndarray
+    warning: np.ndarray
+    nbeta: np.ndarray
+    loss_trace: np.ndarray
+
+
+def _diagnose(cell):
+    return SimpleNamespace(
+        warnings=(str(cell.warning),) if str(cell.warning) else (), rhat=1.0, ess_bulk=400.0,
+        trend=0.0, bias_bound=0.0, llc=float(cell.llc_mean),
+    )  # fmt: skip
+
+
+def _recommend(cells, h_max=0.0, num_burnin=40_000, num_draws=1000):
+    """cells: dicts with eps, gamma, mean and optionally nbeta, warning, diverged (chains)."""
+    col = lambda name, default: np.array([c.get(name, default) for c in cells])  # noqa: E731
+    diverged = np.arange(4)[None, :] < col("diverged", 0)[:, None]
+    nbeta = col("nbeta", 100.0)
+    spread = (0.4 / nbeta)[:, None, None] * np.array([-1.0, 1.0])  # SD 0.4/nβ per cell
+    results = _Cells(col("mean", 0.0), np.full(len(cells), 0.04), diverged,
+                     np.full((len(cells), 4), 0.95), col("warning", ""), nbeta,
+                     np.broadcast_to(spread, (len(cells), 4, 2)))  # fmt: skip
+    return cal_module.recommend(
+        results, col("eps", 0.0), col("gamma", 0.0), nbeta, _diagnose, h_max, num_burnin,
+        num_draws,
+    )  # fmt: skip
+
+
+def _line(gamma, slope, lam0=2.0, steps=STEPS, **extra):
+    return [dict(eps=e, gamma=gamma, mean=lam0 + slope * e, **extra) for e in steps]
+
+
+def _chosen(cal):
+    assert cal.table.selected.sum() == 1
+    row = cal.table[cal.table.selected].iloc[0]
+    assert cal.recommended["step_size"] == row.step_size
+    assert cal.recommended["localization"] == row.localization
+    return row.step_size, row.localization
+
+
+def test_recommend_picks_the_largest_step_within_five_percent_of_the_extrapolation():
+    # an exact O(ε) bias: λ̂₀ = 2 and the tolerance is max(2·√(se² + se₀²), 0.1) = 0.1 (se = 0.02
+    # and se₀ < 0.03). Offsets 400·ε = 0.04, 0.08, 0.16, 0.32: the answer is ε = 2e-4
+    cal = _recommend(_line(1.0, 400.0) + _line(10.0, 0.0))
+    assert _chosen(cal) == (2e-4, 1.0)  # γ = 10 is flat everywhere but not the smallest γ
+    lam0, se0 = cal.extrapolation[1.0]
+    assert lam0 == pytest.approx(2.0, abs=1e-9) and 0 < se0 < 0.03
+    assert cal.extrapolation[10.0][0] == pytest.approx(2.0, abs=1e-9)
+
+
+def test_recommend_grid_edges():
+    # flat in ε: the largest step of the grid; steep: only the smallest agrees (800·1e-4 = 0.08)
+    assert _chosen(_recommend(_line(1.0, 0.0))) == (8e-4, 1.0)
+    assert _chosen(_recommend(_line(1.0, 800.0))) == (1e-4, 1.0)
+
+
+def test_recommend_uses_a_noise_tolerance_when_it_exceeds_five_percent():
+    # λ̂₀ = 0.2: 5% would be 0.01 (only ε = 1e-4 agrees), but 2·√(se² + se₀²) ≥ 0.04 decides;
+    # offsets 100·ε = 0.01, 0.02, 0.04, 0.08 against a tolerance of 0.04–0.08
+    cal = _recommend(_line(1.0, 100.0, lam0=0.2))
+    lam0, se0 = cal.extrapolation[1.0]
+    tol = 2 * np.hypot(0.02, se0)
+    assert lam0 == pytest.approx(0.2) and 0.04 < tol < 0.08
+    assert _chosen(cal) == (4e-4, 1.0)
+
+
+def test_recommend_skips_unhealthy_cells():
+    cells = _line(1.0, 0.0)
+    cells[3]["warning"] = "R-hat 1.200 > 1.01: chains disagree"  # disqualifying
+    cells[2]["warning"] = "ESS 50 < 100: too few effective draws"  # low ESS is expected: kept
+    assert _chosen(_recommend(cells)) == (4e-4, 1.0)
+    cells[2]["diverged"] = 1  # one chain diverged: out
+    cal = _recommend(cells)
+    assert _chosen(cal) == (2e-4, 1.0)
+    assert list(cal.table.ok) == [True, True, False, False]
+    assert "1 chain(s) diverged" in cal.table.issues[2] and "R-hat" in cal.table.issues[3]
+
+
+def test_recommend_respects_the_stiffness_margin():
+    # h_max = 999 at nβ = 100, γ = 1000: margin = ε·(100,900), so only ε ≤ 4.96e-6 keeps ≤ ½
+    steps = (1.25e-6, 2.5e-6, 4.9e-6, 1e-5)
+    cal = _recommend(_line(1000.0, 0.0, steps=steps), h_max=999.0)
+    assert list(cal.table.ok) == [True, True, True, False]
+    assert _chosen(cal) == (4.9e-6, 1000.0)
+
+
+def test_recommend_needs_three_relaxation_times_of_burn_in():
+    # ε·γ·burn-in: 0.5, 1, 2, 4 relaxation times 1/(εγ) with 5,000 steps at γ = 1
+    cal = _recommend(_line(1.0, 0.0), num_burnin=5_000)
+    assert list(cal.table.ok) == [False, False, False, True]
+    assert "not equilibrated" in cal.table.issues[0]
+    assert _chosen(cal) == (8e-4, 1.0)
+
+
+def test_recommend_takes_the_smallest_healthy_gamma_and_says_when_epsilon_is_unchecked():
+    low = _line(1.0, 0.0)
+    for cell in low[1:]:
+        cell["warning"] = "trace still rising"
+    cal = _recommend(low + _line(10.0, 400.0))
+    assert _chosen(cal) == (1e-4, 1.0)
+    assert 1.0 not in cal.extrapolation and cal.extrapolation[10.0][0] == pytest.approx(2.0)
+    assert "γ = 1: one healthy step only" in cal.explanation
+    assert any("single healthy step at γ = 1" in c for c in cal.cautions)
+
+
+def test_recommend_smallest_nbeta_first():
+    cells = _line(1.0, 0.0, nbeta=10.0) + _line(1.0, 0.0, nbeta=1.0)
+    for cell in cells[4:5]:
+        cell["warning"] = "R-hat 1.1 > 1.01"
+    cal = _recommend(cells)
+    assert _chosen(cal) == (8e-4, 1.0) and cal.recommended["nbeta"] == 1.0
+
+
+def test_recommend_falls_back_to_a_single_healthy_cell():
+    cells = _line(1.0, 0.0) + _line(10.0, 0.0)
+    for i in (0, 1, 3, 4, 6, 7):
+        cells[i]["warning"] = "R-hat 1.1 > 1.01"
+    cal = _recommend(cells)  # one healthy cell per γ: the one at the smallest γ
+    assert _chosen(cal) == (4e-4, 1.0)
+    assert cal.extrapolation == {} and any("single healthy step" in c for c in cal.cautions)
+
+
+def test_recommend_with_no_healthy_cell():
+    cells = _line(1.0, 0.0, warning="all 4 chains diverged")
+    cal = _recommend(cells)
+    assert cal.recommended == {} and not cal.table.selected.any() and not cal.table.ok.any()
+    assert "No cell is healthy" in cal.explanation
+
+
+@pytest.mark.parametrize(
+    ("eps", "num_burnin", "burnin"),
+    [(4e-4, 1000, 1250), (8e-2, 1000, 1000)],  # 5/(εγ) at γ = 10; the calibration's floor
+)
+def test_recommend_burnin_is_five_relaxation_times(eps, num_burnin, burnin):
+    # a healthy cell has ≥ 3 relaxation times of burn-in, so 5/(εγ) ≤ (5/3)·num_burnin
+    cal = _recommend(_line(10.0, 0.0, steps=(eps / 2, eps)), num_burnin=num_burnin, num_draws=50)
+    assert cal.recommended["num_burnin"] == burnin
+    assert cal.recommended["num_draws"] == 2 * num_burnin

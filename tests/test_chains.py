@@ -103,6 +103,7 @@ def test_chain_groups_give_the_same_chains(group):
     chex.assert_trees_all_close(grouped, together, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.xla_internals
 def test_chain_groups_bound_the_live_memory():
     """At most k chain states live at once: compiled temporaries grow by exactly one state and
     one gradient per live chain (the Gaussian noise is fused into the update, never stored)."""
@@ -130,6 +131,7 @@ def test_chain_groups_bound_the_live_memory():
         temp_bytes(3)
 
 
+@pytest.mark.xla_internals
 def test_groups_of_one_chain_run_plain_matmuls():
     """A group of one chain is stepped without a chain axis: XLA's CPU backend runs a matmul
     with a batch dimension of 1 ~1.3× slower than the plain one (measured at 1e8 parameters);

@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxslt.checkpoints import checkpoint_steps, load_checkpoint, load_checkpoints, save_checkpoint
@@ -97,9 +97,7 @@ trees = st.dictionaries(
 )
 
 
-@settings(
-    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=8)
 @given(tree=trees, step=st.integers(0, 10**9))
 def test_round_trip_property(tmp_path_factory, tree, step):
     directory = tmp_path_factory.mktemp("prop")

@@ -72,6 +72,7 @@ def _run_on_8_devices(script: str) -> None:
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
 
 
+@pytest.mark.xla_internals
 def test_chains_over_a_mesh_match_one_device():
     _run_on_8_devices(SCRIPT)
 
@@ -142,6 +143,7 @@ MODEL_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.xla_internals
 def test_parameters_split_over_a_model_axis_match_one_device():
     _run_on_8_devices(MODEL_SCRIPT)
 
@@ -171,7 +173,7 @@ def test_automatic_model_axis_rule(shape, model, expected):
     assert param_partition_specs(params, _mesh(chain=2, model=model)) == {"w": expected}
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(
     shape=st.lists(st.integers(1, 300), min_size=0, max_size=3),
     model=st.sampled_from([1, 2, 3, 4, 8]),

@@ -499,6 +499,7 @@ def test_auto_chain_batch_size_groups_chains_when_memory_is_short(monkeypatch):
         jaxslt.estimate_llc(p.loss_fn, p.params, p.data, chain_batch_size="all", **kw)
 
 
+@pytest.mark.xla_internals
 @pytest.mark.parametrize("sampler", ["sghmc", "sgnht"])
 def test_a_lone_momentum_chain_holds_its_state_and_one_gradient(sampler):
     """A group of one chain is stepped without a chain axis; with that axis put back on every
@@ -514,6 +515,7 @@ def test_a_lone_momentum_chain_holds_its_state_and_one_gradient(sampler):
     assert temp / param_bytes == pytest.approx(3.0, abs=0.1)
 
 
+@pytest.mark.xla_internals
 def test_acceptance_checks_cost_at_most_three_parameter_copies_per_chain():
     """At a checked step a chain holds w, w′ and both gradients; the check is part of the step
     under the cond, so no further copies of its operands are made (it was 4.3 copies before)."""

@@ -198,8 +198,21 @@ def test_mala_accept_probability_and_rejection():
     )
     assert float(info.accept_prob) == pytest.approx(min(1.0, np.exp(log_ratio)), rel=1e-4)
     assert float(info.loss) == pytest.approx(float(_quadratic(w, None)))
-    moved = not np.array_equal(new.position["w"], w["w"])
-    assert moved == (not np.array_equal(new.position["w"], w["w"]))
+    # the Metropolis decision: accept iff U(key_accept) < α, and then the state is the proposal,
+    # else the old one — over fixed keys that give both outcomes
+    outcomes = set()
+    for seed in range(8):
+        key = jax.random.key(seed)
+        new, info = kernel.step(key, state, None, eps)
+        k_prop, k_accept = jax.random.split(key)
+        prop = jax.tree.map(lambda x, gx, z: x + eps / 2 * gx + np.sqrt(eps) * z, w, g,
+                            optax.tree.random_like(k_prop, w))  # fmt: skip
+        accepted = float(jax.random.uniform(k_accept)) < float(info.accept_prob)
+        expected = prop["w"] if accepted else w["w"]
+        np.testing.assert_allclose(new.position["w"], expected, rtol=1e-6, atol=1e-7)
+        assert float(new.loss) == pytest.approx(float(_quadratic({"w": expected}, None)), rel=1e-5)
+        outcomes.add(accepted)
+    assert outcomes == {True, False}
 
     def cliff(params, batch):  # every proposal lands where the loss is NaN
         return jnp.where(jnp.abs(params["w"][0]) > 1e-6, jnp.nan, 0.0) + 0 * _quadratic(

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from jaxslt import noise
 
 
+@pytest.mark.jax_internals
 class NormalTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_equals_jax_random_normal_bit_for_bit(self):
@@ -33,7 +34,8 @@ class NormalTest(chex.TestCase):
         )
 
 
-@settings(max_examples=40, deadline=None)
+@pytest.mark.jax_internals
+@settings(max_examples=40)
 @given(
     seed=st.integers(0, 2**31 - 1),
     shape=st.lists(st.integers(1, 9), min_size=1, max_size=4).map(tuple),
@@ -59,6 +61,7 @@ def test_falls_back_to_jax_where_the_fused_form_does_not_apply(key, dtype):
     assert got.dtype == dtype
 
 
+@pytest.mark.jax_internals
 def test_equals_jax_in_the_non_partitionable_threefry_mode_too():
     key = jax.random.key(5)
     with jax.threefry_partitionable(False):
@@ -86,6 +89,7 @@ def test_threefry2x32_known_answer():
         assert tuple(int(g) for g in got) == expected
 
 
+@pytest.mark.xla_internals
 def test_fused_into_the_update_no_noise_array_is_stored():
     # A Langevin-type update w ← a·w + b·ξ with w donated: XLA computes ξ inside the update's
     # loop, so the temporaries are far below one copy of w (JAX's own CPU lowering stores the

@@ -4,6 +4,7 @@ leaves no pyplot figure open and never touches the global backend."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import sys
 from types import SimpleNamespace
@@ -181,15 +182,21 @@ def test_plot_summary(real_result, tmp_path):
 
 def test_summary_text_of_real_diagnostics(real_result):
     # the text block plot_summary draws for jaxslt.diagnostics.Diagnostics (rendering is
-    # covered above with a stand-in object of the same shape)
+    # covered above with a stand-in object of the same shape): a real Diagnostics, once with
+    # its warnings cleared and once with two known ones, so that both branches are checked
     diagnostics = pytest.importorskip("jaxslt.diagnostics").diagnose(real_result)
-    lines = plots._diagnostics_lines(diagnostics, width=105)
-    assert lines[0].startswith("OK" if diagnostics.ok else "NOT OK")
-    assert "R-hat" in lines[0] and "bulk ESS" in lines[0]
-    if not diagnostics.warnings:
-        assert lines[1:] == ["no warnings"]
-    else:
-        assert len(lines) > len(diagnostics.warnings)
+    lines_of = plots._diagnostics_lines
+    clean = dataclasses.replace(diagnostics, warnings=())
+    header = f"OK  ·  R-hat {clean.rhat:.3f}  ·  bulk ESS {clean.ess_bulk:.0f}"
+    assert lines_of(clean, width=105) == [header, "no warnings"]
+    long_warning = "trace still rising: " + "run longer " * 20
+    warned = dataclasses.replace(diagnostics, warnings=("R-hat 1.2 > 1.01", long_warning))
+    lines = lines_of(warned, width=105)
+    assert lines[0] == header.replace("OK", "NOT OK", 1)
+    assert lines[1] == "• R-hat 1.2 > 1.01"
+    assert lines[2].startswith("• trace still rising") and len(lines) == 5  # 240 chars: 3 lines
+    assert all(line.startswith("  ") for line in lines[3:])
+    assert " ".join(line[2:] for line in lines[2:]) == long_warning.strip()
     assert all(len(line) <= 105 for line in lines)
 
 

@@ -89,7 +89,7 @@ def test_gradient_keeps_leaf_dtypes():
     chex.assert_trees_all_equal_dtypes(g, center)
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=10)
 @given(n=st.integers(1, 40), chunk=st.integers(1, 50))
 def test_chunked_full_data_loss_equals_the_plain_mean(n, chunk):
     data, _, w = _setup(n)

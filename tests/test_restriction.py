@@ -192,7 +192,7 @@ def test_sample_llc_takes_a_restriction_under_jit():
     assert r.num_free == 3 * 4
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30)
 @given(st.lists(st.booleans(), min_size=12, max_size=12), st.integers(0, 2**31 - 1))
 def test_scatter_gather_round_trip(bits, seed):
     keys = jax.random.split(jax.random.key(seed), 2)

@@ -38,7 +38,7 @@ CORNERS_Y = np.array([0.0, 170.0, 120.0, 120.0])
 TRUTH = np.interp(X, CORNERS_X, CORNERS_Y)
 SPACING = float(X[1] - X[0])
 
-fast = settings(max_examples=25, deadline=None, derandomize=True)
+fast = settings(max_examples=25)
 
 
 def _corner_se(sigma: float) -> np.ndarray:

@@ -258,7 +258,7 @@ json_values = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(
     a=st.dictionaries(st.sampled_from(["num_draws", "restrict", "x", "y"]), json_values),
     b=st.dictionaries(st.sampled_from(["num_draws", "restrict", "x", "y"]), json_values),

@@ -91,14 +91,14 @@ def dln_case(draw):
     return widths, draw(st.integers(0, min(widths)))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(dln_case())
 def test_dln_reversal_invariant(case):
     widths, r = case
     assert truth.deep_linear_network(widths, r) == truth.deep_linear_network(widths[::-1], r)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(dln_case())
 def test_dln_bounds(case):
     widths, r = case
@@ -111,7 +111,7 @@ def test_dln_bounds(case):
     assert lam >= F(r * (h0 + hl - r), 2)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(dln_case())
 def test_dln_rank_reduces_to_rank_zero_on_deficiencies(case):
     # λ(widths, r) = r(H_0 + H_L − r)/2 + λ(widths − r, 0), same m, when every width exceeds r.
