@@ -277,8 +277,11 @@ def test_core_function_is_jittable_and_vmappable_over_checkpoints():
         p.loss_fn, checkpoints[0], p.data, key=key, step_size=1e-4, localization=10.0,
         num_chains=2, num_draws=100, num_burnin=50, batch_size=100,
     )  # fmt: skip
-    assert wrapped.diagnostics is not None
-    chex.assert_trees_all_close(wrapped._replace(diagnostics=None), direct[0], rtol=1e-5)
+    assert wrapped.diagnostics is not None and wrapped.geometry is not None
+    # the step check measures on its own folded key: the chains' numbers are unchanged by it
+    chex.assert_trees_all_close(
+        wrapped._replace(diagnostics=None, geometry=None), direct[0], rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("sampler", ["blackjax_sghmc", "blackjax_sgnht"])
