@@ -8,7 +8,7 @@ time (``chain_batch_size=1``) and for all chains vmapped, and reads XLA's memory
 (arguments + temporaries + outputs); nothing runs. It prints, in float32 copies of the
 parameters P: the compiled totals, the measured cost of one more live chain
 ((vmapped − one) / (chains − 1)), and the model's prediction of both
-(``estimator._chain_memory``: fixed + k × per chain). Results:
+(``estimator.chain_memory``: fixed + k × per chain). Results:
 benchmarks/results/memory_model-<platform>.md.
 """
 
@@ -24,7 +24,7 @@ from _common import write_result
 
 import jaxslt
 from jaxslt import problems
-from jaxslt.estimator import _chain_memory, _sample_llc_jit
+from jaxslt.estimator import chain_memory, sample_llc_jit
 
 SETTINGS = [
     ("sgld, no checks", dict(sampler="sgld", acceptance_checks=0)),
@@ -39,7 +39,7 @@ SETTINGS = [
 def compiled_bytes(p, *, chains, group, batch, **setting) -> int:
     kw = dict(step_size=jnp.float32(1e-7), nbeta=jnp.float32(1000.0),
               localization=jnp.float32(1.0))  # fmt: skip
-    program = _sample_llc_jit.lower(
+    program = sample_llc_jit.lower(
         p.loss_fn, p.params, p.data, jax.random.key(1), **kw, num_chains=chains, num_draws=100,
         num_burnin=0, batch_size=batch, chain_batch_size=group, **setting,
     ).compile()  # fmt: skip
@@ -64,7 +64,7 @@ def main():
         one = compiled_bytes(p, chains=args.chains, group=1, batch=args.batch, **setting)
         every = compiled_bytes(p, chains=args.chains, group=None, batch=args.batch, **setting)
         checks = setting.get("acceptance_checks", 0) > 0
-        memory = _chain_memory(
+        memory = chain_memory(
             p.loss_fn, p.params, p.data, batch_size=args.batch, sampler=setting["sampler"],
             options={}, restrict=None, checks=checks,
             observables=setting.get("observables", False),
@@ -86,7 +86,7 @@ def main():
         f"{data_bytes / param_bytes:.2f} P), batch {args.batch}, {args.chains} chains. "
         "Compiled: XLA memory analysis (arguments + temporaries + outputs) of the whole "
         "estimate, in copies of P; 'per chain' = (all vmapped − one at a time) / (chains − 1). "
-        "Model: `estimator._chain_memory` (fixed + k × per chain), what the automatic rule "
+        "Model: `estimator.chain_memory` (fixed + k × per chain), what the automatic rule "
         "compares with 80% of the free memory.",
         "",
         "| setting | compiled, one at a time | compiled, all vmapped | compiled per chain | "

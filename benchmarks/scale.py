@@ -42,7 +42,7 @@ from _common import best_time, write_result
 
 import jaxslt
 from jaxslt import localized_posterior, problems, run_chains, sgld
-from jaxslt.estimator import _sample_llc_jit
+from jaxslt.estimator import sample_llc_jit
 from jaxslt.noise import normal, tree_normal
 
 # dense float32 peak (TF32 tensor cores, which XLA uses for float32 matmuls by default), TFLOP/s
@@ -67,7 +67,7 @@ def measure(size, *, chains, group, steps, batch):
     statics = dict(num_chains=chains, num_burnin=0, batch_size=batch, chain_batch_size=group,
                    acceptance_checks=0)  # fmt: skip
     key = jax.random.key(1)
-    lowered = _sample_llc_jit.lower(p.loss_fn, p.params, p.data, key, **kw, **statics,
+    lowered = sample_llc_jit.lower(p.loss_fn, p.params, p.data, key, **kw, **statics,
                                     num_draws=steps)  # fmt: skip
     start = time.perf_counter()
     program = lowered.compile()  # the whole estimate: its memory is what a user needs

@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxslt import problems
 from jaxslt.chains import place_params
-from jaxslt.estimator import _sample_llc_jit
+from jaxslt.estimator import sample_llc_jit
 
 W = 512
 p = problems.deep_linear_network([W] * 5, W // 4, key=jax.random.key(0), num_examples=1024)
@@ -34,7 +34,7 @@ def mem(m, chains, specs=None):
         param_specs=specs,
     )
     params = p.params if m is None else place_params(p.params, m, specs)
-    c = _sample_llc_jit.lower(
+    c = sample_llc_jit.lower(
         p.loss_fn, params, p.data, jax.random.key(1), **kw, **statics
     ).compile()
     a = c.memory_analysis()

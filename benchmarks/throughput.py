@@ -27,7 +27,7 @@ from _common import best_time, write_result
 
 import jaxslt
 from jaxslt import problems
-from jaxslt.estimator import _sample_llc_jit
+from jaxslt.estimator import sample_llc_jit
 
 
 def compile_time(jitted, *args, **kwargs):
@@ -58,7 +58,7 @@ def run_case(widths, *, chains, steps, batch, repeats, n=10_000):
     traced = dict(step_size=jnp.float32(eps), nbeta=jnp.float32(nbeta),
                   localization=jnp.float32(gamma))  # fmt: skip
     core_c, core_compile = compile_time(
-        _sample_llc_jit, p.loss_fn, p.params, p.data, key, **traced, **statics
+        sample_llc_jit, p.loss_fn, p.params, p.data, key, **traced, **statics
     )
     core_run = best_time(lambda: core_c(p.params, p.data, key, **traced), repeats=repeats)
 

@@ -40,10 +40,10 @@ _ATTRIBUTES = {
     "Diagnostics": "diagnostics",
     "diagnose": "diagnostics",
     "to_inference_data": "diagnostics",
-    "LLCResult": "estimator",
+    "LLCResult": "core",
     "LLCWarning": "estimator",
     "estimate_llc": "estimator",
-    "sample_llc": "estimator",
+    "sample_llc": "core",
     "SAMPLERS": "kernels",
     "SamplingKernel": "kernels",
     "StepInfo": "kernels",
@@ -85,8 +85,9 @@ if TYPE_CHECKING:
     from jaxslt import checkpoints, gibbs, plots, problems, stages, study, truth
     from jaxslt.calibration import Calibration, calibrate
     from jaxslt.chains import ChainTrace, run_chains
+    from jaxslt.core import LLCResult, sample_llc
     from jaxslt.diagnostics import Diagnostics, diagnose, to_inference_data
-    from jaxslt.estimator import LLCResult, LLCWarning, estimate_llc, sample_llc
+    from jaxslt.estimator import LLCWarning, estimate_llc
     from jaxslt.kernels import (
         SAMPLERS,
         SamplingKernel,

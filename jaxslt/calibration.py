@@ -49,8 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxslt import validation
+from jaxslt.core import DEFAULT_BATCH_SIZE, LLCResult, sample_llc
 from jaxslt.curvature import MAX_RELATIVE_BIAS, healthy_step, max_hessian_eigenvalue
-from jaxslt.estimator import DEFAULT_BATCH_SIZE, LLCResult, sample_llc
 from jaxslt.posterior import default_nbeta
 
 PyTree = Any
@@ -83,7 +83,7 @@ class Calibration:
 jax.tree_util.register_static(Calibration)
 
 
-def _extrapolate(eps: np.ndarray, est: np.ndarray, se: np.ndarray) -> tuple[float, float]:
+def extrapolate(eps: np.ndarray, est: np.ndarray, se: np.ndarray) -> tuple[float, float]:
     """Weighted least squares est ≈ λ₀ + c·ε; returns (λ₀, se(λ₀)). Needs ≥ 2 distinct ε."""
     w = 1.0 / np.maximum(se, 1e-12) ** 2
     design = np.stack([np.ones_like(eps), eps], axis=1)
@@ -208,7 +208,7 @@ def calibrate(
     pilots: list[str] = []
     if step_sizes is None:
         pilot = functools.partial(
-            _run_grid, loss_fn, params, data, jax.random.fold_in(key, 3),
+            run_grid, loss_fn, params, data, jax.random.fold_in(key, 3),
             num_chains=num_chains, num_draws=max(1, num_draws // 4),
             num_burnin=max(1, num_burnin // 4), batch_size=batch_size, sampler=sampler,
             cell_batch_size=None,
@@ -232,7 +232,7 @@ def calibrate(
     for e, g, b in zip(eps, gam, nbs, strict=True):  # each cell representable in the chains' dtype
         validation.cast_settings(params, step_size=e, nbeta=b, localization=g)
     dtype = validation.setting_dtype(params)
-    results = _run_grid(
+    results = run_grid(
         loss_fn, params, data, key, jnp.asarray(eps, dtype), jnp.asarray(gam, dtype),
         jnp.asarray(nbs, dtype), num_chains=num_chains, num_draws=num_draws,
         num_burnin=num_burnin, batch_size=batch_size, sampler=sampler,
@@ -253,7 +253,7 @@ def calibrate(
     static_argnames=("num_chains", "num_draws", "num_burnin", "batch_size", "sampler",
                      "cell_batch_size"),
 )  # fmt: skip
-def _run_grid(loss_fn, params, data, key, eps, gam, nbs, *, num_chains, num_draws, num_burnin,
+def run_grid(loss_fn, params, data, key, eps, gam, nbs, *, num_chains, num_draws, num_burnin,
               batch_size, sampler, cell_batch_size):  # fmt: skip
     def cell(args):
         e, g, b = args
@@ -332,7 +332,7 @@ def recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) ->
                 )
                 estimates[gamma] = (best, False)
                 continue
-            lam0, se0 = _extrapolate(sub.step_size.to_numpy(), sub.llc_mean.to_numpy(),
+            lam0, se0 = extrapolate(sub.step_size.to_numpy(), sub.llc_mean.to_numpy(),
                                      sub.llc_se.to_numpy())  # fmt: skip
             extrapolation[gamma] = (lam0, se0)
             tol = np.maximum(2 * np.hypot(sub.llc_se, se0), 0.05 * abs(lam0))

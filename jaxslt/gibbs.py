@@ -231,7 +231,7 @@ def _cast(weights, stats, center, nbeta, localization):
     return weights, stats, center, jnp.asarray(nbeta, dtype), jnp.asarray(localization, dtype)
 
 
-def _sweep(key, weights, stats, center, nbeta, gamma, sxx_eig=None, noise=True):
+def block_sweep(key, weights, stats, center, nbeta, gamma, sxx_eig=None, noise=True):
     """One sweep over layers 1..L (in the working dtype). ``noise=False`` replaces each draw by
     the conditional mean (a deterministic check of the sweep's bookkeeping)."""
     num = len(weights)
@@ -271,7 +271,7 @@ def gibbs_sweep(
     working dtype (float64 under x64, else float32). The key is split into one key per layer.
     """
     w, s, c, nb, g = _cast(weights, stats, center, nbeta, localization)
-    return _sweep(key, w, s, c, nb, g)
+    return block_sweep(key, w, s, c, nb, g)
 
 
 def layer_conditional(
@@ -363,7 +363,7 @@ def _gibbs_llc_core(
 
     def chain(chain_key):
         def step(w, k):
-            w = _sweep(k, w, stats, ws, nbeta, gamma, sxx_eig)
+            w = block_sweep(k, w, stats, ws, nbeta, gamma, sxx_eig)
             return w, _excess(_product(w), fstar, gstar, stats.sxx)
 
         _, trace = jax.lax.scan(step, ws, jax.random.split(chain_key, num_burnin + num_sweeps))

@@ -767,7 +767,7 @@ def _stat(value: Any, reduce: str, spec: str) -> str:
     return f"{reduce} {format(float(getattr(finite, reduce)()), spec)}"
 
 
-def _diagnostics_lines(diagnostics: Any, width: int) -> list[str]:
+def diagnostics_lines(diagnostics: Any, width: int) -> list[str]:
     lines: list[str] = []
     warnings_ = getattr(diagnostics, "warnings", None)
     if warnings_ is None:  # any object: show what str() says
@@ -951,7 +951,7 @@ def plot_summary(
     if diagnostics is None:
         lines = ["no diagnostics given (pass diagnostics=jaxslt.diagnostics.diagnose(result))"]
     else:
-        lines = _diagnostics_lines(diagnostics, width=105)
+        lines = diagnostics_lines(diagnostics, width=105)
     max_lines = 12
     if len(lines) > max_lines:
         rest = len(lines) - (max_lines - 1)

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from jaxslt import estimator, validation
-from jaxslt.estimator import LLCResult
+from jaxslt.core import LLCResult
 
 PyTree = Any
 
@@ -77,7 +77,9 @@ def _checkpoint_list(checkpoints: Any, steps: Sequence[int] | None) -> tuple[lis
 
 
 @functools.partial(
-    jax.jit, static_argnums=(0,), static_argnames=(*estimator._STATIC, "checkpoint_batch_size")
+    jax.jit,
+    static_argnums=(0,),
+    static_argnames=(*estimator.STATIC_SETTINGS, "checkpoint_batch_size"),
 )
 def _mapped(loss_fn, stacked, data, key, *, checkpoint_batch_size, **settings):
     return jax.lax.map(
@@ -144,17 +146,17 @@ def llc_trajectory(
         estimator.validation.check_positive_int(
             "checkpoint_batch_size", checkpoint_batch_size, "how many checkpoints to vmap at once"
         )  # fmt: skip
-    plan = estimator._plan(
+    plan = estimator.plan_estimate(
         loss_fn, trees[-1], data, key=key, step_size=step_size, **{**_SETTINGS, **settings}
     )
     if checkpoint_batch_size == 1:
         results = []
         for i, (step, params) in enumerate(zip(steps, trees, strict=True)):
             label = f"LLC at step {step} ({i + 1}/{len(trees)})"
-            with estimator._progress(progress, plan.total_steps, label) as every:
+            with estimator.progress_steps(progress, plan.total_steps, label) as every:
                 results.append(
                     jax.block_until_ready(
-                        estimator._sample_llc_jit(
+                        estimator.sample_llc_jit(
                             loss_fn, params, data, key, **plan.settings, progress_every=every
                         )
                     )
@@ -173,11 +175,11 @@ def llc_trajectory(
         # every warning names the checkpoint it comes from, and stays with its row
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            estimator._check_divergence(result, plan.settings["step_size"], raise_if_all=False)
+            estimator.check_divergence(result, plan.settings["step_size"], raise_if_all=False)
             if np.asarray(result.diverged).all():
                 result = result._replace(calibration=plan.calibration)
             else:
-                result = estimator._finish(result, plan, diagnostics)
+                result = estimator.finish_estimate(result, plan, diagnostics)
         messages = [str(w.message) for w in caught]
         for w in caught:
             warnings.warn(f"checkpoint at step {step}: {w.message}", w.category, stacklevel=2)

@@ -44,7 +44,7 @@ def test_power_iteration_on_a_vanishing_hessian_returns_zero():
 
 def test_weighted_extrapolation_recovers_a_line():
     eps = np.array([1e-4, 3e-4, 1e-3])
-    lam0, se0 = cal_module._extrapolate(eps, 2.0 + 300.0 * eps, np.array([0.1, 0.1, 0.2]))
+    lam0, se0 = cal_module.extrapolate(eps, 2.0 + 300.0 * eps, np.array([0.1, 0.1, 0.2]))
     assert lam0 == pytest.approx(2.0, rel=1e-9) and se0 > 0
 
 
@@ -75,9 +75,9 @@ def test_grid_table_and_recommendation_follow_the_rule(calibration):
 
 
 def test_the_grid_compiles_once(calibration):
-    before = cal_module._run_grid._cache_size()
+    before = cal_module.run_grid._cache_size()
     jaxslt.calibrate(quadratic_loss, quadratic_params(), dummy_data(), key=jax.random.key(5), **KW)
-    assert cal_module._run_grid._cache_size() == before
+    assert cal_module.run_grid._cache_size() == before
 
 
 def test_step_size_auto_uses_and_reports_the_calibration():

@@ -15,7 +15,7 @@ from conftest import HESSIAN, dummy_data, quadratic_loss, quadratic_params
 
 import jaxslt
 from jaxslt import curvature
-from jaxslt.estimator import flag_exploded
+from jaxslt.core import flag_exploded
 
 
 def test_geometry_of_a_quadratic_is_exact():

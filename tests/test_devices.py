@@ -46,7 +46,7 @@ SCRIPT = textwrap.dedent(
     for other in (spread, grouped):
         np.testing.assert_allclose(other.loss_trace, one.loss_trace, rtol=1e-5, atol=1e-8)
         np.testing.assert_allclose(other.llc_per_chain, one.llc_per_chain, rtol=1e-4)
-    hlo = jaxslt.estimator._sample_llc_jit.lower(
+    hlo = jaxslt.estimator.sample_llc_jit.lower(
         p.loss_fn, p.params, p.data, kw["key"], step_size=1e-4, nbeta=1.0, localization=1.0,
         num_chains=8, num_draws=5, num_burnin=0, mesh=mesh8,
     ).compile().as_text()
@@ -89,7 +89,7 @@ MODEL_SCRIPT = textwrap.dedent(
     import jaxslt
     from jaxslt import problems
     from jaxslt.chains import MIN_SHARDED_SIZE, place_params
-    from jaxslt.estimator import _sample_llc_jit
+    from jaxslt.estimator import sample_llc_jit
     assert jax.device_count() == 8, jax.devices()
     # W1 (8, 2048) and W2 (2048, 8) have MIN_SHARDED_SIZE elements: the automatic rule splits
     # their 2048 dimension over "model". Label noise keeps the residuals O(1): near a noise-free
@@ -106,7 +106,7 @@ MODEL_SCRIPT = textwrap.dedent(
         # per-device f32 shapes of the (chain-stacked) layers in the partitioned program
         statics = {k: v for k, v in kw.items() if k not in ("step_size", "localization")}
         statics["chain_batch_size"] = group
-        hlo = _sample_llc_jit.lower(
+        hlo = sample_llc_jit.lower(
             p.loss_fn, place_params(p.params, mesh, specs), p.data, key,
             step_size=jnp.float32(1e-5), nbeta=jnp.float32(one.nbeta),
             localization=jnp.float32(10.0), mesh=mesh, param_specs=specs, **statics,

@@ -18,8 +18,8 @@ from conftest import dummy_data
 from scipy.signal import lfilter
 
 import jaxslt
+from jaxslt.core import LLCResult
 from jaxslt.diagnostics import Diagnostics, diagnose, to_inference_data
-from jaxslt.estimator import LLCResult
 
 NBETA, INIT = 100.0, 0.7
 

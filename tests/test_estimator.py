@@ -20,7 +20,7 @@ from flax import nnx
 
 import jaxslt
 from jaxslt import problems, truth
-from jaxslt.estimator import _sample_llc_jit
+from jaxslt.estimator import sample_llc_jit
 
 Z = 4.0  # standard errors allowed in statistical comparisons
 
@@ -232,10 +232,10 @@ def test_same_key_is_bit_identical_and_other_key_differs():
 def test_second_call_reuses_the_compiled_program():
     kw = dict(nbeta=100.0, localization=1.0, num_chains=2, num_draws=17, num_burnin=3)
     _estimate(step_size=1e-3, **kw)
-    before = _sample_llc_jit._cache_size()
+    before = sample_llc_jit._cache_size()
     _estimate(step_size=2e-3, key=jax.random.key(9), data=dummy_data() + 1.0, **kw | {"nbeta": 7.0})
     _estimate(step_size=1e-3, params={"w": jnp.ones(3)}, **kw | {"localization": 3.0})
-    assert _sample_llc_jit._cache_size() == before
+    assert sample_llc_jit._cache_size() == before
 
 
 def test_result_is_a_pytree_with_a_readable_summary():
@@ -479,7 +479,7 @@ def test_auto_chain_batch_size_groups_chains_when_memory_is_short(monkeypatch):
     p = problems.deep_linear_network([8, 8, 8], 2, key=jax.random.key(0), num_examples=256)
     kw = dict(key=jax.random.key(1), step_size=1e-5, num_chains=4, num_draws=20, num_burnin=0)
     plan = functools.partial(
-        jaxslt.estimator._plan, p.loss_fn, p.params, p.data, thinning=1, batch_size=None,
+        jaxslt.estimator.plan_estimate, p.loss_fn, p.params, p.data, thinning=1, batch_size=None,
         nbeta=None, localization=None, sampler="sgld", sampler_options=None,
         eval_batch_size=None, acceptance_checks=5, mesh=None, compute_dtype=None,
         restrict=None, observables=False, observable_draws=100, chain_batch_size="auto", **kw,
@@ -510,7 +510,7 @@ def test_a_lone_momentum_chain_holds_its_state_and_one_gradient(sampler):
     parameters for sghmc, 3.50 for sgnht) instead of position + momentum + gradient = 3."""
     p = problems.deep_linear_network([256] * 5, 64, key=jax.random.key(0), num_examples=256)
     param_bytes = 4 * sum(int(w.size) for w in p.params)
-    temp = _sample_llc_jit.lower(
+    temp = sample_llc_jit.lower(
         p.loss_fn, p.params, p.data, jax.random.key(1), step_size=1e-7, nbeta=100.0,
         localization=1.0, num_chains=2, num_draws=10, num_burnin=0, batch_size=32,
         sampler=sampler, chain_batch_size=1, acceptance_checks=0,
@@ -526,7 +526,7 @@ def test_acceptance_checks_cost_at_most_three_parameter_copies_per_chain():
     param_bytes = 4 * sum(int(w.size) for w in p.params)
 
     def temp_bytes(group, checks):
-        return _sample_llc_jit.lower(
+        return sample_llc_jit.lower(
             p.loss_fn, p.params, p.data, jax.random.key(1), step_size=1e-7, nbeta=100.0,
             localization=1.0, num_chains=4, num_draws=10, num_burnin=0, batch_size=32,
             chain_batch_size=group, acceptance_checks=checks,

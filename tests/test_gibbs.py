@@ -70,7 +70,7 @@ def test_sweep_bookkeeping_matches_sequential_conditionals():
         weights, center, x, y = _random_net(jax.random.key(2), WIDTHS)
         stats = gibbs.dln_statistics(x, y)
         nbeta, gamma = 5.0, 0.7
-        swept = gibbs._sweep(None, weights, stats, center, nbeta, gamma, noise=False)
+        swept = gibbs.block_sweep(None, weights, stats, center, nbeta, gamma, noise=False)
         current = list(weights)
         for layer in range(len(weights)):
             mean, _ = _brute_force_conditional(current, center, x, y, layer, nbeta, gamma)

@@ -185,7 +185,7 @@ def test_summary_text_of_real_diagnostics(real_result):
     # covered above with a stand-in object of the same shape): a real Diagnostics, once with
     # its warnings cleared and once with two known ones, so that both branches are checked
     diagnostics = pytest.importorskip("jaxslt.diagnostics").diagnose(real_result)
-    lines_of = plots._diagnostics_lines
+    lines_of = plots.diagnostics_lines
     clean = dataclasses.replace(diagnostics, warnings=())
     header = f"OK  ·  R-hat {clean.rhat:.3f}  ·  bulk ESS {clean.ess_bulk:.0f}"
     assert lines_of(clean, width=105) == [header, "no warnings"]

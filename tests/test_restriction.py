@@ -148,10 +148,10 @@ def test_same_selection_reuses_the_compiled_program():
 
     jaxslt.estimate_llc(problem.loss_fn, problem.params, problem.data, key=jax.random.key(0),
                         restrict=["params/layer_0/**"], **SETTINGS)  # fmt: skip
-    size = estimator._sample_llc_jit._cache_size()
+    size = estimator.sample_llc_jit._cache_size()
     jaxslt.estimate_llc(problem.loss_fn, problem.params, problem.data, key=jax.random.key(1),
                         restrict=("params/layer_0/**",), **SETTINGS)  # fmt: skip
-    assert estimator._sample_llc_jit._cache_size() == size
+    assert estimator.sample_llc_jit._cache_size() == size
 
 
 def test_two_heads_of_one_layer_share_the_compiled_program():
@@ -174,9 +174,9 @@ def test_two_heads_of_one_layer_share_the_compiled_program():
                                    restrict=head(cols), **SETTINGS)  # fmt: skip
 
     first = run(slice(0, 1))  # layer_1 kernel is (5, 3): one column each
-    size = estimator._sample_llc_jit._cache_size()
+    size = estimator.sample_llc_jit._cache_size()
     second = run(slice(2, 3))
-    assert estimator._sample_llc_jit._cache_size() == size
+    assert estimator.sample_llc_jit._cache_size() == size
     assert not np.allclose(first.loss_trace, second.loss_trace)
 
 

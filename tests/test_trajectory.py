@@ -35,10 +35,10 @@ def _checkpoints(problem, count=3):
 def test_rows_equal_estimate_llc_per_checkpoint_and_compile_once(problem):
     checkpoints = _checkpoints(problem)
     key = jax.random.key(1)
-    before = estimator._sample_llc_jit._cache_size()
+    before = estimator.sample_llc_jit._cache_size()
     table = jaxslt.llc_trajectory(problem.loss_fn, checkpoints, problem.data, key=key,
                                   step_size=1e-4, steps=[10, 100, 1000], **SETTINGS)  # fmt: skip
-    assert estimator._sample_llc_jit._cache_size() <= before + 1
+    assert estimator.sample_llc_jit._cache_size() <= before + 1
     assert list(table["step"]) == [10, 100, 1000]
     for row, params in zip(table.itertuples(), checkpoints, strict=True):
         single = jaxslt.estimate_llc(problem.loss_fn, params, problem.data, key=key,

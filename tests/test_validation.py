@@ -1,6 +1,6 @@
 """Bad arguments to ``estimate_llc`` fail fast, before anything compiles, naming the argument.
 
-Every test runs with ``jaxslt.estimator._sample_llc_jit`` replaced by a stub that raises
+Every test runs with ``jaxslt.estimator.sample_llc_jit`` replaced by a stub that raises
 ``AssertionError("compiled")``: a bad input that slipped through validation would reach the
 stub and fail the ``pytest.raises(ValueError/TypeError)`` below with that AssertionError.
 """
@@ -68,7 +68,7 @@ def _compiled(*args, **kwargs):
 @pytest.fixture(autouse=True)
 def no_compile(monkeypatch):
     """Validation must reject every bad input before the sampler is even called."""
-    monkeypatch.setattr(jaxslt.estimator, "_sample_llc_jit", _compiled)
+    monkeypatch.setattr(jaxslt.estimator, "sample_llc_jit", _compiled)
 
 
 def call(loss=loss_fn, p=None, d=None, **overrides):
