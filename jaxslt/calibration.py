@@ -255,6 +255,10 @@ def calibrate(
 )  # fmt: skip
 def run_grid(loss_fn, params, data, key, eps, gam, nbs, *, num_chains, num_draws, num_burnin,
               batch_size, sampler, cell_batch_size):  # fmt: skip
+    """``sample_llc`` for every cell (ε, γ, nβ) of the grid, in one compiled program: cells
+    mapped in groups of ``cell_batch_size`` (all at once by default), all on the same ``key``
+    (common random numbers); with the step check's ``LocalGeometry`` per cell."""
+
     def cell(args):
         e, g, b = args
         return sample_llc(
@@ -267,6 +271,11 @@ def run_grid(loss_fn, params, data, key, eps, gam, nbs, *, num_chains, num_draws
 
 
 def recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) -> Calibration:
+    """The recommendation rule of this module's docstring applied to the grid's ``results``
+    (batched over cells with settings ``eps``, ``gam``, ``nbs``), each cell judged by
+    ``diagnose``; returns the ``Calibration`` (table, recommended settings, explanation,
+    ε → 0 extrapolations, cautions). Pure host-side bookkeeping, unit-tested on synthetic
+    tables."""
     import pandas as pd
 
     rows = []

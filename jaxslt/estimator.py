@@ -389,6 +389,8 @@ def progress_steps(progress: bool | None, total: int, label: str):
 
 
 def check_divergence(result: LLCResult, step_size: Any, *, raise_if_all: bool) -> None:
+    """The divergence policy: warn (``LLCWarning``) when some chains diverged; raise
+    ``FloatingPointError`` naming the step size when all did and ``raise_if_all``."""
     diverged = np.asarray(result.diverged)
     num_chains = diverged.size
     step_size = float(step_size)

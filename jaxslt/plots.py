@@ -768,6 +768,9 @@ def _stat(value: Any, reduce: str, spec: str) -> str:
 
 
 def diagnostics_lines(diagnostics: Any, width: int) -> list[str]:
+    """The diagnostics block of a summary page, wrapped at ``width`` characters: a line of
+    health statistics (OK / NOT OK, R-hat, bulk ESS) and then each warning, or "no warnings";
+    any other object is shown as its ``str``."""
     lines: list[str] = []
     warnings_ = getattr(diagnostics, "warnings", None)
     if warnings_ is None:  # any object: show what str() says
