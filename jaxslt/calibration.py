@@ -50,12 +50,18 @@ import numpy as np
 
 from jaxslt import validation
 from jaxslt.core import DEFAULT_BATCH_SIZE, LLCResult, sample_llc
-from jaxslt.curvature import MAX_RELATIVE_BIAS, healthy_step, max_hessian_eigenvalue
+from jaxslt.curvature import (
+    HEALTHY_SHARE,
+    MAX_RELATIVE_BIAS,
+    STIFFNESS_LIMIT,
+    healthy_step,
+    max_hessian_eigenvalue,
+)
 from jaxslt.posterior import default_nbeta
 
 PyTree = Any
 
-MAX_MARGIN = 0.5  # ε·(nβ·h_max + γ) at w*; see the module docstring
+MAX_MARGIN = HEALTHY_SHARE * STIFFNESS_LIMIT  # ε·(nβ·h_max + γ) at w*; see the module docstring
 MIN_RELAXATIONS = 3.0  # burn-in·ε·γ of a healthy cell: flat directions within e⁻³ of equilibrium
 MAX_CALIBRATION_BURNIN = 20_000  # the most calibration raises its burn-in to, to reach that
 # diagnostics warnings that disqualify a cell (ESS is low by design in short calibration runs)
@@ -286,7 +292,7 @@ def recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) ->
         bad += [f"{int(cell.diverged.sum())} chain(s) diverged"] if cell.diverged.any() else []
         margin = float(eps[i] * (nbs[i] * h_max + gam[i]))
         # the final run's own step check (diagnostics) must pass with room to spare
-        biased = not diag.bias_bound <= 0.5 * MAX_RELATIVE_BIAS * abs(diag.llc)
+        biased = not diag.bias_bound <= HEALTHY_SHARE * MAX_RELATIVE_BIAS * abs(diag.llc)
         # a cell whose burn-in is short of MIN_RELAXATIONS relaxation times 1/(εγ) of the flat
         # directions measured chains that had not yet spread: neither its λ̂ nor the curvature
         # its chains saw predicts the long run (measured: a DLN cell at γ = 1 passed at a 5%

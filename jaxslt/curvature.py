@@ -33,6 +33,7 @@ import optax
 from jaxslt.noise import threefry2x32, tree_normal
 
 __all__ = [
+    "HEALTHY_SHARE",
     "LocalGeometry",
     "StepBias",
     "healthy_step",
@@ -46,6 +47,9 @@ PyTree = Any
 # exceeds STIFFNESS_LIMIT (the stiffest direction's variance then inflated by ≥ 33%)
 MAX_RELATIVE_BIAS = 0.1
 STIFFNESS_LIMIT = 1.0
+# the share of both limits that advice (``healthy_step``) and calibration keep, so that a step
+# chosen by either passes the warning limits with room to spare
+HEALTHY_SHARE = 0.5
 
 
 class LocalGeometry(NamedTuple):
@@ -219,8 +223,8 @@ def healthy_step(
     h_max, trace_h, noise = _floats(geometry)
     stiff = nbeta * h_max + localization  # stiffness per unit ε
     slope = nbeta * (max(trace_h, 0.0) + nbeta * noise) / 8  # first-order excess per unit ε
-    stiffness = 0.5 * STIFFNESS_LIMIT
+    stiffness = HEALTHY_SHARE * STIFFNESS_LIMIT
     limits = [stiffness / stiff if stiff > 0 else float("inf")]
     if llc > 0 and slope > 0:  # at stiffness ≤ the limit above, 1/(1 − s/4) ≤ 1/(1 − 1/8)
-        limits.append(0.5 * MAX_RELATIVE_BIAS * llc * (1 - stiffness / 4) / slope)
+        limits.append(HEALTHY_SHARE * MAX_RELATIVE_BIAS * llc * (1 - stiffness / 4) / slope)
     return min(limits)

@@ -80,15 +80,15 @@ def test_healthy_step_clears_both_limits():
     geometry = curvature.LocalGeometry(HESSIAN.max(), HESSIAN.sum(), 0.01)
     eps = curvature.healthy_step(geometry, nbeta=nbeta, localization=gamma, llc=llc)
     bias = curvature.step_bias(geometry, step_size=eps, nbeta=nbeta, localization=gamma)
-    assert bias.stiffness <= 0.5 * curvature.STIFFNESS_LIMIT + 1e-12
-    assert bias.excess <= 0.5 * curvature.MAX_RELATIVE_BIAS * llc + 1e-12
+    assert bias.stiffness <= curvature.HEALTHY_SHARE * curvature.STIFFNESS_LIMIT + 1e-12
+    assert bias.excess <= curvature.HEALTHY_SHARE * curvature.MAX_RELATIVE_BIAS * llc + 1e-12
     # and it is the largest such step: one of the two limits is attained
     assert max(
-        bias.stiffness / (0.5 * curvature.STIFFNESS_LIMIT),
+        bias.stiffness / (curvature.HEALTHY_SHARE * curvature.STIFFNESS_LIMIT),
         bias.excess
-        / (0.5 * curvature.MAX_RELATIVE_BIAS * llc)
+        / (curvature.HEALTHY_SHARE * curvature.MAX_RELATIVE_BIAS * llc)
         * (1 - bias.stiffness / 4)
-        / (1 - 0.5 * curvature.STIFFNESS_LIMIT / 4),
+        / (1 - curvature.HEALTHY_SHARE * curvature.STIFFNESS_LIMIT / 4),
     ) == pytest.approx(1.0, rel=1e-9)
 
 
