@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 
 # Hypothesis profiles, chosen by HYPOTHESIS_PROFILE (default "ci"):
@@ -44,3 +46,19 @@ def quadratic_params():
 
 def dummy_data(n: int = 64):
     return jnp.zeros((n, 1), jnp.float32)
+
+
+@pytest.fixture(scope="module")
+def restore_compilation_cache():
+    """study.run points JAX's persistent compilation cache at the store's folder for the rest
+    of the process; undo it after the module that ran studies, so no other test inherits it."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    saved = (
+        jax.config.jax_compilation_cache_dir,
+        jax.config.jax_persistent_cache_min_compile_time_secs,
+    )
+    yield
+    jax.config.update("jax_compilation_cache_dir", saved[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
+    compilation_cache.reset_cache()

@@ -23,6 +23,9 @@ from jaxslt import cli, study
 from jaxslt.study import examples
 from jaxslt.study.spec import FULL_DATA, cell_identity
 
+# study.run points JAX's persistent compilation cache at the store's folder: undo it
+pytestmark = pytest.mark.usefixtures("restore_compilation_cache")
+
 # Tiny cells (a [3, 2, 3] deep linear network, 64 examples, 2 chains × 30 draws): each runs in
 # milliseconds once compiled, and all share one compiled program.
 PROBLEM = "jaxslt.study.examples:dln_problem"
@@ -35,22 +38,6 @@ SETTINGS = {
     "localization": 10.0,
     "acceptance_checks": 5,
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_compilation_cache():
-    """study.run points JAX's persistent compilation cache at the store's folder for the rest
-    of the process; undo it after this module so no other test file inherits it."""
-    from jax.experimental.compilation_cache import compilation_cache
-
-    saved = (
-        jax.config.jax_compilation_cache_dir,
-        jax.config.jax_persistent_cache_min_compile_time_secs,
-    )
-    yield
-    jax.config.update("jax_compilation_cache_dir", saved[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
-    compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,15 @@ import sqlite3
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
 from jaxslt import cli, study
 from jaxslt.study import execution
 from jaxslt.study import store as store_module
+
+# study.run points JAX's persistent compilation cache at the store's folder: undo it
+pytestmark = pytest.mark.usefixtures("restore_compilation_cache")
 
 TOML = """
 [study]
@@ -40,20 +42,6 @@ acceptance_checks = 2
 step_size = [1e-4, 3e-4]
 """
 PROBLEM = "jaxslt.study.examples:dln_problem"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_compilation_cache():
-    from jax.experimental.compilation_cache import compilation_cache
-
-    saved = (
-        jax.config.jax_compilation_cache_dir,
-        jax.config.jax_persistent_cache_min_compile_time_secs,
-    )
-    yield
-    jax.config.update("jax_compilation_cache_dir", saved[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
-    compilation_cache.reset_cache()
 
 
 def write_spec(folder: Path, problem: str = PROBLEM, store: str = "faults.sqlite") -> Path:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import textwrap
 
-import jax
 import pytest
 
 from jaxslt import study
+
+# study.run points JAX's persistent compilation cache at the store's folder: undo it
+pytestmark = pytest.mark.usefixtures("restore_compilation_cache")
 
 ENTRY = """
 import pathlib
@@ -40,21 +42,6 @@ localization = 10.0
 step_size = [1e-4, 3e-4]
 seed = [0, 1]
 """
-
-
-@pytest.fixture(autouse=True)
-def _restore_compilation_cache():
-    """study.run points JAX's persistent compilation cache at the store's folder; undo it."""
-    from jax.experimental.compilation_cache import compilation_cache
-
-    saved = (
-        jax.config.jax_compilation_cache_dir,
-        jax.config.jax_persistent_cache_min_compile_time_secs,
-    )
-    yield
-    jax.config.update("jax_compilation_cache_dir", saved[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
-    compilation_cache.reset_cache()
 
 
 def test_status_counts_declared_steps_without_calling_the_entry_point(tmp_path):
