@@ -8,7 +8,7 @@ time (``chain_batch_size=1``) and for all chains vmapped, and reads XLA's memory
 (arguments + temporaries + outputs); nothing runs. It prints, in float32 copies of the
 parameters P: the compiled totals, the measured cost of one more live chain
 ((vmapped − one) / (chains − 1)), and the model's prediction of both
-(``estimator.chain_memory``: fixed + k × per chain). Results:
+(``jaxslt.memory.chain_memory``: fixed + k × per chain). Results:
 benchmarks/results/memory_model-<platform>.md.
 """
 
@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from _common import write_result
 
 import jaxslt
-from jaxslt import problems
-from jaxslt.estimator import chain_memory, sample_llc_jit
+from jaxslt import SamplingConfig, problems, sample_llc_jit
+from jaxslt.memory import chain_memory
 
 SETTINGS = [
     ("sgld, no checks", dict(sampler="sgld", acceptance_checks=0)),
@@ -40,8 +40,10 @@ def compiled_bytes(p, *, chains, group, batch, **setting) -> int:
     kw = dict(step_size=jnp.float32(1e-7), nbeta=jnp.float32(1000.0),
               localization=jnp.float32(1.0))  # fmt: skip
     program = sample_llc_jit.lower(
-        p.loss_fn, p.params, p.data, jax.random.key(1), **kw, num_chains=chains, num_draws=100,
-        num_burnin=0, batch_size=batch, chain_batch_size=group, **setting,
+        p.loss_fn, p.params, p.data, jax.random.key(1), **kw, config=SamplingConfig(
+            num_chains=chains, num_draws=100, num_burnin=0, batch_size=batch,
+            chain_batch_size=group, step_check=False, **setting,
+        ),
     ).compile()  # fmt: skip
     m = program.memory_analysis()
     return m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
@@ -65,9 +67,8 @@ def main():
         every = compiled_bytes(p, chains=args.chains, group=None, batch=args.batch, **setting)
         checks = setting.get("acceptance_checks", 0) > 0
         memory = chain_memory(
-            p.loss_fn, p.params, p.data, batch_size=args.batch, sampler=setting["sampler"],
-            options={}, restrict=None, checks=checks,
-            observables=setting.get("observables", False),
+            p.loss_fn, p.params, p.data, SamplingConfig(batch_size=args.batch, **setting),
+            checks=checks,
         )  # fmt: skip
         fixed = memory.params + memory.data
         rows.append((name, one, every, (every - one) / (args.chains - 1), fixed + memory.chain,
@@ -86,7 +87,7 @@ def main():
         f"{data_bytes / param_bytes:.2f} P), batch {args.batch}, {args.chains} chains. "
         "Compiled: XLA memory analysis (arguments + temporaries + outputs) of the whole "
         "estimate, in copies of P; 'per chain' = (all vmapped − one at a time) / (chains − 1). "
-        "Model: `estimator.chain_memory` (fixed + k × per chain), what the automatic rule "
+        "Model: `jaxslt.memory.chain_memory` (fixed + k × per chain), what the automatic rule "
         "compares with 80% of the free memory.",
         "",
         "| setting | compiled, one at a time | compiled, all vmapped | compiled per chain | "

@@ -41,8 +41,7 @@ from _bare import bare_sgld
 from _common import best_time, write_result
 
 import jaxslt
-from jaxslt import localized_posterior, problems, run_chains, sgld
-from jaxslt.estimator import sample_llc_jit
+from jaxslt import SamplingConfig, localized_posterior, problems, run_chains, sample_llc_jit, sgld
 from jaxslt.noise import normal, tree_normal
 
 # dense float32 peak (TF32 tensor cores, which XLA uses for float32 matmuls by default), TFLOP/s
@@ -65,10 +64,10 @@ def measure(size, *, chains, group, steps, batch):
     kw = dict(step_size=jnp.float32(1e-7), nbeta=jnp.float32(1000.0),
               localization=jnp.float32(1.0))  # fmt: skip
     statics = dict(num_chains=chains, num_burnin=0, batch_size=batch, chain_batch_size=group,
-                   acceptance_checks=0)  # fmt: skip
+                   acceptance_checks=0, step_check=False)  # fmt: skip
     key = jax.random.key(1)
-    lowered = sample_llc_jit.lower(p.loss_fn, p.params, p.data, key, **kw, **statics,
-                                    num_draws=steps)  # fmt: skip
+    lowered = sample_llc_jit.lower(p.loss_fn, p.params, p.data, key, **kw,
+                                   config=SamplingConfig(**statics, num_draws=steps))  # fmt: skip
     start = time.perf_counter()
     program = lowered.compile()  # the whole estimate: its memory is what a user needs
     compile_s = time.perf_counter() - start

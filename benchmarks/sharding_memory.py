@@ -9,9 +9,8 @@ import jax.numpy as jnp
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from jaxslt import problems
-from jaxslt.chains import place_params
-from jaxslt.estimator import sample_llc_jit
+from jaxslt import SamplingConfig, problems, sample_llc_jit
+from jaxslt.sharding import place_params
 
 W = 512
 p = problems.deep_linear_network([W] * 5, W // 4, key=jax.random.key(0), num_examples=1024)
@@ -32,10 +31,11 @@ def mem(m, chains, specs=None):
         acceptance_checks=0,
         mesh=m,
         param_specs=specs,
+        step_check=False,
     )
     params = p.params if m is None else place_params(p.params, m, specs)
     c = sample_llc_jit.lower(
-        p.loss_fn, params, p.data, jax.random.key(1), **kw, **statics
+        p.loss_fn, params, p.data, jax.random.key(1), **kw, config=SamplingConfig(**statics)
     ).compile()
     a = c.memory_analysis()
     return (a.argument_size_in_bytes + a.temp_size_in_bytes + a.output_size_in_bytes) / P_BYTES

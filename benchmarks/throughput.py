@@ -26,8 +26,7 @@ from _bare import bare_sgld
 from _common import best_time, write_result
 
 import jaxslt
-from jaxslt import problems
-from jaxslt.estimator import sample_llc_jit
+from jaxslt import SamplingConfig, problems, sample_llc_jit
 
 
 def compile_time(jitted, *args, **kwargs):
@@ -55,10 +54,11 @@ def run_case(widths, *, chains, steps, batch, repeats, n=10_000):
 
     statics = {k: settings[k] for k in ("num_chains", "num_draws", "num_burnin", "batch_size")}
     statics["acceptance_checks"] = 0  # the bare sampler; estimate_llc below runs its defaults
+    statics["step_check"] = False
     traced = dict(step_size=jnp.float32(eps), nbeta=jnp.float32(nbeta),
                   localization=jnp.float32(gamma))  # fmt: skip
     core_c, core_compile = compile_time(
-        sample_llc_jit, p.loss_fn, p.params, p.data, key, **traced, **statics
+        sample_llc_jit, p.loss_fn, p.params, p.data, key, **traced, config=SamplingConfig(**statics)
     )
     core_run = best_time(lambda: core_c(p.params, p.data, key, **traced), repeats=repeats)
 

@@ -3,7 +3,8 @@
 The public API is deliberately small:
 
 - ``estimate_llc``: validate, sample (vmapped chains, scanned steps, one compiled program),
-  diagnose, and return an ``LLCResult``; ``sample_llc`` is its traceable core (jit/vmap it).
+  diagnose, and return an ``LLCResult``; ``sample_llc`` is its traceable core (jit/vmap it;
+  ``sample_llc_jit`` compiled), its static settings one ``SamplingConfig``.
 - ``calibrate``: choose step size, localization (and nβ) on a grid, by a documented rule.
 - ``diagnose`` / ``to_inference_data``: R-hat, ESS, MALA acceptance, drift; ArviZ export.
 - ``llc_trajectory``: λ̂ over a sequence of training checkpoints, one compile, as a DataFrame.
@@ -31,6 +32,7 @@ _SUBMODULES = frozenset(
     # and every other module, reachable as an attribute as when they were imported eagerly
     | {"calibration", "chains", "cli", "diagnostics", "estimator", "kernels", "noise"}
     | {"observables", "posterior", "progress", "restriction", "trajectory", "validation"}
+    | {"config", "core", "curvature", "memory", "plan", "sharding", "types"}
 )
 _ATTRIBUTES = {
     "Calibration": "calibration",
@@ -41,9 +43,11 @@ _ATTRIBUTES = {
     "diagnose": "diagnostics",
     "to_inference_data": "diagnostics",
     "LLCResult": "core",
-    "LLCWarning": "estimator",
+    "LLCWarning": "plan",
+    "SamplingConfig": "config",
     "estimate_llc": "estimator",
     "sample_llc": "core",
+    "sample_llc_jit": "core",
     "SAMPLERS": "kernels",
     "SamplingKernel": "kernels",
     "StepInfo": "kernels",
@@ -85,9 +89,10 @@ if TYPE_CHECKING:
     from jaxslt import checkpoints, gibbs, plots, problems, stages, study, truth
     from jaxslt.calibration import Calibration, calibrate
     from jaxslt.chains import ChainTrace, run_chains
-    from jaxslt.core import LLCResult, sample_llc
+    from jaxslt.config import SamplingConfig
+    from jaxslt.core import LLCResult, sample_llc, sample_llc_jit
     from jaxslt.diagnostics import Diagnostics, diagnose, to_inference_data
-    from jaxslt.estimator import LLCWarning, estimate_llc
+    from jaxslt.estimator import estimate_llc
     from jaxslt.kernels import (
         SAMPLERS,
         SamplingKernel,
@@ -100,6 +105,7 @@ if TYPE_CHECKING:
         sgnht,
     )
     from jaxslt.observables import Observables
+    from jaxslt.plan import LLCWarning
     from jaxslt.posterior import LocalizedPosterior, default_nbeta, localized_posterior
     from jaxslt.restriction import Restriction, make_restriction, tree_paths
     from jaxslt.stages import Stages, detect_stages
@@ -117,6 +123,7 @@ __all__ = [
     "LocalizedPosterior",
     "Observables",
     "Restriction",
+    "SamplingConfig",
     "SamplingKernel",
     "Stages",
     "StepInfo",
@@ -137,6 +144,7 @@ __all__ = [
     "rmsprop_sgld",
     "run_chains",
     "sample_llc",
+    "sample_llc_jit",
     "sghmc",
     "sgld",
     "sgnht",

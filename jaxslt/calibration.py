@@ -38,6 +38,7 @@ Recommendation rule (``Calibration.recommended``, explained in ``Calibration.exp
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -49,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxslt import validation
+from jaxslt.config import SamplingConfig
 from jaxslt.core import DEFAULT_BATCH_SIZE, LLCResult, sample_llc
 from jaxslt.curvature import (
     HEALTHY_SHARE,
@@ -215,8 +217,10 @@ def calibrate(
     if step_sizes is None:
         pilot = functools.partial(
             run_grid, loss_fn, params, data, jax.random.fold_in(key, 3),
-            num_chains=num_chains, num_draws=max(1, num_draws // 4),
-            num_burnin=max(1, num_burnin // 4), batch_size=batch_size, sampler=sampler,
+            config=SamplingConfig(
+                num_chains=num_chains, num_draws=max(1, num_draws // 4),
+                num_burnin=max(1, num_burnin // 4), batch_size=batch_size, sampler=sampler,
+            ),
             cell_batch_size=None,
         )  # fmt: skip
         scale, pilots = _pilot_step(pilot, diagnose, h_max, max(nbetas), min(localizations))
@@ -240,9 +244,11 @@ def calibrate(
     dtype = validation.setting_dtype(params)
     results = run_grid(
         loss_fn, params, data, key, jnp.asarray(eps, dtype), jnp.asarray(gam, dtype),
-        jnp.asarray(nbs, dtype), num_chains=num_chains, num_draws=num_draws,
-        num_burnin=num_burnin, batch_size=batch_size, sampler=sampler,
-        cell_batch_size=cell_batch_size,
+        jnp.asarray(nbs, dtype), cell_batch_size=cell_batch_size,
+        config=SamplingConfig(
+            num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
+            batch_size=batch_size, sampler=sampler,
+        ),
     )  # fmt: skip
     validation.check_init_loss(results.init_loss[0])  # the loss's fault, not the grid's
     calibration = recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws)
@@ -254,24 +260,20 @@ def calibrate(
 
 
 @functools.partial(
-    jax.jit,
-    static_argnums=(0,),
-    static_argnames=("num_chains", "num_draws", "num_burnin", "batch_size", "sampler",
-                     "cell_batch_size"),
+    jax.jit, static_argnums=(0,), static_argnames=("config", "cell_batch_size")
 )  # fmt: skip
-def run_grid(loss_fn, params, data, key, eps, gam, nbs, *, num_chains, num_draws, num_burnin,
-              batch_size, sampler, cell_batch_size):  # fmt: skip
-    """``sample_llc`` for every cell (ε, γ, nβ) of the grid, in one compiled program: cells
-    mapped in groups of ``cell_batch_size`` (all at once by default), all on the same ``key``
-    (common random numbers); with the step check's ``LocalGeometry`` per cell."""
+def run_grid(loss_fn, params, data, key, eps, gam, nbs, *, config, cell_batch_size):
+    """``sample_llc`` with ``config`` (a ``SamplingConfig``) for every cell (ε, γ, nβ) of the
+    grid, in one compiled program: cells mapped in groups of ``cell_batch_size`` (all at once
+    by default), all on the same ``key`` (common random numbers); with the step check's
+    ``LocalGeometry`` per cell."""
+    config = dataclasses.replace(config, step_check=True)
 
     def cell(args):
         e, g, b = args
         return sample_llc(
-            loss_fn, params, data, key, step_size=e, nbeta=b, localization=g,
-            num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
-            batch_size=batch_size, sampler=sampler, step_check=True,
-        )  # fmt: skip
+            loss_fn, params, data, key, step_size=e, nbeta=b, localization=g, config=config
+        )
 
     return jax.lax.map(cell, (eps, gam, nbs), batch_size=cell_batch_size or eps.shape[0])
 

@@ -11,9 +11,6 @@ replacement* (i.i.d., O(batch_size) per step, an unbiased estimate of L_n and �
 
 from __future__ import annotations
 
-import functools
-import math
-import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -22,8 +19,10 @@ import jax.numpy as jnp
 
 from jaxslt import progress
 from jaxslt.kernels import SamplingKernel
+from jaxslt.sharding import param_partition_specs, replicate, shard_chains
+from jaxslt.types import PyTree
 
-PyTree = Any
+__all__ = ["Accumulator", "ChainTrace", "data_size", "run_chains", "typed_key"]
 
 
 class ChainTrace(NamedTuple):
@@ -70,170 +69,6 @@ def typed_key(key: jax.Array) -> jax.Array:
 
 def data_size(data: PyTree) -> int:
     return jax.tree.leaves(data)[0].shape[0]
-
-
-MIN_SHARDED_SIZE = 2**14
-"""The automatic model-axis rule replicates parameter leaves with fewer elements than this
-(biases, norms): splitting them saves little memory and costs a collective per use."""
-
-
-def flat_param_specs(params: PyTree, param_specs: PyTree) -> list | None:
-    """``param_specs`` as one entry per leaf of ``params`` (``jax.tree.leaves`` order): read
-    up to the structure of ``params`` (so ``None`` or empty nodes of ``params``, e.g. Equinox's
-    filtered-out fields, stay nodes, and a ``None`` at a leaf means replicated), or a flat
-    list/tuple of one spec per leaf. None when it is neither."""
-    leaves, treedef = jax.tree.flatten(params)
-    try:
-        return treedef.flatten_up_to(param_specs)
-    except (ValueError, TypeError):
-        if isinstance(param_specs, (list, tuple)) and len(param_specs) == len(leaves):
-            return list(param_specs)
-        return None
-
-
-def param_partition_specs(
-    params: PyTree, mesh: jax.sharding.Mesh | None, param_specs: PyTree | None = None
-) -> PyTree:
-    """One ``PartitionSpec`` per leaf of ``params`` (parameter dimensions only, no chain axis):
-    how each parameter, its gradient and w* are split over the mesh.
-
-    ``param_specs``: a pytree of ``PartitionSpec`` (``None`` = replicated) with the structure
-    of ``params``, e.g. ``flax.linen.get_partition_spec(variables)`` mapped to mesh axes, or
-    the same specs as a flat tuple in ``jax.tree.leaves(params)`` order (hashable, so a valid
-    static argument). ``None`` = the automatic rule: a leaf of at least ``MIN_SHARDED_SIZE``
-    elements is split over the mesh's ``"model"`` axis along its largest dimension divisible
-    by the axis size (the last one on a tie); smaller leaves, leaves without such a dimension,
-    and every leaf when the mesh has no ``"model"`` axis (or it has size 1) are replicated.
-    """
-    spec = jax.sharding.PartitionSpec
-    leaves, treedef = jax.tree.flatten(params)
-    if param_specs is not None:
-        flat = flat_param_specs(params, param_specs)
-        return jax.tree.unflatten(treedef, [spec() if s is None else s for s in flat])
-    size = 1 if mesh is None else dict(mesh.shape).get("model", 1)
-
-    def auto(x):
-        shape = jnp.shape(x)
-        dims = [d for d, length in enumerate(shape) if length % size == 0]
-        if size == 1 or not dims or math.prod(shape) < MIN_SHARDED_SIZE:
-            return spec()
-        d = max(dims, key=lambda d: (shape[d], d))
-        return spec(*[None] * d, "model")
-
-    return jax.tree.unflatten(treedef, [auto(x) for x in leaves])
-
-
-def shard_params(params: PyTree, mesh: jax.sharding.Mesh | None, specs: PyTree) -> PyTree:
-    """Constrain each leaf of ``params`` (w*, unstacked) to ``NamedSharding(mesh, its spec)``."""
-    if mesh is None:
-        return params
-    return jax.tree.map(
-        lambda x, s: jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, s)),
-        params,
-        specs,
-    )
-
-
-def place_params(
-    params: PyTree, mesh: jax.sharding.Mesh | None, param_specs: PyTree | None = None
-) -> PyTree:
-    """``jax.device_put`` w* onto ``mesh``, split as ``param_partition_specs`` says, so that no
-    device needs a whole copy of a model split over ``"model"`` (the outer layer does this
-    before calling the compiled core). Without a mesh, ``params`` unchanged."""
-    if mesh is None:
-        return params
-    specs = flat_param_specs(params, param_partition_specs(params, mesh, param_specs))
-    shardings = [jax.sharding.NamedSharding(mesh, s) for s in specs]
-    return jax.device_put(params, jax.tree.unflatten(jax.tree.structure(params), shardings))
-
-
-def shard_chains(
-    tree: PyTree, mesh: jax.sharding.Mesh | None, position: PyTree | None, specs: PyTree
-) -> PyTree:
-    """Constrain chain-stacked arrays (leading axis = chains) to ``mesh``.
-
-    The chain axis goes over the mesh's ``"chain"`` axis (replicated on a mesh without one).
-    Inside every subtree stacked like ``position`` (same structure, leaf shapes (C, *shape)):
-    positions, momenta, preconditioner moments, gradients, leaf i's parameter dimensions follow
-    ``specs`` leaf i, i.e. ``P("chain", *spec_i)``. Other leaves (keys, per-chain scalars,
-    minibatches) are replicated past the chain axis; all of them when ``position`` is None.
-    """
-    if mesh is None:
-        return tree
-    spec = jax.sharding.PartitionSpec
-    chain = "chain" if "chain" in mesh.axis_names else None
-    treedef = jax.tree.structure(position)
-    shapes = [jnp.shape(x) for x in jax.tree.leaves(position)]
-    leaf_specs = flat_param_specs(position, specs)
-
-    def stacked(node):
-        return (
-            position is not None
-            and jax.tree.structure(node) == treedef
-            and [jnp.shape(x)[1:] for x in jax.tree.leaves(node)] == shapes
-        )
-
-    def constrain(x, s):
-        sharding = jax.sharding.NamedSharding(mesh, spec(chain, *s))
-        return jax.lax.with_sharding_constraint(x, sharding)
-
-    def node(sub):
-        if stacked(sub):
-            parts = [constrain(x, s) for x, s in zip(jax.tree.leaves(sub), leaf_specs, strict=True)]
-            return jax.tree.unflatten(treedef, parts)
-        return constrain(sub, spec())
-
-    return jax.tree.map(node, tree, is_leaf=stacked)
-
-
-def replicate(tree: PyTree, mesh: jax.sharding.Mesh | None) -> PyTree:
-    """Constrain every leaf to be replicated on ``mesh``: small outputs (traces, estimates)
-    become fully addressable on every process, as multi-host callers need."""
-    if mesh is None:
-        return tree
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
-
-
-def available_memory(device: jax.Device) -> int | None:
-    """Bytes free for a new program on ``device``: the allocator's limit less what is in use on
-    GPU/TPU, the host's available physical memory for a CPU device; None when unknown."""
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    if stats and "bytes_limit" in stats:
-        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-    if device.platform == "cpu":
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-        except (ValueError, OSError, AttributeError):  # not Linux
-            return None
-    return None
-
-
-def auto_chain_batch_size(
-    num_chains: int,
-    *,
-    chain_bytes: int,
-    fixed_bytes: int,
-    available: int | None,
-    chain_axis: int = 1,
-    budget: float = 0.8,
-) -> int | None:
-    """How many chains to run at once: ``None`` (all vmapped) when they fit, else the largest
-    group size k (a divisor of ``num_chains``, a multiple of ``chain_axis``) with
-
-        fixed_bytes + (k / chain_axis) · chain_bytes ≤ budget · available
-
-    per device (``chain_bytes``: one live chain's bytes on a device, ``fixed_bytes``: w*, data
-    and one working copy there). When even the smallest group does not fit, the smallest group
-    (the run may then fail with an out-of-memory error that names the sizes). ``available``
-    None (unknown): all chains at once."""
-    groups = [k for k in range(chain_axis, num_chains + 1, chain_axis) if num_chains % k == 0]
-    if available is None or not groups:
-        return None
-    fits = [k for k in groups if fixed_bytes + k // chain_axis * chain_bytes <= budget * available]
-    if fits and fits[-1] == num_chains:
-        return None
-    return fits[-1] if fits else groups[0]
 
 
 def run_chains(
@@ -292,14 +127,18 @@ def run_chains(
     # typed keys: an old-style key's extra word axis would not survive the group reshape below
     key = typed_key(key)
     keys = jax.vmap(jax.random.split)(jax.random.split(key, num_chains))  # (C, 2) init/run
-    total = num_burnin + num_draws * thinning
-    run = functools.partial(
-        _run_group, kernel, position, data, step_size=step_size, num_draws=num_draws,
-        num_burnin=num_burnin, thinning=thinning, batch_size=batch_size,
-        progress_every=progress_every, transition_check=transition_check,
-        check_every=check_every, total=total, mesh=mesh, accumulate=accumulate,
+    layout = _Layout(
+        num_draws=num_draws, num_burnin=num_burnin, thinning=thinning, batch_size=batch_size,
+        progress_every=progress_every, check_every=check_every, mesh=mesh,
         param_specs=param_partition_specs(position, mesh, param_specs),
     )  # fmt: skip
+
+    def run(keys, group_index):
+        return _run_group(
+            kernel, position, data, keys, group_index, step_size, layout,
+            transition_check, accumulate,
+        )  # fmt: skip
+
     if num_groups == 1:
         return replicate(run(keys, 0), mesh)
     traces = jax.lax.map(
@@ -330,13 +169,32 @@ def _map_one(fn: Callable, in_axes: Any = 0) -> Callable:
     return call
 
 
+class _Layout(NamedTuple):
+    """What every group of ``run_chains`` shares: the schedule, the batching, the checks and
+    the placement (static), in one argument."""
+
+    num_draws: int
+    num_burnin: int
+    thinning: int
+    batch_size: int
+    progress_every: int
+    check_every: int
+    mesh: jax.sharding.Mesh | None
+    param_specs: PyTree
+
+    @property
+    def total(self) -> int:
+        return self.num_burnin + self.num_draws * self.thinning
+
+
 def _run_group(
-    kernel, position, data, keys, group_index, *, step_size, num_draws, num_burnin, thinning,
-    batch_size, progress_every, transition_check, check_every, total, mesh, accumulate,
-    param_specs,
+    kernel, position, data, keys, group_index, step_size, layout, transition_check, accumulate
 ) -> ChainTrace:  # fmt: skip
     """Chains of one group: steps scanned, the group's chains vmapped inside each step (so the
     step counter t stays unbatched for ``lax.cond``); a group of one chain has no chain axis."""
+    num_draws, num_burnin, thinning, batch_size = layout[:4]
+    progress_every, check_every, mesh, param_specs = layout[4:]
+    total = layout.total
     n = data_size(data)
     num_chains = keys.shape[0]
     single = num_chains == 1

@@ -30,6 +30,7 @@ __all__ = [
     "REQUIRED",
     "TRACED_SETTINGS",
     "SamplingConfig",
+    "split_settings",
 ]
 
 DEFAULT_LOCALIZATION = 100.0
@@ -74,7 +75,7 @@ class SamplingConfig:
     eval_batch_size: int | None = None
     # sampler
     sampler: str | Callable = "sgld"
-    sampler_options: tuple[tuple[str, Any], ...] = ()
+    sampler_options: tuple[tuple[str, Any], ...] | None = None  # stored as a tuple, () if none
     # checks
     acceptance_checks: int = 50
     step_check: bool = True
@@ -89,13 +90,13 @@ class SamplingConfig:
     compute_dtype: Any = None
 
     def __post_init__(self) -> None:
-        # hashable forms: options as sorted pairs, per-leaf specs as a tuple
+        # hashable forms: options as sorted pairs, per-leaf specs as a tuple (anything else is
+        # left as given, for jaxslt.validation to name)
         options = self.sampler_options
         if options is None:
-            options = ()
-        if isinstance(options, Mapping):
-            options = tuple(sorted(options.items()))
-        object.__setattr__(self, "sampler_options", tuple(tuple(p) for p in options))
+            object.__setattr__(self, "sampler_options", ())
+        elif isinstance(options, Mapping):
+            object.__setattr__(self, "sampler_options", tuple(sorted(options.items())))
         if isinstance(self.param_specs, list):
             object.__setattr__(self, "param_specs", tuple(self.param_specs))
 
@@ -124,9 +125,7 @@ ESTIMATE_SETTINGS: Mapping[str, Any] = types.MappingProxyType(
         "nbeta": None,
         "localization": None,
         **{
-            f.name: getattr(DEFAULTS, f.name)
-            for f in dataclasses.fields(SamplingConfig)
-            if f.name not in _INTERNAL
+            f.name: f.default for f in dataclasses.fields(SamplingConfig) if f.name not in _INTERNAL
         },
         "restrict": None,
         "diagnostics": True,
@@ -136,3 +135,12 @@ ESTIMATE_SETTINGS: Mapping[str, Any] = types.MappingProxyType(
 """Every keyword setting of ``estimate_llc`` (all but ``key``) and its default (``REQUIRED``
 for ``step_size``): ``nbeta``/``localization`` ``None`` mean n/log n and
 ``DEFAULT_LOCALIZATION`` (or the calibrated values with ``step_size="auto"``)."""
+
+
+def split_settings(settings: Mapping[str, Any]) -> tuple[SamplingConfig, dict[str, Any]]:
+    """``settings`` (names of ``ESTIMATE_SETTINGS``) as a ``SamplingConfig`` of its static
+    ones (the rest at their defaults) and a dict of the others (``nbeta``, ``localization``,
+    ``restrict``, ...)."""
+    static = {f.name for f in dataclasses.fields(SamplingConfig)} - _INTERNAL
+    config = SamplingConfig(**{k: v for k, v in settings.items() if k in static})
+    return config, {k: v for k, v in settings.items() if k not in static}

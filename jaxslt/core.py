@@ -9,27 +9,23 @@ shell is ``jaxslt.estimator.estimate_llc``; ``jaxslt.calibration`` maps it over 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxslt.chains import (
-    Accumulator,
-    data_size,
-    param_partition_specs,
-    replicate,
-    run_chains,
-    shard_params,
-)
+from jaxslt.chains import Accumulator, data_size, run_chains
+from jaxslt.config import DEFAULT_LOCALIZATION, DEFAULTS, SamplingConfig
 from jaxslt.curvature import local_geometry
 from jaxslt.kernels import DEFAULT_FRICTION, SGLD_SAMPLERS, make_kernel, sgld_checks, state_position
 from jaxslt.observables import init_moments, per_example_losses, update_moments
 from jaxslt.observables import observables as pool
 from jaxslt.posterior import default_nbeta, full_data_loss, localized_posterior, running_llc
 from jaxslt.restriction import Restriction, make_restriction
+from jaxslt.sharding import param_partition_specs, replicate, shard_params
+from jaxslt.types import PyTree
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -39,9 +35,9 @@ __all__ = [
     "flag_exploded",
     "restricted_loss",
     "sample_llc",
+    "sample_llc_jit",
 ]
 
-PyTree = Any
 DEFAULT_BATCH_SIZE = 256
 
 
@@ -134,49 +130,59 @@ def sample_llc(
     *,
     step_size: float | jax.Array,
     nbeta: float | jax.Array | None = None,
-    localization: float | jax.Array = 100.0,
-    num_chains: int = 4,
-    num_draws: int = 1000,
-    num_burnin: int = 500,
-    thinning: int = 1,
-    batch_size: int | None = None,
-    sampler: str | Callable = "sgld",
-    sampler_options: Mapping[str, Any] | tuple = (),
-    eval_batch_size: int | None = None,
-    acceptance_checks: int = 50,
-    chain_batch_size: int | None = None,
-    mesh: jax.sharding.Mesh | None = None,
-    compute_dtype: Any = None,
-    progress_every: int = 0,
+    localization: float | jax.Array = DEFAULT_LOCALIZATION,
+    config: SamplingConfig = DEFAULTS,
     restrict: Restriction | str | tuple[str, ...] | None = None,
-    observables: bool = False,
-    observable_draws: int = 100,
-    param_specs: PyTree | tuple | None = None,
-    step_check: bool = False,
 ) -> LLCResult:
     """Traceable core of ``estimate_llc``: no validation, no printing; jit and vmap it freely.
 
-    Integer settings, ``sampler``, ``restrict`` and ``loss_fn`` shape the program (static under
-    ``jit``); ``params``, ``data``, ``key``, ``step_size``, ``nbeta`` and ``localization`` may
-    be traced. ``nbeta=None`` means n / log n with n the leading-axis length of ``data``.
-    ``restrict``: a ``jaxslt.Restriction`` (``jaxslt.make_restriction(params, selection)``; a
-    pytree whose index arrays may be traced) or glob pattern(s) when not jitted: sample only
-    those weights, the others frozen at w* (the chains carry only the sampled part).
-    ``param_specs``: how the sampled parameters (and w*) split over ``mesh``'s ``"model"`` axis
-    (see ``jaxslt.chains.param_partition_specs``; under ``jit`` a flat tuple in leaf order;
-    ``None`` = the automatic rule). Outputs are replicated over ``mesh``.
-    ``step_check``: also measure the loss's ``LocalGeometry`` at w* (``result.geometry``; a
-    few dozen Hessian-vector products and minibatch gradients, on a key folded from ``key``
-    so the chains' numbers do not change), from which ``diagnose`` judges the step size.
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar`` mean loss (static under ``jit``).
+      params: w*, any pytree of float arrays (may be traced).
+      data: a pytree of arrays with a leading axis of length n (may be traced).
+      key: a PRNG key (typed or old-style); it fully determines the result.
+      step_size, nbeta, localization: ε, nβ (``None`` = n / log n) and γ, the traced scalars:
+        changing them never recompiles.
+      config: every static setting (``jaxslt.config.SamplingConfig``; one static argument).
+        ``chain_batch_size="auto"`` runs all chains at once here (``estimate_llc`` resolves it
+        from free memory); ``step_check`` also measures the loss's ``LocalGeometry`` at w*
+        (``result.geometry``: a few dozen Hessian-vector products and minibatch gradients, on a
+        key folded from ``key`` so the chains' numbers do not change), from which ``diagnose``
+        judges ε.
+      restrict: a ``jaxslt.Restriction`` (``jaxslt.make_restriction(params, selection)``; a
+        pytree whose index arrays may be traced) or glob pattern(s) when not jitted: sample
+        only those weights, the others frozen at w* (the chains carry only the sampled part).
+
+    Returns:
+      An ``LLCResult`` (replicated over ``config.mesh``), without diagnostics.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxslt import SamplingConfig, sample_llc_jit
+      >>> loss = lambda w, b: jnp.mean((b["x"] @ w - b["y"]) ** 2)
+      >>> x = jax.random.normal(jax.random.key(0), (256, 2))
+      >>> data = {"x": x, "y": x @ jnp.ones(2)}
+      >>> config = SamplingConfig(num_chains=2, num_draws=50, num_burnin=50)
+      >>> r = sample_llc_jit(loss, jnp.ones(2), data, jax.random.key(1), step_size=1e-3,
+      ...                    localization=10.0, config=config)
+      >>> r.llc_per_chain.shape
+      (2,)
     """
+    num_chains, num_draws, num_burnin, thinning = (
+        config.num_chains, config.num_draws, config.num_burnin, config.thinning,
+    )  # fmt: skip
+    sampler, sampler_options = config.sampler, config.sampler_options
+    acceptance_checks, mesh = config.acceptance_checks, config.mesh
+    eval_batch_size, compute_dtype = config.eval_batch_size, config.compute_dtype
+    chain_batch_size = None if config.chain_batch_size == "auto" else config.chain_batch_size
     n = data_size(data)
     if compute_dtype is not None:
         loss_fn = computed_in(loss_fn, compute_dtype)
     if restrict is not None:
         loss_fn, params = restricted_loss(loss_fn, params, make_restriction(params, restrict))
-    specs = param_partition_specs(params, mesh, param_specs)
+    specs = param_partition_specs(params, mesh, config.param_specs)
     params = shard_params(params, mesh, specs)  # w*, hence the localizer, split like the chains
-    batch_size = min(n, DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
+    batch_size = min(n, DEFAULT_BATCH_SIZE if config.batch_size is None else config.batch_size)
     nbeta = default_nbeta(n) if nbeta is None else nbeta
     init_loss = full_data_loss(loss_fn, params, data, eval_batch_size or batch_size)
     posterior = localized_posterior(loss_fn, params, nbeta=nbeta, localization=localization)
@@ -191,14 +197,14 @@ def sample_llc(
             )
 
     accumulate = None
-    if observables:
+    if config.observables:
         chunk = eval_batch_size or batch_size
         accumulate = Accumulator(
             init=lambda: init_moments(n, init_loss.dtype),
             update=lambda acc, state: update_moments(
                 acc, per_example_losses(loss_fn, state_position(state), data, chunk)
             ),
-            every=max(1, num_draws // max(1, observable_draws)),
+            every=max(1, num_draws // max(1, config.observable_draws)),
         )
     trace = run_chains(
         kernel,
@@ -211,7 +217,7 @@ def sample_llc(
         num_burnin=num_burnin,
         thinning=thinning,
         batch_size=batch_size,
-        progress_every=progress_every,
+        progress_every=config.progress_every,
         transition_check=check,
         check_every=max(1, (num_draws * thinning) // max(acceptance_checks, 1)),
         chain_batch_size=chain_batch_size,
@@ -263,10 +269,14 @@ def sample_llc(
             trace_h_draws=trace_h_draws,
             noise_gain=1.0 / dict(sampler_options).get("friction", DEFAULT_FRICTION)
             if sampler == "sghmc" else 1.0,
-        ) if step_check else None,
+        ) if config.step_check else None,
     )  # fmt: skip
     return replicate(result, mesh)
 
+
+sample_llc_jit = jax.jit(sample_llc, static_argnums=(0,), static_argnames=("config",))
+"""``sample_llc`` compiled: ``loss_fn`` and ``config`` static, everything else traced (one
+compile per loss function, config and array shapes)."""
 
 EXPLODED_FACTOR = 10.0
 

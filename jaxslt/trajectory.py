@@ -11,7 +11,6 @@ one program, ``checkpoint_batch_size`` of them vmapped at a time (memory ≈ tha
 from __future__ import annotations
 
 import functools
-import inspect
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -21,18 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from jaxslt import estimator, validation
-from jaxslt.core import LLCResult
+from jaxslt import plan as stages
+from jaxslt import validation
+from jaxslt.config import ESTIMATE_SETTINGS, split_settings
+from jaxslt.core import LLCResult, sample_llc
+from jaxslt.types import PyTree
 
-PyTree = Any
+__all__ = ["llc_trajectory"]
 
-# estimate_llc's sampling settings and their defaults: the same knobs, the same meaning
-_SETTINGS = {
-    name: param.default
-    for name, param in inspect.signature(estimator.estimate_llc).parameters.items()
-    if param.kind is inspect.Parameter.KEYWORD_ONLY
-    and name not in ("key", "step_size", "diagnostics", "progress")
-}
+# estimate_llc's sampling settings: the same knobs, the same meaning, the same defaults
+_SETTINGS = frozenset(ESTIMATE_SETTINGS) - {"step_size", "diagnostics", "progress"}
 
 
 def _checkpoint_list(checkpoints: Any, steps: Sequence[int] | None) -> tuple[list[int], list]:
@@ -76,16 +73,14 @@ def _checkpoint_list(checkpoints: Any, steps: Sequence[int] | None) -> tuple[lis
     return steps, trees
 
 
-@functools.partial(
-    jax.jit,
-    static_argnums=(0,),
-    static_argnames=(*estimator.STATIC_SETTINGS, "checkpoint_batch_size"),
-)
-def _mapped(loss_fn, stacked, data, key, *, checkpoint_batch_size, **settings):
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("config", "batch_size"))
+def _mapped(loss_fn, stacked, data, key, scalars, *, config, batch_size):
+    """Every checkpoint of ``stacked`` through the core, ``batch_size`` of them vmapped at a
+    time; ``scalars``: the traced ε, nβ, γ and restriction."""
     return jax.lax.map(
-        lambda params: estimator.sample_llc(loss_fn, params, data, key, **settings),
+        lambda params: sample_llc(loss_fn, params, data, key, config=config, **scalars),
         stacked,
-        batch_size=checkpoint_batch_size,
+        batch_size=batch_size,
     )
 
 
@@ -137,35 +132,30 @@ def llc_trajectory(
         )
     steps, trees = _checkpoint_list(checkpoints, steps)
     validation.check_checkpoints(steps, trees)  # every one, not only the last
-    merged = {**_SETTINGS, **settings}
+    config, traced = split_settings(settings)
     validation.check_diagnostics(
-        diagnostics, num_draws=merged["num_draws"], num_chains=merged["num_chains"],
-        progress=progress,
-    )  # fmt: skip
+        diagnostics, num_draws=config.num_draws, num_chains=config.num_chains, progress=progress
+    )
     if checkpoint_batch_size is not None:
-        estimator.validation.check_positive_int(
+        validation.check_positive_int(
             "checkpoint_batch_size", checkpoint_batch_size, "how many checkpoints to vmap at once"
         )  # fmt: skip
-    plan = estimator.plan_estimate(
-        loss_fn, trees[-1], data, key=key, step_size=step_size, **{**_SETTINGS, **settings}
-    )
+    plan = stages.resolve(loss_fn, trees[-1], data, key, step_size, config, **traced)
     if checkpoint_batch_size == 1:
-        results = []
-        for i, (step, params) in enumerate(zip(steps, trees, strict=True)):
-            label = f"LLC at step {step} ({i + 1}/{len(trees)})"
-            with estimator.progress_steps(progress, plan.total_steps, label) as every:
-                results.append(
-                    jax.block_until_ready(
-                        estimator.sample_llc_jit(
-                            loss_fn, params, data, key, **plan.settings, progress_every=every
-                        )
-                    )
-                )
+        results = [
+            stages.run(loss_fn, params, data, key, plan, progress=progress,
+                       label=f"LLC at step {step} ({i + 1}/{len(trees)})")
+            for i, (step, params) in enumerate(zip(steps, trees, strict=True))
+        ]  # fmt: skip
     else:
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *trees)  # stays on device
+        scalars = dict(
+            step_size=plan.step_size, nbeta=plan.nbeta, localization=plan.localization,
+            restrict=plan.restrict,
+        )  # fmt: skip
         batched = _mapped(
-            loss_fn, stacked, data, key, **plan.settings, progress_every=0,
-            checkpoint_batch_size=len(trees) if checkpoint_batch_size is None
+            loss_fn, stacked, data, key, scalars, config=plan.config,
+            batch_size=len(trees) if checkpoint_batch_size is None
             else min(checkpoint_batch_size, len(trees)),
         )  # fmt: skip
         results = [jax.tree.map(lambda x, i=i: x[i], batched) for i in range(len(trees))]
@@ -175,11 +165,11 @@ def llc_trajectory(
         # every warning names the checkpoint it comes from, and stays with its row
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            estimator.check_divergence(result, plan.settings["step_size"], raise_if_all=False)
+            stages.check_divergence(result, plan.step_size, raise_if_all=False)
             if np.asarray(result.diverged).all():
                 result = result._replace(calibration=plan.calibration)
             else:
-                result = estimator.finish_estimate(result, plan, diagnostics)
+                result = stages.finish(result, plan, diagnostics)
         messages = [str(w.message) for w in caught]
         for w in caught:
             warnings.warn(f"checkpoint at step {step}: {w.message}", w.category, stacklevel=2)

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from jaxslt.chains import flat_param_specs
 from jaxslt.kernels import FULL_BATCH_SAMPLERS, SAMPLERS
+from jaxslt.sharding import flat_param_specs
 
 PyTree = Any
 
@@ -385,6 +385,8 @@ def check_sampler(
         )
     if options is None:
         return {}
+    if isinstance(options, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in options):
+        options = dict(options)  # SamplingConfig's hashable form of a Mapping
     if not isinstance(options, Mapping):
         raise TypeError(f"sampler_options must be a dict of keyword arguments; got {options!r}")
     if isinstance(sampler, str):
@@ -526,6 +528,17 @@ def cast_settings(params: PyTree, *, step_size: Any, nbeta: Any, localization: A
         localization=_in_dtype("localization", localization, dtype, positive=False,
                                meaning="typical values are 1 to 1e4"),
     )  # fmt: skip
+
+
+def check_observables(observables: Any, observable_draws: Any) -> None:
+    """``observables`` a bool; with it, ``observable_draws`` a positive int."""
+    if not isinstance(observables, bool):
+        raise TypeError(f"observables must be True or False; got {observables!r}")
+    if observables:
+        check_positive_int(
+            "observable_draws", observable_draws, "the number of kept draws per chain at "
+            "which to evaluate per-example losses on the full data"
+        )  # fmt: skip
 
 
 def check_compute_dtype(compute_dtype: Any) -> np.dtype | None:

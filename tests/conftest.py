@@ -62,3 +62,25 @@ def restore_compilation_cache():
     jax.config.update("jax_compilation_cache_dir", saved[0])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
     compilation_cache.reset_cache()
+
+
+_TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+
+
+@pytest.fixture
+def traces():
+    """A Counter of how many times each function (by name) was traced since the test started,
+    from JAX's public monitoring events: a jitted function traced again missed its cache, so
+    ``traces["sample_llc"]`` unchanged across calls means the compiled program was reused."""
+    import collections
+
+    seen: collections.Counter = collections.Counter()
+
+    def listener(event, duration, **kwargs):
+        del duration
+        if event == _TRACE_EVENT:
+            seen[kwargs.get("fun_name")] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield seen
+    jax.monitoring.unregister_event_duration_listener(listener)

@@ -222,7 +222,8 @@ def test_a_valid_run_is_unchanged_by_the_checks():
     a = est()
     b = jaxslt.sample_llc(
         loss, P, X, KEY, step_size=jnp.float32(1e-4), nbeta=None,
-        localization=jnp.float32(100.0), batch_size=min(N, 256), **SMALL,
+        localization=jnp.float32(100.0),
+        config=jaxslt.SamplingConfig(batch_size=min(N, 256), **SMALL),
     )  # fmt: skip
     np.testing.assert_array_equal(np.asarray(a.loss_trace), np.asarray(b.loss_trace))
     np.testing.assert_allclose(float(a.llc_mean), float(b.llc_mean), rtol=1e-5)  # jit vs eager

@@ -74,10 +74,10 @@ def test_grid_table_and_recommendation_follow_the_rule(calibration):
     assert "Chosen" in calibration.explanation
 
 
-def test_the_grid_compiles_once(calibration):
-    before = cal_module.run_grid._cache_size()
+def test_the_grid_compiles_once(calibration, traces):
+    before = traces["run_grid"]
     jaxslt.calibrate(quadratic_loss, quadratic_params(), dummy_data(), key=jax.random.key(5), **KW)
-    assert cal_module.run_grid._cache_size() == before
+    assert traces["run_grid"] == before
 
 
 def test_step_size_auto_uses_and_reports_the_calibration():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxslt import localized_posterior, progress, run_chains, sgld
-from jaxslt.chains import auto_chain_batch_size, available_memory
+from jaxslt.memory import auto_chain_batch_size, available_memory
 
 
 def data_loss(params, batch):

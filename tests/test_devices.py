@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxslt
 from jaxslt import problems, validation
-from jaxslt.chains import MIN_SHARDED_SIZE, param_partition_specs
+from jaxslt.sharding import MIN_SHARDED_SIZE, param_partition_specs
 
 SCRIPT = textwrap.dedent(
     """
@@ -46,9 +46,10 @@ SCRIPT = textwrap.dedent(
     for other in (spread, grouped):
         np.testing.assert_allclose(other.loss_trace, one.loss_trace, rtol=1e-5, atol=1e-8)
         np.testing.assert_allclose(other.llc_per_chain, one.llc_per_chain, rtol=1e-4)
-    hlo = jaxslt.estimator.sample_llc_jit.lower(
+    hlo = jaxslt.sample_llc_jit.lower(
         p.loss_fn, p.params, p.data, kw["key"], step_size=1e-4, nbeta=1.0, localization=1.0,
-        num_chains=8, num_draws=5, num_burnin=0, mesh=mesh8,
+        config=jaxslt.SamplingConfig(num_chains=8, num_draws=5, num_burnin=0, mesh=mesh8,
+                                     step_check=False),
     ).compile().as_text()
     # after SPMD partitioning each device holds one chain's (4, 3) first layer, not all eight
     assert "f32[1,4,3]" in hlo and "f32[8,4,3]" not in hlo, "chain states are not sharded"
@@ -88,8 +89,8 @@ MODEL_SCRIPT = textwrap.dedent(
     from jax.sharding import AxisType, PartitionSpec as P
     import jaxslt
     from jaxslt import problems
-    from jaxslt.chains import MIN_SHARDED_SIZE, place_params
-    from jaxslt.estimator import sample_llc_jit
+    from jaxslt import SamplingConfig, sample_llc_jit
+    from jaxslt.sharding import MIN_SHARDED_SIZE, place_params
     assert jax.device_count() == 8, jax.devices()
     # W1 (8, 2048) and W2 (2048, 8) have MIN_SHARDED_SIZE elements: the automatic rule splits
     # their 2048 dimension over "model". Label noise keeps the residuals O(1): near a noise-free
@@ -105,11 +106,12 @@ MODEL_SCRIPT = textwrap.dedent(
     def layer_shapes(mesh, specs, group):
         # per-device f32 shapes of the (chain-stacked) layers in the partitioned program
         statics = {k: v for k, v in kw.items() if k not in ("step_size", "localization")}
-        statics["chain_batch_size"] = group
+        config = SamplingConfig(chain_batch_size=group, mesh=mesh, param_specs=specs,
+                                step_check=False, **statics)
         hlo = sample_llc_jit.lower(
             p.loss_fn, place_params(p.params, mesh, specs), p.data, key,
             step_size=jnp.float32(1e-5), nbeta=jnp.float32(one.nbeta),
-            localization=jnp.float32(10.0), mesh=mesh, param_specs=specs, **statics,
+            localization=jnp.float32(10.0), config=config,
         ).compile().as_text()
         return set(re.findall(r"f32\\[[\\d,]+\\]", hlo))
 

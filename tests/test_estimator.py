@@ -19,8 +19,7 @@ from conftest import HESSIAN, dummy_data, quadratic_loss, quadratic_params
 from flax import nnx
 
 import jaxslt
-from jaxslt import problems, truth
-from jaxslt.estimator import sample_llc_jit
+from jaxslt import SamplingConfig, problems, sample_llc_jit, truth
 
 Z = 4.0  # standard errors allowed in statistical comparisons
 
@@ -229,13 +228,13 @@ def test_same_key_is_bit_identical_and_other_key_differs():
     assert not np.array_equal(a.loss_trace, c.loss_trace)
 
 
-def test_second_call_reuses_the_compiled_program():
+def test_second_call_reuses_the_compiled_program(traces):
     kw = dict(nbeta=100.0, localization=1.0, num_chains=2, num_draws=17, num_burnin=3)
     _estimate(step_size=1e-3, **kw)
-    before = sample_llc_jit._cache_size()
+    before = traces["sample_llc"]
     _estimate(step_size=2e-3, key=jax.random.key(9), data=dummy_data() + 1.0, **kw | {"nbeta": 7.0})
     _estimate(step_size=1e-3, params={"w": jnp.ones(3)}, **kw | {"localization": 3.0})
-    assert sample_llc_jit._cache_size() == before
+    assert traces["sample_llc"] == before
 
 
 def test_result_is_a_pytree_with_a_readable_summary():
@@ -259,10 +258,7 @@ def test_core_function_is_jittable_and_vmappable_over_checkpoints():
         p.loss_fn,
         step_size=1e-4,
         localization=10.0,
-        num_chains=2,
-        num_draws=100,
-        num_burnin=50,
-        batch_size=100,
+        config=SamplingConfig(num_chains=2, num_draws=100, num_burnin=50, batch_size=100),
     )
     key = jax.random.key(4)
     checkpoints = [jax.tree.map(lambda w, s=s: w * s, p.params) for s in (1.0, 0.9, 1.1)]
@@ -278,10 +274,16 @@ def test_core_function_is_jittable_and_vmappable_over_checkpoints():
         num_chains=2, num_draws=100, num_burnin=50, batch_size=100,
     )  # fmt: skip
     assert wrapped.diagnostics is not None and wrapped.geometry is not None
+    # the shell adds only the diagnostics to the core's result
+    chex.assert_trees_all_close(wrapped._replace(diagnostics=None), direct[0], rtol=1e-5)
     # the step check measures on its own folded key: the chains' numbers are unchanged by it
-    chex.assert_trees_all_close(
-        wrapped._replace(diagnostics=None, geometry=None), direct[0], rtol=1e-5
-    )
+    unchecked = jax.jit(core, static_argnames="config")(
+        checkpoints[0], p.data, key,
+        config=SamplingConfig(num_chains=2, num_draws=100, num_burnin=50, batch_size=100,
+                              step_check=False),
+    )  # fmt: skip
+    assert unchecked.geometry is None
+    chex.assert_trees_all_equal(unchecked.loss_trace, direct[0].loss_trace)
 
 
 @pytest.mark.parametrize("sampler", ["blackjax_sghmc", "blackjax_sgnht"])
@@ -303,9 +305,11 @@ def test_divergent_chains_are_flagged_excluded_and_warned():
     kw = dict(nbeta=100.0, localization=0.0, num_chains=2, num_draws=300, num_burnin=0)
     with pytest.raises(FloatingPointError, match=r"all 2 chains diverged.*lower step_size"):
         _estimate(_explodes, step_size=0.05, **kw)
+    config = SamplingConfig(num_chains=2, num_draws=300, num_burnin=0)
     result = jaxslt.sample_llc(
-        _explodes, {"w": jnp.ones(2)}, dummy_data(), jax.random.key(0), step_size=0.05, **kw
-    )
+        _explodes, {"w": jnp.ones(2)}, dummy_data(), jax.random.key(0), step_size=0.05,
+        nbeta=100.0, localization=0.0, config=config,
+    )  # fmt: skip
     steps = np.asarray(result.divergence_step)
     assert result.diverged.all() and (steps > 0).all()
     for c in range(2):
@@ -478,21 +482,19 @@ def test_data_refined_llc_on_a_slice_matches_the_exact_posterior():
 def test_auto_chain_batch_size_groups_chains_when_memory_is_short(monkeypatch):
     p = problems.deep_linear_network([8, 8, 8], 2, key=jax.random.key(0), num_examples=256)
     kw = dict(key=jax.random.key(1), step_size=1e-5, num_chains=4, num_draws=20, num_burnin=0)
+    config = SamplingConfig(num_chains=4, num_draws=20, num_burnin=0, acceptance_checks=5)
     plan = functools.partial(
-        jaxslt.estimator.plan_estimate, p.loss_fn, p.params, p.data, thinning=1, batch_size=None,
-        nbeta=None, localization=None, sampler="sgld", sampler_options=None,
-        eval_batch_size=None, acceptance_checks=5, mesh=None, compute_dtype=None,
-        restrict=None, observables=False, observable_draws=100, chain_batch_size="auto", **kw,
-    )  # fmt: skip
-    assert plan().settings["chain_batch_size"] is None  # plenty of memory: all chains at once
+        jaxslt.plan.resolve, p.loss_fn, p.params, p.data, kw["key"], kw["step_size"], config
+    )
+    assert plan().config.chain_batch_size is None  # plenty of memory: all chains at once
     # a live SGLD chain with acceptance checks: state + gradient + 3 copies for the checks;
     # fixed: w*, one working copy and the data
     param_bytes = 4 * sum(int(w.size) for w in p.params)
     fixed = 2 * param_bytes + sum(int(x.nbytes) for x in p.data)
     monkeypatch.setattr(
-        jaxslt.estimator, "available_memory", lambda d: (fixed + 2 * 5 * param_bytes) / 0.8
+        jaxslt.memory, "available_memory", lambda d: (fixed + 2 * 5 * param_bytes) / 0.8
     )
-    assert plan().settings["chain_batch_size"] == 2
+    assert plan().config.chain_batch_size == 2
     grouped = jaxslt.estimate_llc(p.loss_fn, p.params, p.data, diagnostics=False, **kw)
     together = jaxslt.estimate_llc(
         p.loss_fn, p.params, p.data, chain_batch_size=None, diagnostics=False, **kw
@@ -512,8 +514,10 @@ def test_a_lone_momentum_chain_holds_its_state_and_one_gradient(sampler):
     param_bytes = 4 * sum(int(w.size) for w in p.params)
     temp = sample_llc_jit.lower(
         p.loss_fn, p.params, p.data, jax.random.key(1), step_size=1e-7, nbeta=100.0,
-        localization=1.0, num_chains=2, num_draws=10, num_burnin=0, batch_size=32,
-        sampler=sampler, chain_batch_size=1, acceptance_checks=0,
+        localization=1.0, config=SamplingConfig(
+            num_chains=2, num_draws=10, num_burnin=0, batch_size=32, sampler=sampler,
+            chain_batch_size=1, acceptance_checks=0, step_check=False,
+        ),
     ).compile().memory_analysis().temp_size_in_bytes  # fmt: skip
     assert temp / param_bytes == pytest.approx(3.0, abs=0.1)
 
@@ -528,8 +532,10 @@ def test_acceptance_checks_cost_at_most_three_parameter_copies_per_chain():
     def temp_bytes(group, checks):
         return sample_llc_jit.lower(
             p.loss_fn, p.params, p.data, jax.random.key(1), step_size=1e-7, nbeta=100.0,
-            localization=1.0, num_chains=4, num_draws=10, num_burnin=0, batch_size=32,
-            chain_batch_size=group, acceptance_checks=checks,
+            localization=1.0, config=SamplingConfig(
+                num_chains=4, num_draws=10, num_burnin=0, batch_size=32,
+                chain_batch_size=group, acceptance_checks=checks, step_check=False,
+            ),
         ).compile().memory_analysis().temp_size_in_bytes  # fmt: skip
 
     per_chain = temp_bytes(2, 5) - temp_bytes(1, 5)

@@ -105,8 +105,8 @@ def test_llc_trajectory_old_and_new_keys_agree():
 
 def test_sample_llc_under_vmap_over_old_style_keys():
     loss, params, data = _regression()
-    kw = dict(step_size=1e-3, nbeta=10.0, localization=1.0, num_chains=4, num_draws=5,
-              batch_size=16, chain_batch_size=2)  # fmt: skip
+    config = jaxslt.SamplingConfig(num_chains=4, num_draws=5, batch_size=16, chain_batch_size=2)
+    kw = dict(step_size=1e-3, nbeta=10.0, localization=1.0, config=config)
     seeds = jnp.arange(2)
     old = jax.vmap(lambda k: jaxslt.sample_llc(loss, params, data, k, **kw).llc_per_chain)(
         jax.vmap(jax.random.PRNGKey)(seeds)

@@ -142,22 +142,20 @@ def test_smaller_part_gives_smaller_llc():
     assert 0 < float(one.llc_mean) < float(full.llc_mean)
 
 
-def test_same_selection_reuses_the_compiled_program():
+def test_same_selection_reuses_the_compiled_program(traces):
     problem = _dln("linen")
-    from jaxslt import estimator
 
     jaxslt.estimate_llc(problem.loss_fn, problem.params, problem.data, key=jax.random.key(0),
                         restrict=["params/layer_0/**"], **SETTINGS)  # fmt: skip
-    size = estimator.sample_llc_jit._cache_size()
+    size = traces["sample_llc"]
     jaxslt.estimate_llc(problem.loss_fn, problem.params, problem.data, key=jax.random.key(1),
                         restrict=("params/layer_0/**",), **SETTINGS)  # fmt: skip
-    assert estimator.sample_llc_jit._cache_size() == size
+    assert traces["sample_llc"] == size
 
 
-def test_two_heads_of_one_layer_share_the_compiled_program():
+def test_two_heads_of_one_layer_share_the_compiled_program(traces):
     """Selections with the same layout and sizes differ only in traced index arrays."""
     problem = _dln("linen")
-    from jaxslt import estimator
 
     def head(cols):
         def select(path, leaf):
@@ -174,9 +172,9 @@ def test_two_heads_of_one_layer_share_the_compiled_program():
                                    restrict=head(cols), **SETTINGS)  # fmt: skip
 
     first = run(slice(0, 1))  # layer_1 kernel is (5, 3): one column each
-    size = estimator.sample_llc_jit._cache_size()
+    size = traces["sample_llc"]
     second = run(slice(2, 3))
-    assert estimator.sample_llc_jit._cache_size() == size
+    assert traces["sample_llc"] == size
     assert not np.allclose(first.loss_trace, second.loss_trace)
 
 
@@ -184,8 +182,10 @@ def test_sample_llc_takes_a_restriction_under_jit():
     problem = _dln("linen")
     r = make_restriction(problem.params, "params/layer_2/**")
     run = jax.jit(
-        lambda p, k: jaxslt.sample_llc(problem.loss_fn, p, problem.data, k, step_size=1e-4,
-                                       num_chains=2, num_draws=10, num_burnin=0, restrict=r)
+        lambda p, k: jaxslt.sample_llc(
+            problem.loss_fn, p, problem.data, k, step_size=1e-4, restrict=r,
+            config=jaxslt.SamplingConfig(num_chains=2, num_draws=10, num_burnin=0),
+        )
     )  # fmt: skip
     result = run(problem.params, jax.random.key(0))
     assert np.isfinite(result.llc_mean)

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import jaxslt
-from jaxslt import estimator
 
 SETTINGS = dict(num_chains=2, num_draws=40, num_burnin=10, batch_size=32, nbeta=300.0,
                 localization=5.0)  # fmt: skip
@@ -32,13 +31,13 @@ def _checkpoints(problem, count=3):
     ]
 
 
-def test_rows_equal_estimate_llc_per_checkpoint_and_compile_once(problem):
+def test_rows_equal_estimate_llc_per_checkpoint_and_compile_once(problem, traces):
     checkpoints = _checkpoints(problem)
     key = jax.random.key(1)
-    before = estimator.sample_llc_jit._cache_size()
+    before = traces["sample_llc"]
     table = jaxslt.llc_trajectory(problem.loss_fn, checkpoints, problem.data, key=key,
                                   step_size=1e-4, steps=[10, 100, 1000], **SETTINGS)  # fmt: skip
-    assert estimator.sample_llc_jit._cache_size() <= before + 1
+    assert traces["sample_llc"] <= before + 1
     assert list(table["step"]) == [10, 100, 1000]
     for row, params in zip(table.itertuples(), checkpoints, strict=True):
         single = jaxslt.estimate_llc(problem.loss_fn, params, problem.data, key=key,

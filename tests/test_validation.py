@@ -1,6 +1,6 @@
 """Bad arguments to ``estimate_llc`` fail fast, before anything compiles, naming the argument.
 
-Every test runs with ``jaxslt.estimator.sample_llc_jit`` replaced by a stub that raises
+Every test runs with the compiled core (``Plan.sample``) replaced by a stub that raises
 ``AssertionError("compiled")``: a bad input that slipped through validation would reach the
 stub and fail the ``pytest.raises(ValueError/TypeError)`` below with that AssertionError.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jaxslt
-import jaxslt.estimator
+import jaxslt.plan
 from jaxslt import validation
 
 N = 10
@@ -68,7 +68,7 @@ def _compiled(*args, **kwargs):
 @pytest.fixture(autouse=True)
 def no_compile(monkeypatch):
     """Validation must reject every bad input before the sampler is even called."""
-    monkeypatch.setattr(jaxslt.estimator, "sample_llc_jit", _compiled)
+    monkeypatch.setattr(jaxslt.plan.Plan, "sample", _compiled)
 
 
 def call(loss=loss_fn, p=None, d=None, **overrides):
@@ -301,18 +301,18 @@ def test_params_not_finite(value):
         call(p=bad)
 
 
-def test_params_finite_check_names_the_bad_leaf_and_compiles_once():
+def test_params_finite_check_names_the_bad_leaf_and_compiles_once(traces):
     # leaves of distinct shapes and dtypes, the bad one in the middle
     tree = {"a": jnp.ones((2, 3)), "b": np.ones(5, np.float64), "c": jnp.ones(4, jnp.bfloat16)}
-    before = validation.finite_leaves._cache_size()
+    before = traces["finite_leaves"]
     validation.check_params(tree)
     # one program for the whole tree (eagerly, each leaf shape would compile two)
-    assert validation.finite_leaves._cache_size() == before + 1
+    assert traces["finite_leaves"] == before + 1
     tree["b"] = tree["b"].copy()
     tree["b"][3] = np.nan
     with pytest.raises(ValueError, match=r"params leaf \['b'\] contains NaN or inf"):
         validation.check_params(tree)
-    assert validation.finite_leaves._cache_size() == before + 1
+    assert traces["finite_leaves"] == before + 1
 
 
 @pytest.mark.parametrize("empty", [{}, ()])

@@ -707,7 +707,7 @@ class Cell(NamedTuple):
 @functools.cache
 def _identity_defaults() -> dict[str, Any]:
     """estimate_llc's defaults in JSON form, localization=None read as the 100 it means."""
-    from jaxslt.estimator import DEFAULT_LOCALIZATION
+    from jaxslt.config import DEFAULT_LOCALIZATION
 
     out = {
         k: _json_value(k, v)

@@ -1,0 +1,250 @@
+"""The stages of one estimate, around the compiled core: validate → resolve → place → run →
+divergence policy → diagnose.
+
+``resolve`` validates every argument (before anything compiles: ``jaxslt.validation``), resolves
+defaults and ``step_size="auto"`` (``jaxslt.calibration``) and returns a ``Plan``: the resolved
+``SamplingConfig`` (one static argument) and the traced scalars ε, nβ, γ cast to the chains'
+dtype. ``run`` places w* on the mesh and runs the compiled core with a progress bar;
+``check_divergence`` applies the divergence policy and ``finish`` the diagnostics.
+``estimate_llc`` is these stages in order; ``llc_trajectory`` resolves once and runs every
+checkpoint through the same plan.
+
+Divergence policy: a chain whose minibatch loss becomes NaN/inf, or that explodes while staying
+finite, is flagged (``diverged``, with the first bad step in ``divergence_step``) and excluded
+from ``llc_mean``/``llc_std``; its own ``llc_per_chain`` entry is NaN. Some chains diverged: a
+warning; all of them: ``FloatingPointError``, so a NaN is never returned silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxslt import validation
+from jaxslt.calibration import Calibration, calibrate
+from jaxslt.config import DEFAULT_LOCALIZATION, SamplingConfig
+from jaxslt.core import DEFAULT_BATCH_SIZE, LLCResult, restricted_loss, sample_llc_jit
+from jaxslt.kernels import FULL_BATCH_SAMPLERS, SGLD_SAMPLERS
+from jaxslt.memory import memory_chain_batch_size
+from jaxslt.posterior import default_nbeta
+from jaxslt.progress import progress_bar
+from jaxslt.restriction import Restriction, make_restriction
+from jaxslt.sharding import place_params
+from jaxslt.types import PyTree
+
+__all__ = ["LLCWarning", "Plan", "check_divergence", "finish", "progress_steps", "resolve", "run"]
+
+
+class LLCWarning(RuntimeWarning):
+    """A run finished but its diagnostics say the estimate should not be trusted as is."""
+
+
+class Plan(NamedTuple):
+    """A validated, resolved estimate, ready to run: ``config`` (static, with ``"auto"``s,
+    batch size, sampler options and placement resolved), the traced scalars ``step_size``,
+    ``nbeta``, ``localization`` (arrays in the chains' dtype), ``restrict`` (a
+    ``Restriction`` or None) and ``calibration`` (of ``step_size="auto"``, else None)."""
+
+    config: SamplingConfig
+    step_size: jax.Array
+    nbeta: jax.Array
+    localization: jax.Array
+    restrict: Restriction | None = None
+    calibration: Calibration | None = None
+
+    @property
+    def total_steps(self) -> int:
+        """Sampler steps summed over chain groups (what a progress bar counts)."""
+        config = self.config
+        groups = 1
+        if config.chain_batch_size:
+            groups = config.num_chains // min(config.chain_batch_size, config.num_chains)
+        return config.total_steps * groups
+
+    def sample(
+        self, loss_fn: Callable, params: PyTree, data: PyTree, key: jax.Array, progress_every=0
+    ) -> LLCResult:
+        """The compiled core on this plan (``params`` already placed)."""
+        return sample_llc_jit(
+            loss_fn, params, data, key, step_size=self.step_size, nbeta=self.nbeta,
+            localization=self.localization, restrict=self.restrict,
+            config=dataclasses.replace(self.config, progress_every=progress_every),
+        )  # fmt: skip
+
+
+def resolve(
+    loss_fn: Callable,
+    params: PyTree,
+    data: PyTree,
+    key: jax.Array,
+    step_size: Any,
+    config: SamplingConfig,
+    *,
+    nbeta: Any = None,
+    localization: Any = None,
+    restrict: Any = None,
+) -> Plan:
+    """Validate everything (before anything compiles), resolve defaults and ``"auto"``; the
+    arguments are ``estimate_llc``'s (``config`` holds its static settings)."""
+    n = validation.check_data(data)
+    validation.check_params(params)
+    validation.check_key(key)
+    config = dataclasses.replace(
+        config, compute_dtype=validation.check_compute_dtype(config.compute_dtype)
+    )
+    if restrict is not None:
+        restrict = make_restriction(params, restrict)
+    validation.check_observables(config.observables, config.observable_draws)
+    validation.check_sampler(
+        config.sampler, config.sampler_options, batch_size=config.batch_size, n=n
+    )
+    validation.check_optional_settings(nbeta=nbeta, localization=localization)  # before "auto"
+    calibration = None
+    if isinstance(step_size, str):
+        if step_size != "auto":
+            raise TypeError(f'step_size must be a number or "auto"; got {step_size!r}')
+        calibration, config = _calibrate(loss_fn, params, data, key, config, nbeta=nbeta,
+                                         localization=localization, restrict=restrict)  # fmt: skip
+        rec = calibration.recommended
+        step_size, localization, nbeta = rec["step_size"], rec["localization"], rec["nbeta"]
+    localization = DEFAULT_LOCALIZATION if localization is None else localization
+    validation.check_settings(
+        n=n, step_size=step_size, num_chains=config.num_chains, num_draws=config.num_draws,
+        num_burnin=config.num_burnin, thinning=config.thinning, batch_size=config.batch_size,
+        nbeta=nbeta, localization=localization, eval_batch_size=config.eval_batch_size,
+    )  # fmt: skip
+    validation.check_chain_groups(
+        num_chains=config.num_chains, acceptance_checks=config.acceptance_checks,
+        chain_batch_size=config.chain_batch_size,
+    )  # fmt: skip
+    auto_groups = config.chain_batch_size == "auto"
+    validation.check_mesh(
+        config.mesh, config.num_chains, None if auto_groups else config.chain_batch_size,
+        config.param_specs,
+    )  # fmt: skip
+    param_specs = validation.check_param_specs(
+        config.param_specs, params, config.mesh, restricted=restrict is not None
+    )
+    sampler = config.sampler
+    options = validation.check_sampler(
+        sampler, config.sampler_options, batch_size=config.batch_size, n=n
+    )
+    if sampler == "rmsprop_sgld" and config.num_burnin > 0:
+        options = {"adapt_steps": config.num_burnin, **options}
+    batch_size = n if sampler in FULL_BATCH_SAMPLERS else config.batch_size
+    batch_size = min(n, DEFAULT_BATCH_SIZE) if batch_size is None else batch_size
+    validation.check_loss_fn(loss_fn, params, data, batch_size)
+    config = dataclasses.replace(
+        config, batch_size=batch_size, sampler_options=options, param_specs=param_specs,
+        step_check=True,
+    )  # fmt: skip
+    if auto_groups:
+        checks = config.acceptance_checks > 0 and sampler in SGLD_SAMPLERS
+        config = dataclasses.replace(
+            config,
+            chain_batch_size=memory_chain_batch_size(
+                loss_fn, params, data, config, restrict=restrict, checks=checks
+            ),
+        )
+    scalars = validation.cast_settings(  # in the chains' dtype, checked there
+        params, step_size=step_size, localization=localization,
+        nbeta=default_nbeta(n) if nbeta is None else nbeta,
+    )  # fmt: skip
+    return Plan(config, **scalars, restrict=restrict, calibration=calibration)
+
+
+def _calibrate(loss_fn, params, data, key, config, *, nbeta, localization, restrict):
+    """``step_size="auto"``: ``calibrate`` on a key folded from ``key``; the calibration and
+    ``config`` with at least the burn-in and draws it recommends. Its cautions are warned."""
+    cal_loss, cal_params = (
+        (loss_fn, params) if restrict is None else restricted_loss(loss_fn, params, restrict)
+    )
+    sampler = config.sampler
+    calibration = calibrate(
+        cal_loss, cal_params, data, key=jax.random.fold_in(key, 1),
+        num_chains=config.num_chains, batch_size=config.batch_size,
+        sampler=sampler if isinstance(sampler, str) else "sgld",
+        **({} if localization is None else {"localizations": [localization]}),
+        **({} if nbeta is None else {"nbetas": [nbeta]}),
+    )  # fmt: skip
+    if not calibration.recommended:
+        raise RuntimeError(f"step_size='auto' found no usable setting:\n{calibration}")
+    rec = calibration.recommended
+    config = dataclasses.replace(
+        config,
+        num_burnin=max(config.num_burnin, rec["num_burnin"]),
+        num_draws=max(config.num_draws, rec["num_draws"]),
+    )
+    for caution in calibration.cautions:
+        warnings.warn(f"step_size='auto': {caution}", LLCWarning, stacklevel=4)
+    return calibration, config
+
+
+def run(
+    loss_fn: Callable,
+    params: PyTree,
+    data: PyTree,
+    key: jax.Array,
+    plan: Plan,
+    *,
+    progress: bool | None,
+    label: str,
+) -> LLCResult:
+    """Place w* on the plan's mesh and run the compiled core, with a progress bar when asked;
+    blocks until the result is ready."""
+    params = place_params(params, plan.config.mesh, plan.config.param_specs)
+    with progress_steps(progress, plan.total_steps, label) as every:
+        return jax.block_until_ready(plan.sample(loss_fn, params, data, key, every))
+
+
+@contextlib.contextmanager
+def progress_steps(progress: bool | None, total: int, label: str) -> Iterator[int]:
+    """Yield ``progress_every`` for the compiled core: 0 (no callback compiled) unless a bar is
+    shown; ``None`` shows one on a terminal for runs of 2000 steps or more."""
+    show = progress if progress is not None else (total >= 2000 and sys.stderr.isatty())
+    if not show:
+        yield 0
+        return
+    with progress_bar(total, label):
+        yield max(1, total // 100)
+
+
+def check_divergence(result: LLCResult, step_size: Any, *, raise_if_all: bool) -> None:
+    """The divergence policy: warn (``LLCWarning``) when some chains diverged; raise
+    ``FloatingPointError`` naming the step size when all did and ``raise_if_all``."""
+    diverged = np.asarray(result.diverged)
+    num_chains = diverged.size
+    step_size = float(step_size)
+    if diverged.all() and raise_if_all:
+        raise FloatingPointError(
+            f"all {num_chains} chains diverged (first non-finite loss at steps "
+            f"{np.asarray(result.divergence_step).tolist()}); lower step_size (now {step_size:g}) "
+            "or check the loss for NaN at w*"
+        )
+    if diverged.any():
+        warnings.warn(
+            f"{int(diverged.sum())} of {num_chains} chains diverged and were excluded from the "
+            f"estimate; lower step_size (now {step_size:g})",
+            LLCWarning,
+            stacklevel=3,
+        )
+
+
+def finish(result: LLCResult, plan: Plan, diagnostics: bool) -> LLCResult:
+    """Attach the diagnostics (an ``LLCWarning`` for each failed check) and the calibration."""
+    if diagnostics:
+        from jaxslt.diagnostics import diagnose
+
+        report = diagnose(result)
+        for message in report.warnings:
+            if "diverged" not in message:  # already said by check_divergence
+                warnings.warn(message, LLCWarning, stacklevel=3)
+        result = result._replace(diagnostics=report)
+    return result._replace(calibration=plan.calibration)
