@@ -63,7 +63,7 @@ from matplotlib.figure import Figure
 import jaxslt
 from jaxslt.calibration import max_hessian_eigenvalue
 from jaxslt.checkpoints import checkpoint_steps, load_checkpoints, save_checkpoint
-from jaxslt.plots import plot_stages
+from jaxslt.plots import plot_stages, save_figure
 from jaxslt.stages import detect_stages
 
 PyTree = Any
@@ -432,10 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(d={cfg.dim}, K={cfg.pairs}); loss: predict-0 {baselines['predict_zero']:.2f}, "
         f"Bayes {baselines['bayes_optimal']:.2f}",
     )  # fmt: skip
-    fig.savefig(out / "llc_curve.png", dpi=DPI)
-    plot_heads(table, [name for name, _, _ in heads], stages, cfg.chains).savefig(
-        out / "head_llcs.png", dpi=DPI
-    )
+    save_figure(fig, out / "llc_curve.png", dpi=DPI)
+    heads_fig = plot_heads(table, [name for name, _, _ in heads], stages, cfg.chains)
+    save_figure(heads_fig, out / "head_llcs.png", dpi=DPI)
     table.to_csv(out / "llc_curve.csv", index=False)
     stages.stages.to_csv(out / "stages.csv", index=False)
     timings["stages_plots"] = time.perf_counter() - clock

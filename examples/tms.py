@@ -379,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ax.annotate(f"λ = {value:g} ({', '.join(names)})", (0.99, value),
                     xycoords=("axes fraction", "data"), ha="right", va="bottom",
                     fontsize=8, color="0.3")  # fmt: skip
-    fig.savefig(out / "tms_llc.png", dpi=plots.DPI)
+    plots.save_figure(fig, out / "tms_llc.png")  # written after the theory levels are added
     full = out / "tms_llc_full.png"
     plots.plot_trajectory(table.assign(init_loss=pop), stages=stages, title="TMS", path=full)
     plots.plot_stages(

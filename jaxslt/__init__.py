@@ -15,7 +15,8 @@ The public API is deliberately small:
   ``sgld`` … ``mala`` and ``run_chains``: the kernels and chain runner beneath the estimator.
 - Modules: ``checkpoints`` (orbax checkpoint directories in and out), ``truth`` (exact
   learning coefficients), ``problems`` (reference problems), ``gibbs`` (exact block-Gibbs
-  sampler for deep linear networks), ``plots`` (matplotlib files), ``stages``, ``study``.
+  sampler for deep linear networks), ``plots`` (matplotlib figures; files when given
+  ``path=``), ``stages``, ``study``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import inspect
+import pkgutil
 import sys
 from types import SimpleNamespace
 
@@ -125,7 +127,7 @@ def _no_global_side_effects():
 
 def test_plot_trace(real_result, tmp_path):
     path = tmp_path / "trace.png"
-    out = plots.plot_trace(real_result, str(path), true_llc=1.5, title="quadratic toy")
+    out = plots.plot_trace(real_result, true_llc=1.5, title="quadratic toy", path=str(path))
     assert isinstance(out, Figure)
     _check_file(path, plots.TRACE_FIGSIZE)
 
@@ -134,14 +136,14 @@ def test_plot_trace(real_result, tmp_path):
 def test_plot_trace_diverged_chain(tmp_path, fmt):
     result = _synthetic_result()
     path = tmp_path / "out" / f"trace_div.{fmt}"
-    plots.plot_trace(result, path, true_llc=4.0)
+    plots.plot_trace(result, true_llc=4.0, path=path)
     _check_file(path, plots.TRACE_FIGSIZE)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_plot_calibration(tmp_path, fmt):
     path = tmp_path / f"cal.{fmt}"
-    plots.plot_calibration(_calibration_table(), path, true_llc=3.0)
+    plots.plot_calibration(_calibration_table(), true_llc=3.0, path=path)
     _check_file(path, plots.CALIBRATION_FIGSIZE)
 
 
@@ -149,7 +151,7 @@ def test_plot_calibration_degenerate_tables(tmp_path):
     table = _calibration_table(extrapolated=False, nbeta=False)
     # a single cell: one step size, one localization, no acceptance recorded
     one_cell = table.iloc[[1]].assign(mala_accept=np.nan)
-    plots.plot_calibration(one_cell, tmp_path / "one.png")
+    plots.plot_calibration(one_cell, path=tmp_path / "one.png")
     _check_file(tmp_path / "one.png", plots.CALIBRATION_FIGSIZE)
     # one localization, no recommendation, a NaN acceptance and a cell without an estimate,
     # under an nβ grid (one line per (nβ, γ))
@@ -158,17 +160,17 @@ def test_plot_calibration_degenerate_tables(tmp_path):
     one_gamma.loc[one_gamma.index[1], ["llc_mean", "llc_std"]] = np.nan  # all chains diverged
     grid = pd.concat([one_gamma.assign(nbeta=100.0), one_gamma.assign(nbeta=1000.0)])
     path = tmp_path / "grid.png"
-    plots.plot_calibration(grid, path)
+    plots.plot_calibration(grid, path=path)
     _check_file(path, plots.CALIBRATION_FIGSIZE)
 
 
 def test_plot_calibration_rejects_bad_tables(tmp_path):
     with pytest.raises(ValueError, match="lacks column"):
-        plots.plot_calibration(_calibration_table().drop(columns="ok"), tmp_path / "x.png")
+        plots.plot_calibration(_calibration_table().drop(columns="ok"), path=tmp_path / "x.png")
     with pytest.raises(ValueError, match="positive"):
-        plots.plot_calibration(_calibration_table().assign(step_size=0.0), tmp_path / "x.png")
+        plots.plot_calibration(_calibration_table().assign(step_size=0.0), path=tmp_path / "x.png")
     with pytest.raises(ValueError, match="empty"):
-        plots.plot_calibration(_calibration_table().iloc[:0], tmp_path / "x.png")
+        plots.plot_calibration(_calibration_table().iloc[:0], path=tmp_path / "x.png")
 
 
 def test_plot_summary(real_result, tmp_path):
@@ -176,7 +178,7 @@ def test_plot_summary(real_result, tmp_path):
         rhat=1.004, ess_bulk=512.0, ok=False, warnings=("bulk ESS 80 < 100: " + "run longer " * 20,)
     )
     path = tmp_path / "summary.png"
-    plots.plot_summary(real_result, path, diagnostics=diagnostics, true_llc=1.5)
+    plots.plot_summary(real_result, diagnostics=diagnostics, true_llc=1.5, path=path)
     _check_file(path, plots.SUMMARY_FIGSIZE)
 
 
@@ -206,27 +208,33 @@ def test_plot_summary_diverged(tmp_path, fmt):
     # diverging during burn-in; diagnostics without .warnings are shown as their str()
     result = _synthetic_result(num_chains=20, at=40) if fmt == "pdf" else _synthetic_result()
     path = tmp_path / f"s.{fmt}"
-    plots.plot_summary(result, path, diagnostics="R-hat fine\nall good")
+    plots.plot_summary(result, diagnostics="R-hat fine\nall good", path=path)
     _check_file(path, plots.SUMMARY_FIGSIZE)
 
 
 def test_bad_suffix_and_batched_result(real_result, tmp_path):
     with pytest.raises(ValueError, match="suffix"):
-        plots.plot_trace(real_result, tmp_path / "trace.jpg2")
+        plots.plot_trace(real_result, path=tmp_path / "trace.jpg2")
     batched = jax.tree.map(lambda a: np.stack([np.asarray(a)] * 2), real_result)
     with pytest.raises(ValueError, match="batched"):
-        plots.plot_summary(batched, tmp_path / "s.png")
+        plots.plot_summary(batched, path=tmp_path / "s.png")
 
 
 def test_plots_never_import_pyplot():
-    tree = ast.parse(inspect.getsource(plots))
-    imported = [
-        name
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import | ast.ImportFrom)
-        for name in [getattr(node, "module", None) or "", *(a.name for a in node.names)]
-    ]
-    assert not [name for name in imported if "pyplot" in name]
+    modules = [plots, *(importlib.import_module(f"jaxslt.plots.{m.name}")
+                        for m in pkgutil.iter_modules(plots.__path__))]  # fmt: skip
+    assert {m.__name__.rsplit(".", 1)[-1] for m in modules} >= {
+        "plots", "common", "trace", "calibration", "stages", "trajectory"
+    }  # fmt: skip
+    for module in modules:
+        tree = ast.parse(inspect.getsource(module))
+        imported = [
+            name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for name in [getattr(node, "module", None) or "", *(a.name for a in node.names)]
+        ]
+        assert not [name for name in imported if "pyplot" in name], module.__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,9 +249,9 @@ def test_every_plot_returns_a_figure_and_writes_only_when_given_a_path(
     llc = np.linspace(1.0, 5.0, 12)
     table = pd.DataFrame({"step": steps, "llc_mean": llc, "llc_std": 0.1})
     calls = {
-        "trace": lambda p: plots.plot_trace(real_result, p),
-        "calibration": lambda p: plots.plot_calibration(_calibration_table(), p),
-        "summary": lambda p: plots.plot_summary(real_result, p),
+        "trace": lambda p: plots.plot_trace(real_result, path=p),
+        "calibration": lambda p: plots.plot_calibration(_calibration_table(), path=p),
+        "summary": lambda p: plots.plot_summary(real_result, path=p),
         "stages": lambda p: plots.plot_stages(
             steps, llc, detect_stages(steps, llc, llc_std=0.1), path=p
         ),
@@ -256,6 +264,34 @@ def test_every_plot_returns_a_figure_and_writes_only_when_given_a_path(
         assert isinstance(call(out), Figure), name
         assert out.stat().st_size > 5_000, name
         out.unlink()
+
+
+def test_path_is_keyword_only_and_the_old_positional_form_warns(real_result, tmp_path):
+    """The file is ``path=`` everywhere; ``plot_trace(result, "f.png")`` (the form before the
+    convention, still in old scripts) writes it too, with a DeprecationWarning."""
+    for plot in (plots.plot_trace, plots.plot_calibration, plots.plot_summary,
+                 plots.plot_stages, plots.plot_trajectory):  # fmt: skip
+        parameter = inspect.signature(plot).parameters["path"]
+        assert parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.default is None
+    with pytest.warns(DeprecationWarning, match=r"plot_trace\(data, path\) is deprecated"):
+        fig = plots.plot_trace(real_result, tmp_path / "old.png", title="old form")
+    assert isinstance(fig, Figure) and (tmp_path / "old.png").stat().st_size > 5_000
+    with pytest.warns(DeprecationWarning, match="plot_calibration"):
+        plots.plot_calibration(_calibration_table(), tmp_path / "cal.pdf")
+    assert (tmp_path / "cal.pdf").read_bytes()[:5] == b"%PDF-"
+    with pytest.raises(TypeError):  # the file given twice
+        plots.plot_summary(real_result, tmp_path / "a.png", path=tmp_path / "b.png")
+
+
+def test_save_figure_writes_and_keeps_the_figure_usable(real_result, tmp_path):
+    fig = plots.plot_trace(real_result)
+    written = plots.save_figure(fig, tmp_path / "sub" / "trace.svg")
+    assert written == tmp_path / "sub" / "trace.svg"
+    assert "<svg" in written.read_text()
+    fig.axes[0].set_title("added after writing")  # not closed: add to it and write again
+    _check_file(plots.save_figure(fig, tmp_path / "again.png"), plots.TRACE_FIGSIZE)
+    with pytest.raises(ValueError, match="suffix"):
+        plots.save_figure(fig, tmp_path / "trace.jpg2")
 
 
 def _trajectory_table():

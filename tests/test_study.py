@@ -443,6 +443,15 @@ def test_report_table_figure_and_files(finished, tmp_path):
         np.testing.assert_array_equal(line.get_xdata(), means.index.to_numpy())
         np.testing.assert_allclose(line.get_ydata(), means.to_numpy(), rtol=1e-12)
     assert "8/8 done" in rep.summary and "llc_mean" in rep.summary
+    # the plots' convention: one slice's Figure, written only when given path=
+    spec = study.load_spec(spec_path)
+    table = study.load_results(spec)
+    fig = study.plot_llc_vs_checkpoint(table, spec, path=tmp_path / "one" / "llc.pdf")
+    assert (tmp_path / "one" / "llc.pdf").read_bytes()[:5] == b"%PDF-"
+    assert fig.axes[0].get_title() == rep.figures["full"].axes[0].get_title()
+    assert study.plot_llc_vs_checkpoint(table, spec, data="full").axes[0].containers
+    with pytest.raises(ValueError, match="no finished cell of data slice 'half'"):
+        study.plot_llc_vs_checkpoint(table, spec, data="half")
 
 
 def test_cli_study_commands(finished, tmp_path, capsys):

@@ -11,14 +11,17 @@
 - ``report(spec, out=...)``: the table of finished cells and one figure per data slice of LLC
   vs checkpoint step, one line per setting (the grid values other than seed), the mean over
   seeds with error bars = the std across seeds (ddof=1) when there are several seeds, else the
-  cell's own across-chain std. Figures are ``matplotlib.figure.Figure`` objects (no pyplot).
+  cell's own across-chain std. ``plot_llc_vs_checkpoint(table, spec, data=...)`` draws one
+  slice's figure; as every ``jaxslt.plots`` function it returns the ``matplotlib.figure.Figure``
+  (no pyplot) and writes it only when given ``path=``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -27,7 +30,8 @@ from jaxslt.study.runner import as_spec
 from jaxslt.study.spec import EntryPointCheckpoints, Spec, cell_identity, expand
 from jaxslt.study.store import Store
 
-DPI = 150
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class StudyStatus(NamedTuple):
@@ -234,51 +238,72 @@ def _setting_label(row, keys: list[str]) -> str:
     return ", ".join(f"{k}={row[k]}" for k in keys) if keys else "LLC"
 
 
-def plot_llc_vs_checkpoint(table, spec: Spec):
-    """One Figure per data slice: λ̂ vs checkpoint step, a line per setting (grid values other
-    than seed and data), mean over seeds ± (std across seeds, or the cell's across-chain std
-    with one seed)."""
+def plot_llc_vs_checkpoint(
+    table: Any,
+    spec: Spec,
+    *,
+    data: str | None = None,
+    path: str | os.PathLike[str] | None = None,
+) -> Figure:
+    """λ̂ vs checkpoint step of one data slice: a line per setting (grid values other than seed
+    and data), mean over seeds ± (std across seeds, or the cell's across-chain std with one
+    seed). ``table``: ``load_results``'s; ``data``: the slice (may be left out when the finished
+    cells have only one). Returns the figure; with ``path`` (png/pdf/svg) it is also written
+    there, as every ``jaxslt.plots`` function does."""
     from matplotlib.figure import Figure
+
+    from jaxslt.plots.common import output_path, save_figure
 
     keys = [k for k in spec.grid if k not in ("seed", "data")]
     done = table[table["status"] == "done"]
-    figures = {}
-    for data_name, part in done.groupby("data", sort=True):
-        fig = Figure(figsize=(8.0, 5.0), layout="constrained")
-        ax = fig.add_subplot()
-        seeds = part["seed"].nunique()
-        groups = part.groupby(keys, sort=False, dropna=False) if keys else [((), part)]
-        for _, rows in groups:
-            by_step = rows.groupby("step")["llc_mean"]
-            steps = np.asarray(sorted(by_step.groups))
-            mean = by_step.mean().loc[steps].to_numpy()
-            if seeds > 1:
-                err = by_step.std(ddof=1).loc[steps].to_numpy()
-            else:
-                err = rows.groupby("step")["llc_std"].mean().loc[steps].to_numpy()
-            ax.errorbar(steps, mean, yerr=np.nan_to_num(err), marker="o", capsize=3,
-                        label=_setting_label(rows.iloc[0], keys))  # fmt: skip
-        ax.set_xlabel("checkpoint step")
-        ax.set_ylabel("estimated LLC λ̂")
-        spread = "std across seeds" if seeds > 1 else "std across chains"
-        ax.set_title(f"{spec.name}: LLC vs checkpoint (data {data_name!r}; bars: {spread})")
-        ax.grid(alpha=0.3)
-        if keys or len(figures) == 0:
-            ax.legend(fontsize="small")
-        figures[str(data_name)] = fig
-    return figures
+    slices = sorted(done["data"].unique())
+    if data is None:
+        if len(slices) != 1:
+            raise ValueError(
+                f"the finished cells have {len(slices)} data slices {slices}: choose one with data="
+            )
+        data = slices[0]
+    elif data not in slices:
+        raise ValueError(f"no finished cell of data slice {data!r}; the slices are {slices}")
+    out = None if path is None else output_path(path)
+    part = done[done["data"] == data]
+    fig = Figure(figsize=(8.0, 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    seeds = part["seed"].nunique()
+    groups = part.groupby(keys, sort=False, dropna=False) if keys else [((), part)]
+    for _, rows in groups:
+        by_step = rows.groupby("step")["llc_mean"]
+        steps = np.asarray(sorted(by_step.groups))
+        mean = by_step.mean().loc[steps].to_numpy()
+        if seeds > 1:
+            err = by_step.std(ddof=1).loc[steps].to_numpy()
+        else:
+            err = rows.groupby("step")["llc_std"].mean().loc[steps].to_numpy()
+        ax.errorbar(steps, mean, yerr=np.nan_to_num(err), marker="o", capsize=3,
+                    label=_setting_label(rows.iloc[0], keys))  # fmt: skip
+    ax.set_xlabel("checkpoint step")
+    ax.set_ylabel("estimated LLC λ̂")
+    spread = "std across seeds" if seeds > 1 else "std across chains"
+    ax.set_title(f"{spec.name}: LLC vs checkpoint (data {data!r}; bars: {spread})")
+    ax.grid(alpha=0.3)
+    if keys or data == slices[0]:  # without settings, the one "LLC" entry on the first slice
+        ax.legend(fontsize="small")
+    if out is not None:
+        save_figure(fig, out)
+    return fig
 
 
 def report(
     spec: Spec | str | pathlib.Path, *, out: str | pathlib.Path | None = None
 ) -> StudyReport:
-    """Status, the table of finished cells and the LLC-vs-checkpoint figures; with ``out``,
-    also write ``results.csv`` (every stored cell of the spec), ``summary.txt`` and
-    ``llc_vs_checkpoint[_<slice>].png`` there."""
+    """Status, the table of finished cells and the LLC-vs-checkpoint figures (one per data
+    slice, ``plot_llc_vs_checkpoint``); with ``out``, also write ``results.csv`` (every stored
+    cell of the spec), ``llc_vs_checkpoint[_<slice>].png`` and ``summary.txt`` there."""
     spec = as_spec(spec)
     state = status(spec)
     table = load_results(spec)
-    figures = plot_llc_vs_checkpoint(table, spec) if len(table) else {}
+    done = table[table["status"] == "done"] if len(table) else table
+    slices = sorted(done["data"].unique()) if len(done) else []
     files: list[pathlib.Path] = []
     summary = summary_text(state, table, spec)
     if out is not None:
@@ -286,13 +311,16 @@ def report(
         out.mkdir(parents=True, exist_ok=True)
         files.append(out / "results.csv")
         table.to_csv(files[-1], index=False)
-        for name, fig in figures.items():
-            suffix = "" if len(figures) == 1 else f"_{name}"
-            files.append(out / f"llc_vs_checkpoint{suffix}.png")
-            fig.savefig(files[-1], dpi=DPI)
+    figures = {}
+    for name in slices:
+        file = None
+        if out is not None:
+            file = out / f"llc_vs_checkpoint{'' if len(slices) == 1 else f'_{name}'}.png"
+            files.append(file)
+        figures[str(name)] = plot_llc_vs_checkpoint(table, spec, data=name, path=file)
+    if out is not None:
         files.append(out / "summary.txt")
         files[-1].write_text(summary + "\n")
-    done = table[table["status"] == "done"] if len(table) else table
     return StudyReport(state, done.reset_index(drop=True), figures, summary, tuple(files))
 
 
