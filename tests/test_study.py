@@ -163,6 +163,17 @@ def test_unstorable_setting_is_a_type_error(tmp_path, checkpoints):
         make_spec(tmp_path, checkpoints, settings={**SETTINGS, "restrict": lambda p, x: True})
 
 
+def test_step_size_auto_is_a_study_setting(tmp_path, checkpoints):
+    """step_size="auto" (calibrated per cell) passes the spec's checks; γ left out stays None
+    (calibrated too) and is named in the identity, unlike γ = 100 with a numeric step size."""
+    settings = {k: v for k, v in SETTINGS.items() if k != "localization"}
+    spec = make_spec(tmp_path, checkpoints, settings=settings, grid={"step_size": ["auto"]})
+    cells = study.expand(spec)
+    assert [c.settings["step_size"] for c in cells] == ["auto", "auto"]
+    assert all(c.settings["localization"] is None for c in cells)
+    assert all('"localization":null' in c.identity for c in cells)
+
+
 # ---------------------------------------------------------------------------------------------
 # cell identity
 

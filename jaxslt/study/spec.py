@@ -534,8 +534,8 @@ def _check_values(spec: Spec) -> None:
         batch = point.get("batch_size")
         args = {
             "n": sys.maxsize if batch is None else batch,
-            "step_size": 1.0 if point["step_size"] == "auto" else point["step_size"],
             **point,
+            "step_size": 1.0 if point["step_size"] == "auto" else point["step_size"],
         }
         if args["localization"] is None:
             args["localization"] = 0.0
