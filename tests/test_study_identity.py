@@ -1,17 +1,23 @@
 """Stored cell identities never move: ids pinned as computed by jaxslt before the identity
-defaults were frozen (commit 3c5d807), and estimate_llc's defaults checked against the frozen
-table the identities are made from."""
+defaults were frozen (commit 3c5d807; the "auto" spec, which that commit's value check refused,
+with the check fixed and the identity code unchanged), and estimate_llc's defaults checked
+against the frozen table the identities are made from."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pytest
 
-from jaxslt import study
-from jaxslt.study.spec import cell_identity
+from jaxslt import config, study
+from jaxslt.study import identity, settings
+from jaxslt.study.entry_points import FULL_DATA
+from jaxslt.study.identity import cell_identity
 
 # plain numpy checkpoints: their content hash does not depend on any computation
 TREES = {
@@ -130,3 +136,78 @@ def test_orbax_cell_identities_are_pinned(tmp_path):
         '"jaxslt.study.examples:dln_problem","problem_kwargs":{},"settings":{"step_size":0.001}}'
         for step in (3, 9)
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# the frozen identity defaults against estimate_llc's
+
+
+def _drift(live: Mapping[str, Any], frozen: Mapping[str, Any]) -> list[str]:
+    """How estimate_llc's settings (``live``, as ``jaxslt.config.ESTIMATE_SETTINGS``) differ
+    from a frozen identity table (equal meaning, not spelling: ``sampler_options`` None is the
+    ``()`` that SamplingConfig makes of it; ``localization`` None means DEFAULT_LOCALIZATION)."""
+    live = {k: v for k, v in live.items() if k not in settings.NOT_SETTINGS}
+    names = {k for k, v in live.items() if v is not config.REQUIRED} | set(settings.EXTRA_SETTINGS)
+    problems = [
+        f"{k}: a setting of estimate_llc, not in the table" for k in sorted(names - set(frozen))
+    ]
+    problems += [
+        f"{k}: in the table, not a setting of estimate_llc" for k in sorted(set(frozen) - names)
+    ]
+    fields = {f.name for f in dataclasses.fields(config.SamplingConfig)}
+    for key in sorted(names & set(frozen) - set(settings.EXTRA_SETTINGS)):
+        value, table = live[key], frozen[key]
+        if key == "localization":
+            same = value is None and table == config.DEFAULT_LOCALIZATION
+            value = f"{value!r} (DEFAULT_LOCALIZATION = {config.DEFAULT_LOCALIZATION!r})"
+        elif key in fields:
+            made = config.SamplingConfig(**{key: settings.hashable(table)})
+            same = getattr(made, key) == value
+        else:
+            same = settings.json_value(key, value) == table
+        if not same:
+            problems.append(f"{key}: estimate_llc's default is {value}, the table's {table!r}")
+    if frozen.get("seed") != 0 or frozen.get("data") != FULL_DATA:
+        problems.append(f"seed/data: the table has {frozen.get('seed')!r}/{frozen.get('data')!r}")
+    return problems
+
+
+def test_estimate_llc_defaults_are_the_frozen_identity_defaults():
+    """A cell id leaves out the settings at their default, so a default of estimate_llc that
+    changes would silently relabel every stored result: the frozen table must follow."""
+    assert sorted(identity.IDENTITY_DEFAULTS) == list(range(1, identity.SCHEMA_VERSION + 1))
+    frozen = identity.IDENTITY_DEFAULTS[identity.SCHEMA_VERSION]
+    problems = _drift(config.ESTIMATE_SETTINGS, frozen)
+    assert not problems, (
+        "estimate_llc's settings (jaxslt.config.ESTIMATE_SETTINGS) no longer match the identity "
+        f"defaults frozen for schema version {identity.SCHEMA_VERSION} "
+        "(jaxslt/study/identity.py, IDENTITY_DEFAULTS):\n  " + "\n  ".join(problems) + "\n"
+        "Stored cell ids leave out the settings at these defaults, so they must not move. "
+        "Either restore estimate_llc's default, or bump SCHEMA_VERSION (jaxslt/study/identity.py) "
+        "and add IDENTITY_DEFAULTS[new version] with the new defaults (keep the old tables: "
+        "identities leave a setting out only at its value in the first table that has it)."
+    )
+
+
+def test_drift_is_caught():
+    frozen = identity.IDENTITY_DEFAULTS[identity.SCHEMA_VERSION]
+    live = dict(config.ESTIMATE_SETTINGS)
+    assert _drift({**live, "num_draws": 2000}, frozen) == [
+        "num_draws: estimate_llc's default is 2000, the table's 1000"
+    ]
+    assert _drift({**live, "new_setting": 1}, frozen) == [
+        "new_setting: a setting of estimate_llc, not in the table"
+    ]
+    assert _drift({**live, "sampler_options": (("a", 1.0),)}, frozen)
+    assert _drift({**live, "localization": 10.0}, frozen)
+    assert not _drift({**live, "mesh": "anything", "step_size": config.REQUIRED}, frozen)
+
+
+def test_identities_leave_settings_out_at_their_first_frozen_value(monkeypatch):
+    """A later schema version that changes a default names its cells explicitly (no stored
+    result relabelled); one that adds a setting keeps every existing id."""
+    first = identity.IDENTITY_DEFAULTS[1]
+    later = {**first, "num_draws": 2000, "new_setting": "off"}
+    monkeypatch.setattr(identity, "IDENTITY_DEFAULTS", {1: first, 2: later})
+    left_out = identity.left_out_values()
+    assert left_out == {**first, "new_setting": "off"}

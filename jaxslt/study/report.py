@@ -18,14 +18,31 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from jaxslt.study.cells import expand
+from jaxslt.study.checkpoints import EntryPointCheckpoints
 from jaxslt.study.execution import duration
-from jaxslt.study.runner import as_spec
-from jaxslt.study.spec import EntryPointCheckpoints, Spec, cell_identity, expand
+from jaxslt.study.identity import cell_identity
+from jaxslt.study.spec import Spec, as_spec
 from jaxslt.study.store import Store
+
+__all__ = [
+    "StudyReport",
+    "StudyStatus",
+    "load_results",
+    "plot_llc_vs_checkpoint",
+    "report",
+    "status",
+    "summary_text",
+    "to_csv",
+]
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
 
 DPI = 150
 
@@ -152,7 +169,7 @@ def status(spec: Spec | str | pathlib.Path) -> StudyStatus:
     )
 
 
-def load_results(source: Spec | str | pathlib.Path, *, traces: bool = False):
+def load_results(source: Spec | str | pathlib.Path, *, traces: bool = False) -> pd.DataFrame:
     """The stored cells as a pandas DataFrame (see the module docstring for the columns).
 
     ``source``: a ``Spec`` or a TOML spec path (only that spec's cells), or a store file
@@ -234,7 +251,7 @@ def _setting_label(row, keys: list[str]) -> str:
     return ", ".join(f"{k}={row[k]}" for k in keys) if keys else "LLC"
 
 
-def plot_llc_vs_checkpoint(table, spec: Spec):
+def plot_llc_vs_checkpoint(table: pd.DataFrame, spec: Spec) -> dict[str, Figure]:
     """One Figure per data slice: λ̂ vs checkpoint step, a line per setting (grid values other
     than seed and data), mean over seeds ± (std across seeds, or the cell's across-chain std
     with one seed)."""
@@ -296,7 +313,7 @@ def report(
     return StudyReport(state, done.reset_index(drop=True), figures, summary, tuple(files))
 
 
-def summary_text(state: StudyStatus, table, spec: Spec) -> str:
+def summary_text(state: StudyStatus, table: pd.DataFrame, spec: Spec) -> str:
     """The status line, a compact table (step, grid values, λ̂ ± std, diagnostics) and the
     failed cells' errors."""
     lines = [str(state)]
