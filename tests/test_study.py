@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from jaxslt import cli, study
 from jaxslt.study import examples
-from jaxslt.study.spec import FULL_DATA, cell_identity
+from jaxslt.study.entry_points import FULL_DATA
+from jaxslt.study.identity import cell_identity
 
 # study.run points JAX's persistent compilation cache at the store's folder: undo it
 pytestmark = pytest.mark.usefixtures("restore_compilation_cache")
@@ -161,6 +162,17 @@ def test_unimportable_problem_and_unknown_slice_fail_before_any_cell(tmp_path, c
 def test_unstorable_setting_is_a_type_error(tmp_path, checkpoints):
     with pytest.raises(TypeError, match=r"restrict = .* cannot be stored"):
         make_spec(tmp_path, checkpoints, settings={**SETTINGS, "restrict": lambda p, x: True})
+
+
+def test_step_size_auto_is_a_study_setting(tmp_path, checkpoints):
+    """step_size="auto" (calibrated per cell) passes the spec's checks; γ left out stays None
+    (calibrated too) and is named in the identity, unlike γ = 100 with a numeric step size."""
+    settings = {k: v for k, v in SETTINGS.items() if k != "localization"}
+    spec = make_spec(tmp_path, checkpoints, settings=settings, grid={"step_size": ["auto"]})
+    cells = study.expand(spec)
+    assert [c.settings["step_size"] for c in cells] == ["auto", "auto"]
+    assert all(c.settings["localization"] is None for c in cells)
+    assert all('"localization":null' in c.identity for c in cells)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,6 +325,28 @@ def test_rows_match_their_sidecar_traces_and_a_direct_call(finished, checkpoints
     assert row["llc_mean"] == float(direct.llc_mean)
     assert row["nbeta_used"] == float(direct.nbeta) == pytest.approx(64 / math.log(64))
     assert json.loads(row["versions"])["jax"] == jax.__version__
+
+
+def test_backends_are_interchangeable_behind_the_protocol(tmp_path, checkpoints):
+    """Local and Ray backends implement execution.Backend; a backend driven by hand reports
+    each cell to the Recorder, which stores it at once."""
+    from jaxslt.study.distributed import RayBackend
+    from jaxslt.study.execution import Backend, Recorder, Tracker, load_problem
+    from jaxslt.study.runner import LocalBackend
+
+    spec = make_spec(tmp_path, checkpoints, grid={"step_size": [1e-4], "seed": [0, 1]})
+    memory = study.cells.resolve_checkpoints(spec)
+    cells = study.expand(spec, memory)[:2]
+    local = LocalBackend(load_problem(spec), memory)
+    ray_backend = RayBackend(spec, memory, address="auto")
+    assert isinstance(local, Backend) and isinstance(ray_backend, Backend)
+    with study.Store(spec.store_path) as store, store.writer():
+        recorder = Recorder(store, Tracker(spec.name, len(cells), 0, len(cells), False))
+        ray_backend.run([], recorder)  # nothing to run: no cluster contacted
+        local.run(cells, recorder)
+        assert [o.cell for o in recorder.outcomes] == cells
+        assert all(o.status == "done" for o in recorder.outcomes)
+        assert store.statuses() == {c.cell_id: "done" for c in cells}
 
 
 def test_max_cells_then_resume_and_status(tmp_path, checkpoints):

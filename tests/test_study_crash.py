@@ -128,8 +128,8 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     cells = study.expand(spec)
     assert set(done) == {c.cell_id for c in cells}
     # Each stored estimate is the one an uninterrupted run computes (same key, same program).
-    problem = study.runner.load_problem(spec)
-    checkpoints = study.spec.resolve_checkpoints(spec)
+    problem = study.execution.load_problem(spec)
+    checkpoints = study.cells.resolve_checkpoints(spec)
     for cell in rng.sample(cells, 2):
         direct = study.execute_cell(problem, checkpoints.load(cell.step), cell)
         assert done[cell.cell_id][1] == direct.values["llc_mean"]
@@ -185,7 +185,7 @@ def test_ray_cells_whose_worker_dies_are_retried_and_stored_once(tmp_path):
     assert len(table) == 6 and table["cell_id"].is_unique and (table["status"] == "done").all()
     assert dead not in set(table["worker"])  # the dead worker's cell was finished elsewhere
     assert (table["attempts"] == 1).all()  # dispatched once each: Ray did the retry
-    assert set(table["worker"]) != {study.runner.worker_name()}  # ran in workers, not here
+    assert set(table["worker"]) != {study.execution.worker_name()}  # ran in workers, not here
     with sqlite3.connect(spec.store_path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     # Same numbers as running the cell here (same program, same key).

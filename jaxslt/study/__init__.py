@@ -8,10 +8,28 @@ as Ray tasks), writing each to a SQLite store the moment it finishes; a crash lo
 cells in flight and a rerun skips finished cells. ``status``, ``report``, ``load_results`` and
 ``to_csv`` read it back. Command line: ``jaxslt study run|status|report SPEC``.
 
-Modules: ``spec`` (TOML → cells), ``store`` (SQLite + sidecar traces), ``runner`` (local),
-``distributed`` (Ray), ``report`` (status, table, plots), ``examples`` (ready entry points).
+Modules, by job:
+
+- ``spec``: a TOML file (or a ``Spec`` built in Python) → a checked ``Spec``;
+- ``settings``: which settings a spec may set, their JSON form and the checks of their values;
+- ``identity``: what names a cell (its identity and id), from defaults frozen per
+  ``SCHEMA_VERSION``;
+- ``cells``: a spec → its ``Cell`` s (``expand``);
+- ``entry_points``: importing and calling the code a spec names (``StudyProblem``);
+- ``checkpoints``: where the checkpoints come from (orbax, memory, an entry point);
+- ``store``: the SQLite store and its sidecar traces;
+- ``execution``: running one cell, and the ``Backend`` protocol with its ``Recorder``;
+- ``runner`` (the local backend), ``distributed`` (the Ray backend), ``driver`` (``run``: the
+  store, the cells to run, a backend);
+- ``report`` (status, table, plots), ``examples`` (ready entry points).
 """
 
+from jaxslt.study.cells import Cell, expand
+from jaxslt.study.checkpoints import EntryPointCheckpoints, MemoryCheckpoints, OrbaxCheckpoints
+from jaxslt.study.driver import RunSummary, run
+from jaxslt.study.entry_points import FULL_DATA, EntryPointError, StudyProblem
+from jaxslt.study.execution import execute_cell
+from jaxslt.study.identity import SCHEMA_VERSION
 from jaxslt.study.report import (
     StudyReport,
     StudyStatus,
@@ -21,21 +39,8 @@ from jaxslt.study.report import (
     status,
     to_csv,
 )
-from jaxslt.study.runner import RunSummary, execute_cell, run
-from jaxslt.study.spec import (
-    FULL_DATA,
-    Cell,
-    EntryPointCheckpoints,
-    EntryPointError,
-    MemoryCheckpoints,
-    OrbaxCheckpoints,
-    Spec,
-    StudyProblem,
-    expand,
-    load_spec,
-    spec_from_dict,
-)
-from jaxslt.study.store import SCHEMA_VERSION, CellOutcome, Store, StoreError
+from jaxslt.study.spec import Spec, load_spec, spec_from_dict
+from jaxslt.study.store import CellOutcome, Store, StoreError
 
 __all__ = [
     "FULL_DATA",

@@ -1,4 +1,9 @@
-"""The Ray runner: each cell is a Ray task; only the driver writes the store.
+"""The Ray backend: each cell is a Ray task; only the driver writes the store.
+
+At most as many tasks are in flight as the cluster has CPUs per cell (``[ray] num_cpus``).
+Workers call the problem entry point once per process (the same ``loss_fn`` object across
+tasks, so ``estimate_llc``'s jit cache hits) and share JAX's persistent compilation cache, so a
+shape compiles once per machine.
 
 Fault tolerance is Ray's task retry: ``ray.remote(max_retries=spec.max_retries)`` reruns a task
 whose worker process died (killed, out of memory, node lost) on another worker; an exception
@@ -20,16 +25,20 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from jaxslt.study.cells import Cell
+from jaxslt.study.checkpoints import MemoryCheckpoints, OrbaxCheckpoints
 from jaxslt.study.execution import (
-    Tracker,
+    Recorder,
     enable_compilation_cache,
     execute_cell,
     failed_outcome,
     load_problem,
     worker_name,
 )
-from jaxslt.study.spec import Cell, MemoryCheckpoints, OrbaxCheckpoints, Spec
-from jaxslt.study.store import CellOutcome, Store
+from jaxslt.study.spec import Spec
+from jaxslt.study.store import CellOutcome
+
+__all__ = ["RayBackend"]
 
 PyTree = Any
 
@@ -66,36 +75,62 @@ def _remote_cell(spec: Spec, params: PyTree, cell: Cell, cache_dir: str | None) 
     return execute_cell(problem, params, cell, load_seconds=load_seconds)
 
 
-def run_on_ray(
-    spec: Spec,
-    checkpoints: OrbaxCheckpoints | MemoryCheckpoints,
-    todo: Sequence[Cell],
-    store: Store,
-    tracker: Tracker,
-    outcomes: list[CellOutcome],
-    address: str,
-    cache_dir: pathlib.Path | None,
-) -> None:
-    """Dispatch ``todo`` as Ray tasks (a window of as many as the cluster has CPUs for) and
-    record every outcome as it arrives."""
-    try:
-        import ray
-    except ImportError:
-        raise ImportError("running a study on Ray needs ray: pip install 'jaxslt[study]'") from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        extra = {"include_dashboard": False} if address == "local" else {}
-        ray.init(address=address, **extra)
-    try:
+class RayBackend:
+    """Runs cells as Ray tasks (a ``jaxslt.study.execution.Backend``).
+
+    Args:
+      spec: the study (sent to the workers; in-memory checkpoints travel separately, once each).
+      checkpoints: the resolved checkpoints (``resolve_checkpoints``).
+      address: a Ray address (``"auto"``, ``"ray://host:10001"``, ``"local"`` to start a local
+        cluster); if Ray is already initialized in this process, that connection is used.
+      cache_dir: JAX's persistent compilation cache folder, set in every worker (unless one is
+        set there already); None leaves the workers' setting alone.
+    """
+
+    def __init__(
+        self,
+        spec: Spec,
+        checkpoints: OrbaxCheckpoints | MemoryCheckpoints,
+        address: str,
+        cache_dir: pathlib.Path | None = None,
+    ) -> None:
+        self.spec = spec
+        self.checkpoints = checkpoints
+        self.address = address
+        self.cache_dir = cache_dir
+
+    def run(self, cells: Sequence[Cell], recorder: Recorder) -> None:
+        """Dispatch ``cells`` as Ray tasks (a window of as many as the cluster has CPUs for)
+        and record every outcome as it arrives. No cells: no cluster is contacted."""
+        if not cells:
+            return
+        try:
+            import ray
+        except ImportError:
+            raise ImportError(
+                "running a study on Ray needs ray: pip install 'jaxslt[study]'"
+            ) from None
+        started_here = not ray.is_initialized()
+        if started_here:
+            extra = {"include_dashboard": False} if self.address == "local" else {}
+            ray.init(address=self.address, **extra)
+        try:
+            self._dispatch(ray, cells, recorder)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def _dispatch(self, ray: Any, cells: Sequence[Cell], recorder: Recorder) -> None:
+        spec, checkpoints = self.spec, self.checkpoints
         remote = ray.remote(
             num_cpus=spec.num_cpus, max_retries=spec.max_retries, retry_exceptions=False
         )(_remote_cell)
         capacity = max(1, int(ray.cluster_resources().get("CPU", 1) // spec.num_cpus))
-        cache = None if cache_dir is None else str(pathlib.Path(cache_dir).resolve())
+        cache = None if self.cache_dir is None else str(pathlib.Path(self.cache_dir).resolve())
         spec_ref = ray.put(spec if isinstance(checkpoints, OrbaxCheckpoints) else _light(spec))
         params_refs: dict[int, Any] = {}
         pending: dict[Any, tuple[Cell, float]] = {}
-        queue = list(todo)
+        queue = list(cells)
         queue.reverse()
         driver = worker_name()
         while queue or pending:
@@ -107,8 +142,7 @@ def run_on_ray(
                         params_refs.clear()  # cells are checkpoint-major: free the last one
                         params_refs[cell.step] = ray.put(checkpoints.trees[cell.step])
                     params = params_refs[cell.step]
-                store.mark_running(cell, f"ray (driver {driver})")
-                tracker.started()
+                recorder.dispatched(cell, f"ray (driver {driver})")
                 pending[remote.remote(spec_ref, params, cell, cache)] = (cell, time.time())
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
@@ -125,12 +159,7 @@ def run_on_ray(
                         dispatched,
                         transient=not isinstance(err, ray.exceptions.RayTaskError),
                     )
-                store.record(outcome)
-                tracker.finished_cell(outcome)
-                outcomes.append(outcome)
-    finally:
-        if started_here:
-            ray.shutdown()
+                recorder.finished(outcome)
 
 
 def _light(spec: Spec) -> Spec:

@@ -24,7 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxslt import problems
-from jaxslt.study.spec import StudyProblem
+from jaxslt.study.entry_points import StudyProblem
+
+__all__ = ["dln_checkpoints", "dln_problem"]
 
 
 def _teacher(widths: Sequence[int], rank: int, num_examples: int, seed: int):

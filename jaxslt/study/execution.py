@@ -1,6 +1,14 @@
-"""What running a study's cells shares, locally and on Ray: one cell → a ``CellOutcome``
-(``execute_cell``), the memoised problem (``load_problem``), the compilation cache, the versions
-and worker name a row records, and the progress ``Tracker`` across cells."""
+"""What running a study's cells shares, locally and on Ray: the ``Backend`` protocol that both
+implement and the ``Recorder`` they report to; one cell → a ``CellOutcome`` (``execute_cell``),
+the memoised problem (``load_problem``), the compilation cache, the versions and worker name a
+row records, and the progress ``Tracker`` across cells.
+
+The driver (``jaxslt.study.driver.run``) picks the cells to run, opens the store and hands the
+cells to a backend: ``jaxslt.study.runner.LocalBackend`` (this process) or
+``jaxslt.study.distributed.RayBackend`` (Ray tasks). A backend reports every cell to the
+``Recorder`` twice: when it starts (the store marks it ``running``, so a crash leaves it to the
+next run) and when it finishes (the store writes its outcome at once).
+"""
 
 from __future__ import annotations
 
@@ -16,12 +24,29 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from jaxslt.study.spec import Cell, Spec, StudyProblem, as_problem, call_entry_point
-from jaxslt.study.store import CellOutcome
+from jaxslt.study.cells import Cell
+from jaxslt.study.entry_points import StudyProblem, as_problem, call_entry_point
+from jaxslt.study.spec import Spec
+from jaxslt.study.store import CellOutcome, Store
+
+__all__ = [
+    "Backend",
+    "Recorder",
+    "Tracker",
+    "duration",
+    "enable_compilation_cache",
+    "execute_cell",
+    "failed_outcome",
+    "is_transient",
+    "library_versions",
+    "load_problem",
+    "result_values",
+    "worker_name",
+]
 
 PyTree = Any
 
@@ -44,6 +69,7 @@ def library_versions() -> dict[str, str]:
 
 
 def worker_name() -> str:
+    """This process, as a row's ``worker`` column names it: ``host:pid``."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -192,7 +218,7 @@ class Tracker:
     """Progress across cells: a tqdm bar on a terminal, else a status line every
     ``every`` seconds (and at the end) on stderr; silent with ``show=False``."""
 
-    def __init__(self, name: str, total: int, finished: int, todo: int, show: bool | None):
+    def __init__(self, name: str, total: int, finished: int, todo: int, show: bool | None) -> None:
         self.name, self.total, self.finished, self.todo = name, total, finished, todo
         self.done = self.failed = self.running = 0
         self.start = time.perf_counter()
@@ -239,9 +265,47 @@ class Tracker:
 
 
 def duration(seconds: float) -> str:
+    """``seconds`` for people: ``42s``, ``3m07s``, ``2h05m``."""
     seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Recorder:
+    """Where a backend reports its cells: ``dispatched`` marks a cell ``running`` in the store
+    (a crash leaves it to the next run) and counts it in the progress; ``finished`` writes its
+    outcome to the store at once (sidecar, then row), counts it and keeps it in ``outcomes``
+    for the run's summary. Only the process that holds the store's writer lock records."""
+
+    def __init__(self, store: Store, tracker: Tracker) -> None:
+        self.store = store
+        self.tracker = tracker
+        self.outcomes: list[CellOutcome] = []
+
+    def dispatched(self, cell: Cell, worker: str) -> None:
+        """``cell`` starts (or is handed to ``worker``)."""
+        self.store.mark_running(cell, worker)
+        self.tracker.started()
+
+    def finished(self, outcome: CellOutcome) -> None:
+        """A cell's outcome (``done`` or ``failed``): stored now."""
+        self.store.record(outcome)
+        self.tracker.finished_cell(outcome)
+        self.outcomes.append(outcome)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Runs a study's cells somewhere and reports each to the ``Recorder``: ``dispatched``
+    when it starts, ``finished`` with its ``CellOutcome``. A failure inside a cell (or loading
+    its checkpoint) is a ``failed`` outcome, not an exception; ``run`` raises only when the
+    backend itself cannot go on (the cells it did not finish stay for the next run).
+    Implementations: ``jaxslt.study.runner.LocalBackend`` and
+    ``jaxslt.study.distributed.RayBackend``."""
+
+    def run(self, cells: Sequence[Cell], recorder: Recorder) -> None:
+        """Run ``cells`` (in this order where the backend has an order)."""
+        ...

@@ -25,12 +25,26 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from jaxslt.study.cells import expand
+from jaxslt.study.checkpoints import EntryPointCheckpoints
 from jaxslt.study.execution import duration
-from jaxslt.study.runner import as_spec
-from jaxslt.study.spec import EntryPointCheckpoints, Spec, cell_identity, expand
+from jaxslt.study.identity import cell_identity
+from jaxslt.study.spec import Spec, as_spec
 from jaxslt.study.store import Store
 
+__all__ = [
+    "StudyReport",
+    "StudyStatus",
+    "load_results",
+    "plot_llc_vs_checkpoint",
+    "report",
+    "status",
+    "summary_text",
+    "to_csv",
+]
+
 if TYPE_CHECKING:
+    import pandas as pd
     from matplotlib.figure import Figure
 
 
@@ -156,7 +170,7 @@ def status(spec: Spec | str | pathlib.Path) -> StudyStatus:
     )
 
 
-def load_results(source: Spec | str | pathlib.Path, *, traces: bool = False):
+def load_results(source: Spec | str | pathlib.Path, *, traces: bool = False) -> pd.DataFrame:
     """The stored cells as a pandas DataFrame (see the module docstring for the columns).
 
     ``source``: a ``Spec`` or a TOML spec path (only that spec's cells), or a store file
@@ -324,7 +338,7 @@ def report(
     return StudyReport(state, done.reset_index(drop=True), figures, summary, tuple(files))
 
 
-def summary_text(state: StudyStatus, table, spec: Spec) -> str:
+def summary_text(state: StudyStatus, table: pd.DataFrame, spec: Spec) -> str:
     """The status line, a compact table (step, grid values, λ̂ ± std, diagnostics) and the
     failed cells' errors."""
     lines = [str(state)]

@@ -1,19 +1,10 @@
-"""Running a study: the cells not yet finished, each stored as soon as it finishes.
+"""The local backend: a study's cells one after another in this process.
 
-``run(spec)`` (the thin shell) opens the store under its writer lock, expands the grid into
-cells, drops those already ``done`` (and ``failed``, unless ``retry_failed``), and runs the rest:
-
-- **locally** (default): one process, cells in checkpoint-major order with the cells that share
-  a compiled program (same shapes and static settings) back to back. The problem entry point is
-  called once, so every cell passes the *same* ``loss_fn`` object to ``estimate_llc`` and its
-  jit cache hits: a program compiles once per distinct shape, whatever the step size, nβ, γ,
-  seed or checkpoint values.
-- **on Ray** (``address=``): each cell is a Ray task (``max_retries``: a task whose worker dies
-  is rerun, not lost); at most as many tasks in flight as the cluster has CPUs per cell. Workers
-  call the entry point once per process (same ``loss_fn`` reuse) and share JAX's persistent
-  compilation cache, so a shape compiles once per machine. Only this driver writes the store.
-
-``execute_cell`` is the pure part both use: one ``estimate_llc`` call → a ``CellOutcome``.
+Cells come checkpoint-major, with the cells that share a compiled program (same shapes and
+static settings) back to back (``jaxslt.study.driver.order_cells``); each checkpoint is loaded
+once. The problem entry point was called once, so every cell passes the *same* ``loss_fn``
+object to ``estimate_llc`` and its jit cache hits: a program compiles once per distinct shape,
+whatever the step size, nβ, γ, seed or checkpoint values.
 """
 
 from __future__ import annotations
@@ -21,197 +12,65 @@ from __future__ import annotations
 import pathlib
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
+from jaxslt.study.cells import Cell
+from jaxslt.study.checkpoints import MemoryCheckpoints, OrbaxCheckpoints
+from jaxslt.study.entry_points import StudyProblem
 from jaxslt.study.execution import (
-    Tracker,
+    Recorder,
     enable_compilation_cache,
     execute_cell,
     failed_outcome,
-    library_versions,
-    load_problem,
-    result_values,
     worker_name,
 )
-from jaxslt.study.spec import (
-    Cell,
-    MemoryCheckpoints,
-    OrbaxCheckpoints,
-    Spec,
-    StudyProblem,
-    expand,
-    load_spec,
-    resolve_checkpoints,
-)
-from jaxslt.study.store import CellOutcome, Store
 
-__all__ = [  # execute_cell & co. live in jaxslt.study.execution; kept importable from here
-    "RunSummary", "as_spec", "enable_compilation_cache", "execute_cell", "failed_outcome",
-    "library_versions", "load_problem", "order_cells", "result_values", "run", "worker_name",
-]  # fmt: skip
+__all__ = ["LocalBackend"]
 
 PyTree = Any
 
 
-class RunSummary(NamedTuple):
-    """What ``run`` did: ``total`` cells in the grid, ``skipped`` already finished before this
-    run, ``ran`` finished now (``failed`` of them failed), ``remaining`` still to do (when
-    ``max_cells`` stopped early), wall time ``elapsed_s``."""
-
-    name: str
-    store: pathlib.Path
-    total: int
-    skipped: int
-    ran: int
-    failed: int
-    remaining: int
-    elapsed_s: float
-    errors: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        text = (
-            f"study {self.name!r}: ran {self.ran} cell(s) in {self.elapsed_s:.1f} s "
-            f"({self.failed} failed), {self.skipped} already finished, {self.remaining} "
-            f"remaining, of {self.total}; store {self.store}"
-        )
-        return "\n".join([text, *(f"  failed: {e}" for e in self.errors[:10])])
-
-
-def order_cells(cells: Sequence[Cell]) -> list[Cell]:
-    """Checkpoint-major (each checkpoint loaded once), and within a checkpoint the cells of one
-    compiled program (``Cell.shape_key``) back to back, in order of first appearance."""
-    rank: dict[str, int] = {}
-    for cell in cells:
-        rank.setdefault(cell.shape_key, len(rank))
-    order = sorted(range(len(cells)), key=lambda i: (cells[i].step, rank[cells[i].shape_key], i))
-    return [cells[i] for i in order]
-
-
-def as_spec(spec: Spec | str | pathlib.Path) -> Spec:
-    if isinstance(spec, Spec):
-        return spec
-    if isinstance(spec, str | pathlib.PurePath):
-        return load_spec(spec)
-    raise TypeError(f"spec must be a jaxslt.study.Spec or the path of a TOML spec; got {spec!r}")
-
-
-def run(
-    spec: Spec | str | pathlib.Path,
-    *,
-    address: str | None = None,
-    max_cells: int | None = None,
-    retry_failed: bool = False,
-    progress: bool | None = None,
-    compilation_cache: bool | str | pathlib.Path = True,
-) -> RunSummary:
-    """Run every cell of ``spec`` (a ``Spec`` or a TOML path) that is not finished yet.
+class LocalBackend:
+    """Runs cells in this process (a ``jaxslt.study.execution.Backend``).
 
     Args:
-      address: None runs locally in this process; otherwise a Ray address (``"auto"``,
-        ``"ray://host:10001"``, ``"local"`` to start a local cluster) and each cell is a Ray
-        task. If Ray is already initialized in this process, that connection is used.
-      max_cells: stop after dispatching this many cells (the rest stay for the next run).
-      retry_failed: also rerun cells stored as ``failed``.
-      progress: a bar on a terminal (a status line every 10 s otherwise); False: silent.
-      compilation_cache: JAX's persistent compilation cache folder (True: ``<store>.jaxcache``
-        next to the store; False: leave JAX's setting alone). Set for this process (local) or
-        in every worker (Ray) unless a cache folder is already configured there.
-
-    The problem entry point is called here first in either case (memoised), to check every
-    data slice the grid names before any cell runs. Returns a ``RunSummary``. Raises
-    ValueError/TypeError for a bad spec or data slice before any cell runs, RuntimeError if
-    another run holds the store.
+      problem: the study's problem (``load_problem``), shared by every cell.
+      checkpoints: the resolved checkpoints (``resolve_checkpoints``).
+      cache_dir: JAX's persistent compilation cache folder, set for this process when ``run``
+        starts (unless one is set already); None leaves JAX's setting alone.
     """
-    if max_cells is not None and (
-        isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 0
-    ):
-        raise ValueError(f"max_cells must be an integer >= 0 or None; got {max_cells!r}")
-    spec = as_spec(spec)
-    start = time.perf_counter()
-    cache_dir = None
-    if compilation_cache is True:
-        cache_dir = pathlib.Path(spec.store_path).with_suffix(".jaxcache")
-    elif compilation_cache:
-        cache_dir = pathlib.Path(compilation_cache)
-    # the spec's problem, checkpoints, grid and data slices are checked before the store (or
-    # its lock, traces folder, compilation cache) is created: a bad spec leaves nothing behind
-    problem = load_problem(spec)
-    checkpoints = resolve_checkpoints(spec)
-    cells = expand(spec, checkpoints)
-    for name in sorted({c.data for c in cells}):
-        problem.slice(name)  # every data slice exists, before anything runs
-    with Store(spec.store_path) as store, store.writer():
-        if address is None and cache_dir is not None:
-            enable_compilation_cache(cache_dir)
-        damaged = store.damaged()  # done rows whose sidecar is gone: recompute them
-        if damaged:
-            store.invalidate(list(damaged), "trace sidecar missing or damaged; recomputed")
-        statuses = store.statuses()
-        skip = {"done"} if retry_failed else {"done", "failed"}
-        todo = order_cells([c for c in cells if statuses.get(c.cell_id) not in skip])
-        skipped = len(cells) - len(todo)
-        finished_before = sum(statuses.get(c.cell_id) == "done" for c in cells)
-        if max_cells is not None:
-            todo = todo[:max_cells]
-        tracker = Tracker(spec.name, len(cells), finished_before, len(todo), progress)
-        outcomes: list[CellOutcome] = []
-        try:
-            if address is None:
-                _run_local(problem, checkpoints, todo, store, tracker, outcomes)
-            elif todo:  # nothing to run: no need for a cluster
-                from jaxslt.study.distributed import run_on_ray
 
-                run_on_ray(spec, checkpoints, todo, store, tracker, outcomes, address, cache_dir)
-        finally:
-            tracker.close()
-        statuses = store.statuses()
-    failed = [o for o in outcomes if o.status == "failed"]  # transient ones included
-    return RunSummary(
-        spec.name,
-        pathlib.Path(spec.store_path),
-        len(cells),
-        skipped,
-        len(outcomes),
-        len(failed),
-        sum(statuses.get(c.cell_id) not in ("done", "failed") for c in cells),
-        time.perf_counter() - start,
-        tuple(
-            f"step {o.cell.step}, {o.cell.cell_id[:12]}: {o.error}"
-            + (" (transient: not stored as failed, the next run retries it)" if o.transient else "")
-            for o in failed
-        ),
-    )
+    def __init__(
+        self,
+        problem: StudyProblem,
+        checkpoints: OrbaxCheckpoints | MemoryCheckpoints,
+        cache_dir: pathlib.Path | None = None,
+    ) -> None:
+        self.problem = problem
+        self.checkpoints = checkpoints
+        self.cache_dir = cache_dir
 
-
-def _run_local(
-    problem: StudyProblem,
-    checkpoints: OrbaxCheckpoints | MemoryCheckpoints,
-    todo: Sequence[Cell],
-    store: Store,
-    tracker: Tracker,
-    outcomes: list[CellOutcome],
-) -> None:
-    worker = worker_name()
-    loaded: tuple[int, PyTree] | None = None
-    for cell in todo:
-        store.mark_running(cell, worker)
-        tracker.started()
-        load_seconds = 0.0
-        if loaded is None or loaded[0] != cell.step:
-            clock, started = time.perf_counter(), time.time()
-            try:
-                loaded = (cell.step, checkpoints.load(cell.step, like=problem.like))
-            except Exception as err:  # stored as this cell's failure; the study goes on
-                loaded = None
-                outcome = failed_outcome(
-                    cell, f"loading checkpoint step {cell.step}: {err}", started
-                )
-                store.record(outcome)
-                tracker.finished_cell(outcome)
-                outcomes.append(outcome)
-                continue
-            load_seconds = time.perf_counter() - clock
-        outcome = execute_cell(problem, loaded[1], cell, load_seconds=load_seconds)
-        store.record(outcome)
-        tracker.finished_cell(outcome)
-        outcomes.append(outcome)
+    def run(self, cells: Sequence[Cell], recorder: Recorder) -> None:
+        """Run ``cells`` in order, loading a checkpoint when the step changes."""
+        if self.cache_dir is not None:
+            enable_compilation_cache(self.cache_dir)
+        worker = worker_name()
+        loaded: tuple[int, PyTree] | None = None
+        for cell in cells:
+            recorder.dispatched(cell, worker)
+            load_seconds = 0.0
+            if loaded is None or loaded[0] != cell.step:
+                clock, started = time.perf_counter(), time.time()
+                try:
+                    params = self.checkpoints.load(cell.step, like=self.problem.like)
+                except Exception as err:  # stored as this cell's failure; the study goes on
+                    loaded = None
+                    recorder.finished(
+                        failed_outcome(cell, f"loading checkpoint step {cell.step}: {err}", started)
+                    )
+                    continue
+                loaded = (cell.step, params)
+                load_seconds = time.perf_counter() - clock
+            recorder.finished(
+                execute_cell(self.problem, loaded[1], cell, load_seconds=load_seconds)
+            )

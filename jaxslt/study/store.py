@@ -44,9 +44,20 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxslt.study.spec import Cell
+from jaxslt.study.cells import Cell
+from jaxslt.study.identity import SCHEMA_VERSION  # one version: this layout and the identities
 
-SCHEMA_VERSION = 1
+__all__ = [
+    "COLUMNS",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "CellOutcome",
+    "Store",
+    "StoreError",
+    "describe_sqlite_error",
+    "sidecar_problem",
+]
+
 STATUSES = ("running", "done", "failed")
 
 _RESULT_COLUMNS = {
@@ -106,6 +117,8 @@ class StoreError(RuntimeError):
 
 
 def describe_sqlite_error(path: pathlib.Path, err: sqlite3.Error, writing: bool) -> StoreError:
+    """A one-line ``StoreError`` for ``err`` raised on the store at ``path`` (``writing``:
+    while writing): what is wrong and what to do."""
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     lowered = text.lower()
     if "readonly" in lowered or "read-only" in lowered or "unable to open" in lowered:

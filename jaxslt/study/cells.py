@@ -1,0 +1,73 @@
+"""A spec → its cells: one ``estimate_llc`` call per checkpoint × grid point, each named by its
+identity (``jaxslt.study.identity``)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from jaxslt.study.checkpoints import EntryPointCheckpoints, MemoryCheckpoints, OrbaxCheckpoints
+from jaxslt.study.identity import cell_id, cell_identity
+from jaxslt.study.settings import EXTRA_SETTINGS, FLOAT_SETTINGS, canonical, hashable
+from jaxslt.study.spec import Spec
+
+__all__ = ["Cell", "expand", "resolve_checkpoints"]
+
+
+class Cell(NamedTuple):
+    """One estimate_llc call of a study. ``settings``: estimate_llc's keyword arguments (all
+    of them but key, mesh and progress, defaults filled in); ``identity``: the canonical JSON
+    that ``cell_id`` hashes."""
+
+    cell_id: str
+    step: int
+    data: str
+    seed: int
+    settings: dict[str, Any]
+    identity: str
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for estimate_llc (lists as tuples: some settings are static and
+        must be hashable)."""
+        return {k: hashable(v) for k, v in self.settings.items()}
+
+    @property
+    def shape_key(self) -> str:
+        """Cells with equal shape keys run the same compiled program (on the same data
+        slice): the settings that are traced (step_size, nbeta, localization) and the seed
+        are left out."""
+        static = {k: v for k, v in self.settings.items() if k not in FLOAT_SETTINGS}
+        return canonical({"data": self.data, **static})
+
+
+def expand(
+    spec: Spec, checkpoints: OrbaxCheckpoints | MemoryCheckpoints | None = None
+) -> list[Cell]:
+    """Every cell of the study, checkpoint-major (each checkpoint's cells together; within it,
+    the grid's order). ``checkpoints``: the resolved checkpoints (entry point already called)."""
+    if checkpoints is None:
+        checkpoints = resolve_checkpoints(spec)
+    points = spec.grid_points()
+    cells = []
+    for step in checkpoints.step_list():
+        identity = checkpoints.identity(step)
+        for point in points:
+            text = cell_identity(spec, identity, point)
+            settings = {k: v for k, v in point.items() if k not in EXTRA_SETTINGS}
+            cells.append(
+                Cell(
+                    cell_id(text),
+                    int(step),
+                    point["data"],
+                    point["seed"],
+                    settings,
+                    text,
+                )
+            )
+    return cells
+
+
+def resolve_checkpoints(spec: Spec) -> OrbaxCheckpoints | MemoryCheckpoints:
+    """The spec's checkpoints, with an entry point called (once) into ``MemoryCheckpoints``."""
+    if isinstance(spec.checkpoints, EntryPointCheckpoints):
+        return spec.checkpoints.resolve()
+    return spec.checkpoints

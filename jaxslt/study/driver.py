@@ -1,0 +1,154 @@
+"""Running a study: the cells not yet finished, each stored as soon as it finishes.
+
+``run(spec)`` (the thin shell, the *driver*) opens the store under its writer lock, expands the
+grid into cells, drops those already ``done`` (and ``failed``, unless ``retry_failed``), orders
+the rest (``order_cells``) and hands them to a backend (``jaxslt.study.execution.Backend``):
+
+- **locally** (default): ``jaxslt.study.runner.LocalBackend``, one process, cells in
+  checkpoint-major order with the cells that share a compiled program back to back; the problem
+  entry point is called once, so a program compiles once per distinct shape.
+- **on Ray** (``address=``): ``jaxslt.study.distributed.RayBackend``, each cell a Ray task
+  (``max_retries``: a task whose worker dies is rerun, not lost); workers share JAX's persistent
+  compilation cache. Only this driver writes the store.
+
+``jaxslt.study.execution.execute_cell`` is the pure part both use: one ``estimate_llc`` call →
+a ``CellOutcome``.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from jaxslt.study.cells import Cell, expand, resolve_checkpoints
+from jaxslt.study.distributed import RayBackend
+from jaxslt.study.execution import Backend, Recorder, Tracker, load_problem
+from jaxslt.study.runner import LocalBackend
+from jaxslt.study.spec import Spec, as_spec
+from jaxslt.study.store import Store
+
+__all__ = ["RunSummary", "order_cells", "run"]
+
+
+class RunSummary(NamedTuple):
+    """What ``run`` did: ``total`` cells in the grid, ``skipped`` already finished before this
+    run, ``ran`` finished now (``failed`` of them failed), ``remaining`` still to do (when
+    ``max_cells`` stopped early), wall time ``elapsed_s``."""
+
+    name: str
+    store: pathlib.Path
+    total: int
+    skipped: int
+    ran: int
+    failed: int
+    remaining: int
+    elapsed_s: float
+    errors: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        text = (
+            f"study {self.name!r}: ran {self.ran} cell(s) in {self.elapsed_s:.1f} s "
+            f"({self.failed} failed), {self.skipped} already finished, {self.remaining} "
+            f"remaining, of {self.total}; store {self.store}"
+        )
+        return "\n".join([text, *(f"  failed: {e}" for e in self.errors[:10])])
+
+
+def order_cells(cells: Sequence[Cell]) -> list[Cell]:
+    """Checkpoint-major (each checkpoint loaded once), and within a checkpoint the cells of one
+    compiled program (``Cell.shape_key``) back to back, in order of first appearance."""
+    rank: dict[str, int] = {}
+    for cell in cells:
+        rank.setdefault(cell.shape_key, len(rank))
+    order = sorted(range(len(cells)), key=lambda i: (cells[i].step, rank[cells[i].shape_key], i))
+    return [cells[i] for i in order]
+
+
+def run(
+    spec: Spec | str | pathlib.Path,
+    *,
+    address: str | None = None,
+    max_cells: int | None = None,
+    retry_failed: bool = False,
+    progress: bool | None = None,
+    compilation_cache: bool | str | pathlib.Path = True,
+) -> RunSummary:
+    """Run every cell of ``spec`` (a ``Spec`` or a TOML path) that is not finished yet.
+
+    Args:
+      address: None runs locally in this process; otherwise a Ray address (``"auto"``,
+        ``"ray://host:10001"``, ``"local"`` to start a local cluster) and each cell is a Ray
+        task. If Ray is already initialized in this process, that connection is used.
+      max_cells: stop after dispatching this many cells (the rest stay for the next run).
+      retry_failed: also rerun cells stored as ``failed``.
+      progress: a bar on a terminal (a status line every 10 s otherwise); False: silent.
+      compilation_cache: JAX's persistent compilation cache folder (True: ``<store>.jaxcache``
+        next to the store; False: leave JAX's setting alone). Set for this process (local) or
+        in every worker (Ray) unless a cache folder is already configured there.
+
+    The problem entry point is called here first in either case (memoised), to check every
+    data slice the grid names before any cell runs. Returns a ``RunSummary``. Raises
+    ValueError/TypeError for a bad spec or data slice before any cell runs, RuntimeError if
+    another run holds the store.
+    """
+    if max_cells is not None and (
+        isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 0
+    ):
+        raise ValueError(f"max_cells must be an integer >= 0 or None; got {max_cells!r}")
+    spec = as_spec(spec)
+    start = time.perf_counter()
+    cache_dir = None
+    if compilation_cache is True:
+        cache_dir = pathlib.Path(spec.store_path).with_suffix(".jaxcache")
+    elif compilation_cache:
+        cache_dir = pathlib.Path(compilation_cache)
+    # the spec's problem, checkpoints, grid and data slices are checked before the store (or
+    # its lock, traces folder, compilation cache) is created: a bad spec leaves nothing behind
+    problem = load_problem(spec)
+    checkpoints = resolve_checkpoints(spec)
+    cells = expand(spec, checkpoints)
+    for name in sorted({c.data for c in cells}):
+        problem.slice(name)  # every data slice exists, before anything runs
+    with Store(spec.store_path) as store, store.writer():
+        damaged = store.damaged()  # done rows whose sidecar is gone: recompute them
+        if damaged:
+            store.invalidate(list(damaged), "trace sidecar missing or damaged; recomputed")
+        statuses = store.statuses()
+        skip = {"done"} if retry_failed else {"done", "failed"}
+        todo = order_cells([c for c in cells if statuses.get(c.cell_id) not in skip])
+        skipped = len(cells) - len(todo)
+        finished_before = sum(statuses.get(c.cell_id) == "done" for c in cells)
+        if max_cells is not None:
+            todo = todo[:max_cells]
+        backend: Backend
+        if address is None:
+            backend = LocalBackend(problem, checkpoints, cache_dir)
+        else:
+            backend = RayBackend(spec, checkpoints, address, cache_dir)
+        recorder = Recorder(
+            store, Tracker(spec.name, len(cells), finished_before, len(todo), progress)
+        )
+        try:
+            backend.run(todo, recorder)
+        finally:
+            recorder.tracker.close()
+        statuses = store.statuses()
+    outcomes = recorder.outcomes
+    failed = [o for o in outcomes if o.status == "failed"]  # transient ones included
+    return RunSummary(
+        spec.name,
+        pathlib.Path(spec.store_path),
+        len(cells),
+        skipped,
+        len(outcomes),
+        len(failed),
+        sum(statuses.get(c.cell_id) not in ("done", "failed") for c in cells),
+        time.perf_counter() - start,
+        tuple(
+            f"step {o.cell.step}, {o.cell.cell_id[:12]}: {o.error}"
+            + (" (transient: not stored as failed, the next run retries it)" if o.transient else "")
+            for o in failed
+        ),
+    )
