@@ -75,26 +75,16 @@ HUGE_GAMMA = 1e4
 STEPS = 10_000  # per chain (20% burn-in); --quick: 3,000
 CS = (0.003, 0.03, 0.1, 0.3, 1.0, 2.0, 3.5)
 
-# warning → short code, by how the message starts (the ESS and trend messages may quote the
-# MALA acceptance as the cheaper remedy, so substrings would mislabel them)
-CODES = (
-    ("R-hat", "rhat"),
-    ("ESS", "ess"),
-    ("MALA acceptance", "mala"),
-    ("trace still rising", "rising"),
-    ("trace still falling", "falling"),
-    ("λ̂ = ", "not-min"),
-    ("step_size", "step"),
-)
 
-
-def code_of(message: str) -> str:
-    if "chains diverged" in message.split(":")[0]:
-        return "diverged"
-    for text, code in CODES:
-        if message.startswith(text):
-            return code
-    return "other:" + message[:40]
+def warning_codes(diagnostics, emitted: list[str]) -> tuple[list[str], list[str]]:
+    """The run's warning messages and their codes: each diagnostics issue by its code
+    (``jaxslt.diagnostics.CODES``), then every other ``LLCWarning`` as ``other:`` and its first
+    40 characters, except the estimator's own divergence warning, which repeats the ``diverged``
+    issue."""
+    messages = list(diagnostics.warnings)
+    others = [m for m in emitted if m not in messages and "chains diverged" not in m]
+    codes = {*diagnostics.codes, *("other:" + m[:40] for m in others)}
+    return messages + others, sorted(codes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +250,7 @@ def mala_reference(spec_loss, params, data, nbeta, gamma, scale, steps=40_000, b
     d = r.diagnostics
     print(f"  MALA reference γ={gamma:g}: {float(r.llc_mean):.4g} ± {float(r.llc_std):.2g} "
           f"(accept {d.accept_rate:.2f}, R-hat {d.rhat:.3f}, ESS {d.ess_bulk:.0f}, "
-          f"warnings {[code_of(w) for w in d.warnings]})", flush=True)  # fmt: skip
+          f"warnings {list(d.codes)})", flush=True)  # fmt: skip
     return float(r.llc_mean)
 
 
@@ -447,9 +437,7 @@ def run_one(spec: Spec, name: str, s: dict, key: int = 1) -> dict:
     gamma = float(result.localization)
     target, kind = spec.target(gamma)
     est = float(result.llc_mean)
-    messages = list(d.warnings)
-    messages += [m for m in emitted if m not in messages and "chains diverged" not in m]
-    codes = sorted({code_of(m) for m in messages})
+    messages, codes = warning_codes(d, emitted)
     row.update(
         estimate=est, eps=float(result.step_size), gamma=gamma, target=target, kind=kind,
         codes=codes, messages=messages, flagged=bool(messages),
@@ -559,10 +547,12 @@ def report(data: dict, machine: str, command: str, stores=()) -> str:
         "",
         "## Every run",
         "",
-        "Codes: diverged, not-min (λ̂ < 0 or most draws below L_n(w*)), step (stiffness > 1 or "
-        "bias bound > 10% of λ̂), mala (acceptance < 0.8), rising / falling (trend), rhat, ess, "
-        "raised:<exception>. s = ε·(S + γ) as the estimator measures it (stiffness); bias = the "
-        "first-order bound on λ̂'s inflation.",
+        "Codes: the diagnostics' issue codes (`jaxslt.diagnostics.CODES`): diverged, "
+        "not_minimum (λ̂ < 0 or most draws below L_n(w*)), step_size (stiffness > 1 or bias "
+        "bound > 10% of λ̂), mala_low (acceptance < 0.8), trend_rising / trend_falling, rhat, "
+        "ess, mc_error (Monte-Carlo SE > 10% of λ̂), float_resolution (λ̂ within the loss's "
+        "rounding); other:<start of another LLCWarning>; raised:<exception>. s = ε·(S + γ) as "
+        "the estimator measures it (stiffness); bias = the first-order bound on λ̂'s inflation.",
         "",
         "| problem | setting | ε | γ | s | bias | estimate | target (kind) | vs target | vs λ |"
         " off | flagged | codes | MALA acc | R-hat | ESS | trend (z) | wall (s) |",

@@ -12,8 +12,9 @@ bias bound ≤ 5% of λ̂, stiffness ≤ ½).
 Recommendation rule (``Calibration.recommended``, explained in ``Calibration.explanation``):
 
 1. a cell is *healthy* when no chain diverged, the MALA acceptance of its SGLD steps is ≥ 0.8,
-   its diagnostics raise no warning about R-hat, drift (still rising/falling) or a
-   non-minimum, its stiffness at w* is ε·(nβ·h_max + γ) ≤ ``MAX_MARGIN`` = ½, and its bias
+   its diagnostics raise no issue about R-hat, drift (still rising/falling), a non-minimum,
+   the Monte-Carlo error or the float resolution (the issue codes in ``_DISQUALIFYING``),
+   its stiffness at w* is ε·(nβ·h_max + γ) ≤ ``MAX_MARGIN`` = ½, and its bias
    bound (``jaxslt.curvature``: discretisation plus minibatch noise on the quadratic model of
    the loss where the chains went) is ≤ 5% of λ̂ — half the limit at which the final run's own
    diagnostics warn, so the recommended run passes them — and its burn-in covers
@@ -59,6 +60,16 @@ from jaxslt.curvature import (
     healthy_step,
     max_hessian_eigenvalue,
 )
+from jaxslt.diagnostics import (
+    DIVERGED,
+    FLOAT_RESOLUTION,
+    MALA_LOW,
+    MC_ERROR,
+    NOT_MINIMUM,
+    RHAT,
+    TREND_FALLING,
+    TREND_RISING,
+)
 from jaxslt.posterior import default_nbeta
 
 PyTree = Any
@@ -66,8 +77,11 @@ PyTree = Any
 MAX_MARGIN = HEALTHY_SHARE * STIFFNESS_LIMIT  # ε·(nβ·h_max + γ) at w*; see the module docstring
 MIN_RELAXATIONS = 3.0  # burn-in·ε·γ of a healthy cell: flat directions within e⁻³ of equilibrium
 MAX_CALIBRATION_BURNIN = 20_000  # the most calibration raises its burn-in to, to reach that
-# diagnostics warnings that disqualify a cell (ESS is low by design in short calibration runs)
-_DISQUALIFYING = ("R-hat", "trace still", "λ̂ = ", "MALA acceptance", "all ")
+# diagnostics issues (their codes) that disqualify a cell: ESS is low by design in short
+# calibration runs, and the step check is the margin and bias rule of ``recommend``
+_DISQUALIFYING = frozenset(
+    {DIVERGED, NOT_MINIMUM, MALA_LOW, TREND_RISING, TREND_FALLING, RHAT, MC_ERROR, FLOAT_RESOLUTION}
+)
 
 
 @dataclass(eq=False)
@@ -290,8 +304,9 @@ def recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) ->
     for i in range(len(eps)):
         cell = jax.tree.map(lambda x, i=i: np.asarray(x[i]), results)
         diag = diagnose(cell)
-        bad = [w for w in diag.warnings if w.startswith(_DISQUALIFYING)]
-        bad += [f"{int(cell.diverged.sum())} chain(s) diverged"] if cell.diverged.any() else []
+        bad = [issue.message for issue in diag.issues if issue.code in _DISQUALIFYING]
+        if cell.diverged.any() and DIVERGED not in diag.codes:
+            bad.append(f"{int(cell.diverged.sum())} chain(s) diverged")
         margin = float(eps[i] * (nbs[i] * h_max + gam[i]))
         # the final run's own step check (diagnostics) must pass with room to spare
         biased = not diag.bias_bound <= HEALTHY_SHARE * MAX_RELATIVE_BIAS * abs(diag.llc)

@@ -7,11 +7,36 @@ already holds; nothing is resampled, so a diagnosis costs milliseconds (after Ar
   ``az.plot_trace``, ...).
 - ``diagnose(result)``: a ``Diagnostics`` record (R-hat, ESS, MALA acceptance, drift of the
   estimate between the two halves of the kept draws, draws below L_n(w*), divergences) with one
-  readable warning per failed check, each naming the likely cause and the remedy
+  ``Issue`` per failed check, each naming the likely cause and the remedy
   (docs/method.md §11: λ̂ < 0 ⇒ w* not a minimum; underestimates ⇒ not equilibrated; overestimates ⇒
   ε too large; NaN ⇒ ε too large).
 
 Only the chains that did not diverge ("healthy" chains) enter the statistics, as in the estimate.
+
+An ``Issue`` is (``code``, ``message``, ``remedy``): ``message`` is the readable warning (its
+wording may change between versions), ``remedy`` its closing clause saying what to change, and
+``code`` one of the closed set ``CODES`` below, stable, so that code acting on a diagnosis
+(calibration's cell health, the estimator's de-duplication of the divergence warning) decides
+by ``code`` and never by reading the text. Each code is also a module constant of the same name
+in capitals (``DIVERGED = "diverged"``, ...). In the order ``diagnose`` checks them:
+
+=======================  =====================================================================
+code                     failed check (see ``diagnose`` for the thresholds)
+=======================  =====================================================================
+``diverged``             some or all chains diverged (non-finite or exploded loss)
+``not_minimum``          λ̂ < 0, or most draws deep below L_n(w*): w* is not a local minimum
+``step_size``            stiffness ε·(nβ·h_max + γ) > 1 or bias bound > 10% of λ̂ (needs geometry)
+``mala_low``             MALA acceptance of the SGLD steps below its lower bound (ε too large)
+``trend_rising``         λ̂ rises significantly between the halves: not equilibrated
+``trend_falling``        λ̂ falls significantly between the halves: still settling or optimising
+``rhat``                 R-hat above its bound: the chains disagree
+``ess``                  bulk ESS below its minimum: too few effective draws
+``mc_error``             Monte-Carlo standard error above its share of |λ̂|: too noisy
+``float_resolution``     λ̂ within a few units of the loss's floating-point rounding
+=======================  =====================================================================
+
+A MALA acceptance above its upper bound is no issue of its own: it only adds "raising
+step_size is the cheaper fix" to the remedy of ``trend_rising``, ``ess`` and ``mc_error``.
 """
 
 from __future__ import annotations
@@ -19,14 +44,73 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from jaxslt import curvature
 
-__all__ = ["Diagnostics", "diagnose", "to_inference_data"]
+__all__ = [
+    "CODES",
+    "DIVERGED",
+    "ESS",
+    "FLOAT_RESOLUTION",
+    "MALA_LOW",
+    "MC_ERROR",
+    "NOT_MINIMUM",
+    "RHAT",
+    "STEP_SIZE",
+    "TREND_FALLING",
+    "TREND_RISING",
+    "Diagnostics",
+    "Issue",
+    "diagnose",
+    "to_inference_data",
+]
+
+# the codes of the issues ``diagnose`` reports (the table in the module docstring)
+DIVERGED = "diverged"
+NOT_MINIMUM = "not_minimum"
+STEP_SIZE = "step_size"
+MALA_LOW = "mala_low"
+TREND_RISING = "trend_rising"
+TREND_FALLING = "trend_falling"
+RHAT = "rhat"
+ESS = "ess"
+MC_ERROR = "mc_error"
+FLOAT_RESOLUTION = "float_resolution"
+CODES = (
+    DIVERGED,
+    NOT_MINIMUM,
+    STEP_SIZE,
+    MALA_LOW,
+    TREND_RISING,
+    TREND_FALLING,
+    RHAT,
+    ESS,
+    MC_ERROR,
+    FLOAT_RESOLUTION,
+)
+
+
+class Issue(NamedTuple):
+    """One failed check of ``diagnose``: ``code`` (one of ``CODES``; decide by it),
+    ``message`` (the readable warning; its wording may change) and ``remedy`` (the clause of
+    the message that says what to change). ``str(issue)`` is the message."""
+
+    code: str
+    message: str
+    remedy: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _issue(code: str, finding: str, remedy: str) -> Issue:
+    """The issue whose message is the finding (what failed, and its likely cause), then the
+    remedy."""
+    return Issue(code, f"{finding}; {remedy}", remedy)
 
 
 def _arviz():
@@ -112,7 +196,8 @@ class Diagnostics:
     - ``stiffness``: ε·(nβ·h_max + γ) at w*; ``bias_bound``: the first-order bound on λ̂'s
       inflation by discretisation and minibatch noise, (ε·nβ/8)·(tr ∇²L + nβ·tr Cov ∇L_B)
       (``jaxslt.curvature``); both NaN when the result carries no ``geometry``.
-    - ``warnings``: one readable line per failed check; ``ok``: no warnings.
+    - ``issues``: one ``Issue`` per failed check, in the order of ``CODES``; ``warnings``: their
+      messages (one readable line each); ``codes``: their codes; ``ok``: no issues.
     """
 
     rhat: float
@@ -130,11 +215,19 @@ class Diagnostics:
     divergence_steps: tuple[int, ...]
     stiffness: float
     bias_bound: float
-    warnings: tuple[str, ...]
+    issues: tuple[Issue, ...]
+    warnings: tuple[str, ...] = dataclasses.field(init=False)
     ok: bool = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ok", not self.warnings)
+        object.__setattr__(self, "issues", tuple(self.issues))
+        object.__setattr__(self, "warnings", tuple(issue.message for issue in self.issues))
+        object.__setattr__(self, "ok", not self.issues)
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """The code of each issue, in order."""
+        return tuple(issue.code for issue in self.issues)
 
     def __str__(self) -> str:
         healthy = self.num_chains - len(self.divergence_steps)
@@ -329,7 +422,7 @@ def diagnose(
     steps = tuple(int(s) for s in np.asarray(result.divergence_step)[diverged])
     nbeta, init_loss = _scalar(result.nbeta), _scalar(result.init_loss)
     x = np.asarray(result.loss_trace, dtype=np.float64)[healthy]
-    found: list[str] = []
+    found: list[Issue] = []
 
     if diverged.any():
         first = list(steps[:8]) + (["..."] if len(steps) > 8 else [])
@@ -337,10 +430,13 @@ def diagnose(
             f"all {num_chains}" if healthy.sum() == 0 else f"{int(diverged.sum())} of {num_chains}"
         )
         found.append(
-            f"{bad} chains diverged (first bad steps {first}; non-finite or exploded loss): "
-            "step_size "
-            f"{_scalar(result.step_size):.3g} is too large for the curvature (stability needs "
-            "ε·(nβ·h_max + γ) < 4); lower step_size"
+            _issue(
+                DIVERGED,
+                f"{bad} chains diverged (first bad steps {first}; non-finite or exploded loss): "
+                f"step_size {_scalar(result.step_size):.3g} is too large for the curvature "
+                "(stability needs ε·(nβ·h_max + γ) < 4)",
+                "lower step_size",
+            )
         )
 
     llc = float(nbeta * (x.mean() - init_loss)) if x.size else math.nan
@@ -353,10 +449,13 @@ def diagnose(
     deep = not dip <= 0.1 * abs(llc)
     if llc < 0 or (frac_below > max_frac_below_init and deep):
         found.append(
-            f"λ̂ = {llc:.4g}{' < 0' if llc < 0 else ''} and {frac_below:.0%} of the draws are "
-            "below L_n(w*): w* is not a local minimum of the loss (e.g. an early checkpoint), "
-            "or the chains keep optimising away from it; train w* longer (to a minimum) or "
-            "raise localization"
+            _issue(
+                NOT_MINIMUM,
+                f"λ̂ = {llc:.4g}{' < 0' if llc < 0 else ''} and {frac_below:.0%} of the draws "
+                "are below L_n(w*): w* is not a local minimum of the loss (e.g. an early "
+                "checkpoint), or the chains keep optimising away from it",
+                "train w* longer (to a minimum) or raise localization",
+            )
         )
 
     stiffness = bias_bound = math.nan
@@ -382,8 +481,12 @@ def diagnose(
                     "loss where the chains went)"
                 )
             found.append(
-                f"step_size {eps:.3g} is too large: {' and '.join(why)}; lower step_size to "
-                f"≤ {safe:.2g} (a larger batch_size also cuts the minibatch share)"
+                _issue(
+                    STEP_SIZE,
+                    f"step_size {eps:.3g} is too large: {' and '.join(why)}",
+                    f"lower step_size to ≤ {safe:.2g} (a larger batch_size also cuts the "
+                    "minibatch share)",
+                )
             )
 
     mala = _healthy_mean(result.mala_accept, healthy)
@@ -391,8 +494,12 @@ def diagnose(
     low, high = mala_accept_range
     if mala < low:
         found.append(
-            f"MALA acceptance {mala:.3f} < {low:g}: step_size is too large for the local "
-            "curvature (discretisation inflates λ̂); lower step_size"
+            _issue(
+                MALA_LOW,
+                f"MALA acceptance {mala:.3f} < {low:g}: step_size is too large for the local "
+                "curvature (discretisation inflates λ̂)",
+                "lower step_size",
+            )
         )
     small_step = (
         f"; MALA acceptance {mala:.3f} > {high:g} says step_size is needlessly small, so "
@@ -408,45 +515,67 @@ def diagnose(
         where = f"{abs(trend):.0%} {'above' if diff > 0 else 'below'} the first half, z = {tz:.1f}"
         if diff > 0:
             found.append(
-                f"trace still rising (λ̂ second half is {where}): the chains have not "
-                "equilibrated (λ̂ is underestimated; flat directions relax in ~1/(ε·γ) steps); "
-                f"raise num_burnin or step_size{small_step}"
+                _issue(
+                    TREND_RISING,
+                    f"trace still rising (λ̂ second half is {where}): the chains have not "
+                    "equilibrated (λ̂ is underestimated; flat directions relax in ~1/(ε·γ) "
+                    "steps)",
+                    f"raise num_burnin or step_size{small_step}",
+                )
             )
         else:
             found.append(
-                f"trace still falling (λ̂ second half is {where}): the chains are still "
-                "settling from a transient or still optimising; raise num_burnin, and if the "
-                "draws go below L_n(w*), train w* longer"
+                _issue(
+                    TREND_FALLING,
+                    f"trace still falling (λ̂ second half is {where}): the chains are still "
+                    "settling from a transient or still optimising",
+                    "raise num_burnin, and if the draws go below L_n(w*), train w* longer",
+                )
             )
 
     rhat, ess_bulk, ess_tail = _rhat_ess(x)
     if rhat > rhat_max:
         found.append(
-            f"R-hat {rhat:.3f} > {rhat_max:g}: chains disagree; run longer (num_draws, "
-            "num_burnin) or check for multimodality (chains settling in different basins)"
+            _issue(
+                RHAT,
+                f"R-hat {rhat:.3f} > {rhat_max:g}: chains disagree",
+                "run longer (num_draws, num_burnin) or check for multimodality (chains "
+                "settling in different basins)",
+            )
         )
     if ess_bulk < min_ess:
         found.append(
-            f"ESS {ess_bulk:.0f} < {min_ess:g}: too few effective draws; raise num_draws "
-            f"(or num_chains){small_step}"
+            _issue(
+                ESS,
+                f"ESS {ess_bulk:.0f} < {min_ess:g}: too few effective draws",
+                f"raise num_draws (or num_chains){small_step}",
+            )
         )
     # Monte-Carlo standard error of λ̂ from the draws' own spread: the ESS rule assumes a
     # spread of √λ, but minibatch noise and heavy tails make it far larger
     mcse = float(nbeta * np.std(x) / math.sqrt(ess_bulk)) if ess_bulk > 0 else math.nan
     if ess_bulk >= min_ess and mcse > max_rel_se * abs(llc):
         found.append(
-            f"λ̂ = {llc:.4g} ± {mcse:.2g} (Monte-Carlo standard error, {mcse / abs(llc):.0%}): "
-            f"too noisy to trust; raise num_draws (or num_chains, or batch_size){small_step}"
+            _issue(
+                MC_ERROR,
+                f"λ̂ = {llc:.4g} ± {mcse:.2g} (Monte-Carlo standard error, "
+                f"{mcse / abs(llc):.0%}): too noisy to trust",
+                f"raise num_draws (or num_chains, or batch_size){small_step}",
+            )
         )
     # λ̂ multiplies a loss difference by nβ: below the loss's floating-point spacing at
     # L_n(w*) it is rounding noise
     resolution = float(nbeta * np.spacing(np.asarray(result.loss_trace).dtype.type(init_loss)))
     if resolution > max_rel_se * abs(llc):
         found.append(
-            f"λ̂ = {llc:.3g} is within {resolution / abs(llc) if llc else math.inf:.0f}× the "
-            f"loss's rounding (nβ·spacing(L_n(w*)) = {resolution:.2g}): the loss differences are "
-            "below its precision; use float64 (jax.config.update('jax_enable_x64', True) and "
-            "float64 params) or a smaller localization"
+            _issue(
+                FLOAT_RESOLUTION,
+                f"λ̂ = {llc:.3g} is within {resolution / abs(llc) if llc else math.inf:.0f}× "
+                f"the loss's rounding (nβ·spacing(L_n(w*)) = {resolution:.2g}): the loss "
+                "differences are below its precision",
+                "use float64 (jax.config.update('jax_enable_x64', True) and float64 params) or "
+                "a smaller localization",
+            )
         )
 
     return Diagnostics(
@@ -465,5 +594,5 @@ def diagnose(
         divergence_steps=steps,
         stiffness=stiffness,
         bias_bound=bias_bound,
-        warnings=tuple(found),
+        issues=tuple(found),
     )

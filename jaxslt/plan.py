@@ -240,11 +240,11 @@ def check_divergence(result: LLCResult, step_size: Any, *, raise_if_all: bool) -
 def finish(result: LLCResult, plan: Plan, diagnostics: bool) -> LLCResult:
     """Attach the diagnostics (an ``LLCWarning`` for each failed check) and the calibration."""
     if diagnostics:
-        from jaxslt.diagnostics import diagnose
+        from jaxslt.diagnostics import DIVERGED, diagnose
 
         report = diagnose(result)
-        for message in report.warnings:
-            if "diverged" not in message:  # already said by check_divergence
-                warnings.warn(message, LLCWarning, stacklevel=3)
+        for issue in report.issues:
+            if issue.code != DIVERGED:  # already said by check_divergence
+                warnings.warn(issue.message, LLCWarning, stacklevel=3)
         result = result._replace(diagnostics=report)
     return result._replace(calibration=plan.calibration)

@@ -13,6 +13,17 @@ from conftest import HESSIAN, dummy_data, quadratic_loss, quadratic_params
 
 import jaxslt
 from jaxslt import calibration as cal_module
+from jaxslt.diagnostics import (
+    CODES,
+    DIVERGED,
+    ESS,
+    MALA_LOW,
+    MC_ERROR,
+    RHAT,
+    STEP_SIZE,
+    TREND_RISING,
+    Issue,
+)
 
 KW = dict(localizations=(1.0, 10.0), num_chains=4, batch_size=64)
 
@@ -144,8 +155,9 @@ def test_a_localizer_that_moves_the_estimate_is_a_caution():
 # --- the recommendation rule on synthetic tables with a known answer ---------------------------
 # Each cell: 4 chains whose loss trace has SD 0.4/nβ, so that with the stub's ESS of 400 the
 # within-chain SE nβ·sd/√ESS is 0.02; no divergence; a zero bias bound; one optional diagnostics
-# warning; h_max = 0, so the stiffness margin is ε·γ (≪ ½ here unless a test raises h_max). The
-# default burn-in (40,000) covers the 3 relaxation times 1/(εγ) every healthy cell needs.
+# issue (its code; the stub words it by ``WORDING``); h_max = 0, so the stiffness margin is ε·γ
+# (≪ ½ here unless a test raises h_max). The default burn-in (40,000) covers the 3 relaxation
+# times 1/(εγ) every healthy cell needs.
 
 STEPS = (1e-4, 2e-4, 4e-4, 8e-4)
 
@@ -155,30 +167,45 @@ class _Cells(NamedTuple):
     llc_std: np.ndarray
     diverged: np.ndarray
     mala_accept: np.ndarray
-    warning: np.ndarray
+    code: np.ndarray
     nbeta: np.ndarray
     loss_trace: np.ndarray
 
 
-def _diagnose(cell):
-    return SimpleNamespace(
-        warnings=(str(cell.warning),) if str(cell.warning) else (), rhat=1.0, ess_bulk=400.0,
-        trend=0.0, bias_bound=0.0, llc=float(cell.llc_mean),
-    )  # fmt: skip
+# messages of the stub's issues, as diagnose words them (the rule must not read them)
+WORDING = {
+    RHAT: "R-hat 1.200 > 1.01: chains disagree; run longer",
+    ESS: "ESS 50 < 100: too few effective draws; raise num_draws",
+    TREND_RISING: "trace still rising (λ̂ second half is 9% above); raise num_burnin",
+    DIVERGED: "all 4 chains diverged (first bad steps [7]); lower step_size",
+}
 
 
-def _recommend(cells, h_max=0.0, num_burnin=40_000, num_draws=1000):
-    """cells: dicts with eps, gamma, mean and optionally nbeta, warning, diverged (chains)."""
+def _stub_diagnose(wording):
+    def diagnose(cell):
+        code = str(cell.code)
+        issues = (Issue(code, wording(code), "a remedy"),) if code else ()
+        return SimpleNamespace(
+            issues=issues, codes=tuple(i.code for i in issues), rhat=1.0, ess_bulk=400.0,
+            trend=0.0, bias_bound=0.0, llc=float(cell.llc_mean),
+        )  # fmt: skip
+
+    return diagnose
+
+
+def _recommend(cells, h_max=0.0, num_burnin=40_000, num_draws=1000, wording=WORDING.get):
+    """cells: dicts with eps, gamma, mean and optionally nbeta, code (of a diagnostics issue),
+    diverged (chains); ``wording(code)`` is the message of the stub's issue."""
     col = lambda name, default: np.array([c.get(name, default) for c in cells])  # noqa: E731
     diverged = np.arange(4)[None, :] < col("diverged", 0)[:, None]
     nbeta = col("nbeta", 100.0)
     spread = (0.4 / nbeta)[:, None, None] * np.array([-1.0, 1.0])  # SD 0.4/nβ per cell
     results = _Cells(col("mean", 0.0), np.full(len(cells), 0.04), diverged,
-                     np.full((len(cells), 4), 0.95), col("warning", ""), nbeta,
+                     np.full((len(cells), 4), 0.95), col("code", ""), nbeta,
                      np.broadcast_to(spread, (len(cells), 4, 2)))  # fmt: skip
     return cal_module.recommend(
-        results, col("eps", 0.0), col("gamma", 0.0), nbeta, _diagnose, h_max, num_burnin,
-        num_draws,
+        results, col("eps", 0.0), col("gamma", 0.0), nbeta, _stub_diagnose(wording), h_max,
+        num_burnin, num_draws,
     )  # fmt: skip
 
 
@@ -222,8 +249,8 @@ def test_recommend_uses_a_noise_tolerance_when_it_exceeds_five_percent():
 
 def test_recommend_skips_unhealthy_cells():
     cells = _line(1.0, 0.0)
-    cells[3]["warning"] = "R-hat 1.200 > 1.01: chains disagree"  # disqualifying
-    cells[2]["warning"] = "ESS 50 < 100: too few effective draws"  # low ESS is expected: kept
+    cells[3]["code"] = RHAT  # disqualifying
+    cells[2]["code"] = ESS  # low ESS is expected: kept
     assert _chosen(_recommend(cells)) == (4e-4, 1.0)
     cells[2]["diverged"] = 1  # one chain diverged: out
     cal = _recommend(cells)
@@ -251,7 +278,7 @@ def test_recommend_needs_three_relaxation_times_of_burn_in():
 def test_recommend_takes_the_smallest_healthy_gamma_and_says_when_epsilon_is_unchecked():
     low = _line(1.0, 0.0)
     for cell in low[1:]:
-        cell["warning"] = "trace still rising"
+        cell["code"] = TREND_RISING
     cal = _recommend(low + _line(10.0, 400.0))
     assert _chosen(cal) == (1e-4, 1.0)
     assert 1.0 not in cal.extrapolation and cal.extrapolation[10.0][0] == pytest.approx(2.0)
@@ -262,7 +289,7 @@ def test_recommend_takes_the_smallest_healthy_gamma_and_says_when_epsilon_is_unc
 def test_recommend_smallest_nbeta_first():
     cells = _line(1.0, 0.0, nbeta=10.0) + _line(1.0, 0.0, nbeta=1.0)
     for cell in cells[4:5]:
-        cell["warning"] = "R-hat 1.1 > 1.01"
+        cell["code"] = RHAT
     cal = _recommend(cells)
     assert _chosen(cal) == (8e-4, 1.0) and cal.recommended["nbeta"] == 1.0
 
@@ -270,17 +297,44 @@ def test_recommend_smallest_nbeta_first():
 def test_recommend_falls_back_to_a_single_healthy_cell():
     cells = _line(1.0, 0.0) + _line(10.0, 0.0)
     for i in (0, 1, 3, 4, 6, 7):
-        cells[i]["warning"] = "R-hat 1.1 > 1.01"
+        cells[i]["code"] = RHAT
     cal = _recommend(cells)  # one healthy cell per γ: the one at the smallest γ
     assert _chosen(cal) == (4e-4, 1.0)
     assert cal.extrapolation == {} and any("single healthy step" in c for c in cal.cautions)
 
 
 def test_recommend_with_no_healthy_cell():
-    cells = _line(1.0, 0.0, warning="all 4 chains diverged")
+    cells = _line(1.0, 0.0, code=DIVERGED)
     cal = _recommend(cells)
     assert cal.recommended == {} and not cal.table.selected.any() and not cal.table.ok.any()
     assert "No cell is healthy" in cal.explanation
+
+
+def test_recommend_reads_issue_codes_not_their_wording():
+    """Cell health depends on the issues' codes only: with every message reworded (here so
+    that each reads like another check's, as a text rule would misjudge it) the table's verdicts
+    and the recommendation are unchanged; only the issues column's text follows the wording.
+    The ESS and step-size checks are no disqualification (ESS is low by design in short
+    calibration runs; the step is judged by the margin and bias rule)."""
+    codes = ["", RHAT, ESS, STEP_SIZE, MC_ERROR, "", MALA_LOW, DIVERGED]
+    cells = _line(1.0, 0.0) + _line(10.0, 400.0)
+    for cell, code in zip(cells, codes, strict=True):
+        cell["code"] = code
+    cells[7]["diverged"] = 1  # and its diverged issue: named once, by the issue
+    assert set(codes) <= {"", *CODES}
+    plain = _recommend(cells, wording=lambda code: f"{code} failed; fix it")
+    misleading = {RHAT: "ESS 50 < 100", ESS: "R-hat 1.2 > 1.1", STEP_SIZE: "all 4 chains diverged"}
+    swapped = _recommend(cells, wording=lambda code: misleading.get(code, "fine; nothing to do"))
+    healthy = [code in ("", ESS, STEP_SIZE) for code in codes]
+    assert list(plain.table.ok) == list(swapped.table.ok) == healthy
+    assert list(plain.table.selected) == list(swapped.table.selected)
+    assert plain.recommended == swapped.recommended and plain.recommended
+    assert (
+        swapped.table.issues[1] == "ESS 50 < 100" and plain.table.issues[1] == "rhat failed; fix it"
+    )
+    # a disqualifying issue enters the issues column with its own message, whatever it says;
+    # a diverged issue replaces the "k chain(s) diverged" line a cell without one gets
+    assert swapped.table.issues[7] == "fine; nothing to do"
 
 
 @pytest.mark.parametrize(

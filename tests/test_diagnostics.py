@@ -9,6 +9,8 @@ network, so the across-chain trend test has the power it has in practice.
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +20,25 @@ from conftest import dummy_data
 from scipy.signal import lfilter
 
 import jaxslt
+from jaxslt import curvature, diagnostics
 from jaxslt.core import LLCResult
-from jaxslt.diagnostics import Diagnostics, diagnose, to_inference_data
+from jaxslt.diagnostics import (
+    CODES,
+    DIVERGED,
+    ESS,
+    FLOAT_RESOLUTION,
+    MALA_LOW,
+    MC_ERROR,
+    NOT_MINIMUM,
+    RHAT,
+    STEP_SIZE,
+    TREND_FALLING,
+    TREND_RISING,
+    Diagnostics,
+    Issue,
+    diagnose,
+    to_inference_data,
+)
 
 NBETA, INIT = 100.0, 0.7
 
@@ -70,6 +89,15 @@ def has(diag: Diagnostics, text: str) -> bool:
     return any(text in w for w in diag.warnings)
 
 
+def issue(diag: Diagnostics, code: str) -> Issue:
+    """The one issue of ``diag`` with this code."""
+    (found,) = [i for i in diag.issues if i.code == code]
+    return found
+
+
+TRENDS = {TREND_RISING, TREND_FALLING}
+
+
 # ------------------------------------------------------------------------------- synthetic ---
 
 
@@ -77,7 +105,7 @@ def has(diag: Diagnostics, text: str) -> bool:
 def test_iid_stationary_traces_pass(seed):
     diag = diagnose(make_result(gamma_trace(seed), mala_accept=[0.92] * 4))
     assert diag.ok, str(diag)
-    assert diag.warnings == ()
+    assert diag.issues == () and diag.warnings == () and diag.codes == ()
     # split R̂ of i.i.d. draws (8 half-chains of 500): R̂ − 1 ≈ (χ²₇/7 − 1)/(2·500), SD 5e-4
     # (measured over these seeds: 6e-4); χ²₇'s 1e-6 upper quantile (40) gives 0.005
     assert abs(diag.rhat - 1) < 0.005
@@ -95,8 +123,9 @@ def test_iid_stationary_traces_pass(seed):
 def test_rising_trace_warns_still_rising():
     ramp = np.linspace(2.0, 8.0, 1000)  # λ̂ rises from ~7 to ~13 over the kept draws
     diag = diagnose(make_result(gamma_trace(0) + ramp / NBETA))
-    assert has(diag, "trace still rising"), diag.warnings
-    assert has(diag, "raise num_burnin or step_size")
+    assert TREND_RISING in diag.codes and TREND_FALLING not in diag.codes, diag.warnings
+    assert has(diag, "trace still rising")
+    assert issue(diag, TREND_RISING).remedy == "raise num_burnin or step_size"
     assert not has(diag, "needlessly small")  # no MALA acceptance available
     first, second = diag.llc_halves
     assert second > first
@@ -108,16 +137,17 @@ def test_rising_trace_warns_still_rising():
 def test_rising_trace_with_high_mala_acceptance_names_the_small_step():
     ramp = np.linspace(2.0, 8.0, 1000)
     diag = diagnose(make_result(gamma_trace(1) + ramp / NBETA, mala_accept=[0.9995] * 4))
-    rising = [w for w in diag.warnings if "still rising" in w]
-    assert len(rising) == 1 and "step_size is needlessly small" in rising[0]
-    assert not has(diag, "MALA acceptance 0.9995 <")
+    rising = issue(diag, TREND_RISING)
+    assert "step_size is needlessly small" in rising.remedy
+    assert MALA_LOW not in diag.codes and not has(diag, "MALA acceptance 0.9995 <")
 
 
 def test_falling_trace_warns_still_falling():
     ramp = np.linspace(8.0, 2.0, 1000)
     diag = diagnose(make_result(gamma_trace(2) + ramp / NBETA))
-    assert has(diag, "trace still falling") and has(diag, "raise num_burnin")
-    assert not has(diag, "still rising")
+    assert TREND_FALLING in diag.codes and TREND_RISING not in diag.codes
+    assert has(diag, "trace still falling")
+    assert issue(diag, TREND_FALLING).remedy.startswith("raise num_burnin")
     assert diag.trend < -0.3 and diag.trend_z < -10
 
 
@@ -137,7 +167,7 @@ def test_autocorrelated_stationary_traces_raise_no_trend_warning():
     for seed in range(20):
         trace = ar1_trace(seed, chains=8, draws=1000, rho=0.95)
         diag = diagnose(make_result(trace), min_ess=0)
-        assert not has(diag, "trace still"), (seed, diag.warnings)
+        assert not TRENDS & set(diag.codes), (seed, diag.warnings)
         halves = trace[:, :500], trace[:, 500:]
         naive_se = NBETA * np.sqrt(sum(h.var(ddof=1) / h.size for h in halves))
         diff = diag.llc_halves[1] - diag.llc_halves[0]
@@ -159,7 +189,7 @@ def test_single_chain_trend_uses_batch_means_and_is_calibrated():
         # (p ≈ 3e-6)
         assert np.isfinite(diag.rhat) and abs(diag.rhat - 1) < 0.1
         zs.append(diag.trend_z)
-        warned += has(diag, "trace still")
+        warned += bool(TRENDS & set(diag.codes))
     # the SD of a sample SD of 60 standard normals is 1/√(2·59) = 0.092: 4 SE around 1
     assert abs(np.std(zs) - 1) < 4 / np.sqrt(2 * 59)
     # a warning needs p < 0.0027; even with z's SD at the measured 1.16, p ≈ 0.01 per trace:
@@ -178,27 +208,28 @@ def test_a_14_percent_rise_across_five_chains_warns(seed):
     assert 0.1 < diag.trend < 0.18
     diff = NBETA * (trace[:, 1000:].mean(1) - trace[:, :1000].mean(1))
     assert diff.mean() / (diff.std(ddof=1) / np.sqrt(5)) < 8.6  # the old test would not warn
-    assert has(diag, "trace still rising"), str(diag)
+    assert TREND_RISING in diag.codes, str(diag)
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_single_chain_rising_trace_warns(seed):
     ramp = np.linspace(2.0, 8.0, 1000) / NBETA
     diag = diagnose(make_result(gamma_trace(seed, chains=1) + ramp))
-    assert has(diag, "trace still rising"), diag.warnings
+    assert TREND_RISING in diag.codes, diag.warnings
 
 
 def test_chains_with_different_means_warn_rhat():
     trace = np.concatenate([gamma_trace(3, chains=2), gamma_trace(4, chains=2, llc=8.0)])
     diag = diagnose(make_result(trace))
     assert diag.rhat > 1.1
-    assert has(diag, f"R-hat {diag.rhat:.3f} > 1.1: chains disagree")
-    assert not has(diag, "trace still")
+    assert RHAT in diag.codes and not TRENDS & set(diag.codes)
+    assert issue(diag, RHAT).message.startswith(f"R-hat {diag.rhat:.3f} > 1.1: chains disagree")
 
 
 def test_few_effective_draws_warn_ess():
     diag = diagnose(make_result(ar1_trace(5, chains=4, draws=400, rho=0.99)))
     assert diag.ess_bulk < 100
+    assert ESS in diag.codes
     assert has(diag, "too few effective draws; raise num_draws")
 
 
@@ -213,6 +244,7 @@ def test_draws_below_init_loss_warn_not_a_minimum(shift, negative):
     diag = diagnose(make_result(trace))
     assert (diag.llc < 0) == negative
     assert diag.frac_below_init > 0.5
+    assert diag.codes == (NOT_MINIMUM,), diag.warnings
     assert has(diag, "w* is not a local minimum") and has(diag, "raise localization")
     assert has(diag, f"{diag.frac_below_init:.0%} of the draws")
 
@@ -225,7 +257,7 @@ def test_a_shallow_dip_below_init_loss_is_tolerated():
     above = rng.random((4, 1000)) < 0.4
     diag = diagnose(make_result(INIT + np.where(above, 13.0, -0.05) / NBETA))
     assert diag.frac_below_init > 0.5 and diag.llc > 5
-    assert not has(diag, "not a local minimum"), diag.warnings
+    assert NOT_MINIMUM not in diag.codes, diag.warnings
 
 
 def test_minibatch_noise_below_init_is_tolerated():
@@ -243,9 +275,9 @@ def test_diverged_chain_is_named_and_excluded():
     trace[2, 700:] = np.nan  # burn-in 1000: step 1700 is draw 700
     diag = diagnose(make_result(trace, divergence_step=[-1, -1, 1700, -1], num_burnin=1000))
     assert diag.divergence_steps == (1700,)
+    assert diag.codes == (DIVERGED,) and not diag.ok
     assert has(diag, "1 of 4 chains diverged (first bad steps [1700]")
-    assert has(diag, "lower step_size")
-    assert len(diag.warnings) == 1 and not diag.ok
+    assert issue(diag, DIVERGED).remedy == "lower step_size"
     assert np.isfinite([diag.rhat, diag.ess_bulk, diag.trend, diag.llc]).all()
     assert diag.llc == pytest.approx(NBETA * (trace[[0, 1, 3]].mean() - INIT))
 
@@ -253,7 +285,7 @@ def test_diverged_chain_is_named_and_excluded():
 def test_all_chains_diverged_still_diagnoses():
     trace = np.full((2, 100), np.nan)
     diag = diagnose(make_result(trace, divergence_step=[3, 5]))
-    assert len(diag.warnings) == 1
+    assert diag.codes == (DIVERGED,)
     assert diag.warnings[0].startswith("all 2 chains diverged (first bad steps [3, 5]")
     assert np.isnan([diag.rhat, diag.ess_bulk, diag.llc, diag.trend]).all()
     assert "0 of 2 chains healthy" in str(diag)
@@ -262,8 +294,9 @@ def test_all_chains_diverged_still_diagnoses():
 def test_mala_acceptance_low_warns_high_alone_does_not():
     low = diagnose(make_result(gamma_trace(10), mala_accept=[0.5, 0.6, 0.55, 0.5]))
     assert low.mala_accept == pytest.approx(0.5375)
+    assert low.codes == (MALA_LOW,)
     assert has(low, "MALA acceptance 0.538 < 0.8: step_size is too large")
-    assert has(low, "lower step_size") and len(low.warnings) == 1
+    assert issue(low, MALA_LOW).remedy == "lower step_size"
     high = diagnose(make_result(gamma_trace(10), mala_accept=[0.9999] * 4))
     assert high.ok, high.warnings
     assert diagnose(
@@ -280,6 +313,7 @@ def test_metropolis_acceptance_is_reported():
 def test_thresholds_are_settable_and_report_is_readable():
     result = make_result(gamma_trace(12), mala_accept=[0.9] * 4)
     strict = diagnose(result, min_ess=1e9, rhat_max=0.9)
+    assert strict.codes == (RHAT, ESS)
     assert has(strict, "< 1e+09") and has(strict, "> 0.9:")
     text = str(strict)
     assert text.startswith("LLC diagnostics (4 of 4 chains healthy): 2 warning(s)")
@@ -288,12 +322,136 @@ def test_thresholds_are_settable_and_report_is_readable():
     assert "OK" in str(diagnose(result))
 
 
-def test_diagnostics_is_frozen_and_ok_follows_warnings():
+def test_diagnostics_is_frozen_and_ok_and_warnings_follow_issues():
     diag = diagnose(make_result(gamma_trace(13)))
     with pytest.raises(dataclasses.FrozenInstanceError):
         diag.rhat = 2.0  # type: ignore[misc]
     assert dataclasses.asdict(diag)["ok"] is True
-    assert dataclasses.replace(diag, warnings=("x",)).ok is False
+    flagged = dataclasses.replace(diag, issues=[Issue(RHAT, "any text; any remedy", "any remedy")])
+    assert flagged.ok is False and flagged.codes == (RHAT,)
+    assert flagged.issues == (Issue(RHAT, "any text; any remedy", "any remedy"),)
+    assert (
+        flagged.warnings == ("any text; any remedy",)
+        and str(flagged.issues[0]) == flagged.warnings[0]
+    )
+    assert "WARNING: any text; any remedy" in str(flagged)
+    assert hash(flagged) == hash(dataclasses.replace(flagged))  # a static pytree node: hashable
+
+
+@pytest.mark.parametrize(
+    ("geometry", "why"),
+    [
+        ((100.0, 10.0, 0.0), "stiffness ε·(nβ·h_max + γ) = 1 at w* exceeds 1"),
+        ((1.0, 5e4, 1.0), "may inflate λ̂ by up to"),
+        ((1.0, 1.0, 0.0), None),
+    ],
+)
+def test_a_step_too_large_for_the_geometry_warns_step_size(geometry, why):
+    """With ``result.geometry`` (h_max, tr ∇²L, tr Cov ∇L_B at w*), ε = 1e-4 and nβ = 100:
+    h_max = 100 puts the stiffness at 1.0001 > 1; tr ∇²L = 5e4 the bias bound at ~63 ≫ 10% of
+    λ̂ ≈ 5; a flat, quiet loss passes."""
+    result = make_result(gamma_trace(12), mala_accept=[0.9] * 4)
+    diag = diagnose(result._replace(geometry=curvature.LocalGeometry(*geometry)))
+    if why is None:
+        assert diag.ok and diag.stiffness < 0.1, diag.warnings
+        return
+    assert diag.codes == (STEP_SIZE,), diag.warnings
+    found = issue(diag, STEP_SIZE)
+    assert found.message.startswith("step_size 0.0001 is too large: ") and why in found.message
+    assert found.remedy.startswith("lower step_size to ≤ ")
+
+
+def _ramped(seed, start, stop, **kw):
+    return make_result(gamma_trace(seed) + np.linspace(start, stop, 1000) / NBETA, **kw)
+
+
+def _diverging():
+    trace = gamma_trace(9)
+    trace[2, 700:] = np.nan
+    return make_result(trace, divergence_step=[-1, -1, 1700, -1], num_burnin=1000)
+
+
+def _below_resolution():
+    init = np.float32(INIT)
+    trace = init + np.spacing(init) * np.random.default_rng(4).integers(0, 3, size=(4, 1000))
+    trace = trace.astype(np.float32)
+    return make_result(trace, init_loss=float(init))._replace(loss_trace=trace)
+
+
+# one case per code (each also has its own test above): the result that should produce it
+CASES = {
+    DIVERGED: _diverging,
+    NOT_MINIMUM: lambda: make_result(gamma_trace(7, shift=-7.0)),
+    STEP_SIZE: lambda: make_result(gamma_trace(12))._replace(
+        geometry=curvature.LocalGeometry(100.0, 10.0, 0.0)
+    ),
+    MALA_LOW: lambda: make_result(gamma_trace(10), mala_accept=[0.5, 0.6, 0.55, 0.5]),
+    TREND_RISING: lambda: _ramped(1, 2.0, 8.0, mala_accept=[0.9995] * 4),
+    TREND_FALLING: lambda: _ramped(2, 8.0, 2.0),
+    RHAT: lambda: make_result(
+        np.concatenate([gamma_trace(3, chains=2), gamma_trace(4, chains=2, llc=8.0)])
+    ),
+    ESS: lambda: make_result(ar1_trace(5, chains=4, draws=400, rho=0.99)),
+    MC_ERROR: lambda: make_result(
+        INIT + (4.0 + 26.0 * np.random.default_rng(3).normal(size=(4, 300))) / NBETA
+    ),
+    FLOAT_RESOLUTION: _below_resolution,
+}
+
+
+def test_the_codes_are_a_closed_documented_set():
+    """``CODES`` holds every code once, each is a module constant of its own name in capitals,
+    has a row in the module docstring's table, and a case below that produces it."""
+    assert len(set(CODES)) == len(CODES) and all(isinstance(c, str) for c in CODES)
+    constants = {k: v for k, v in vars(diagnostics).items() if k.isupper() and k != "CODES"}
+    assert constants == {code.upper(): code for code in CODES}
+    assert all(name in diagnostics.__all__ for name in constants)
+    for code in CODES:
+        assert f"\n``{code}``" in diagnostics.__doc__, f"{code} lacks a row in the docstring"
+    assert set(CASES) == set(CODES)
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_each_code_is_produced_by_its_case(code):
+    diag = diagnose(CASES[code]())
+    assert code in diag.codes, diag.warnings
+    assert list(diag.codes) == sorted(diag.codes, key=CODES.index)  # in the order of CODES
+    for found in diag.issues:
+        assert found.code in CODES
+        assert found.message.endswith("; " + found.remedy) and found.remedy
+        assert found.message == str(found)
+    assert diag.warnings == tuple(found.message for found in diag.issues)
+
+
+def test_the_estimator_skips_the_divergence_issue_by_code_not_wording(monkeypatch):
+    """``estimate_llc`` warns each diagnostics issue except the divergence one (which its
+    divergence policy has already warned). With every message reworded, so that the
+    divergence issue no longer says "diverged" and the other one does, it still skips exactly
+    the ``diverged`` issue."""
+    from jaxslt import plan as stages
+
+    result = _diverging()._replace(mala_accept=np.full(4, 0.5))
+    real = diagnose(result)
+    assert real.codes == (DIVERGED, MALA_LOW)
+    plan = SimpleNamespace(calibration=None)
+
+    def warned():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = stages.finish(result, plan, diagnostics=True)
+        assert all(issubclass(w.category, stages.LLCWarning) for w in caught)
+        return out, [str(w.message) for w in caught]
+
+    out, messages = warned()
+    assert messages == [issue(real, MALA_LOW).message] and out.diagnostics == real
+    words = {DIVERGED: "three chains finished; one did not", MALA_LOW: "no chain diverged, but"}
+    reworded = dataclasses.replace(
+        real, issues=[i._replace(message=f"{words[i.code]}; {i.remedy}") for i in real.issues]
+    )
+    monkeypatch.setattr(diagnostics, "diagnose", lambda result: reworded)
+    out, messages = warned()
+    assert messages == ["no chain diverged, but; lower step_size"]
+    assert out.diagnostics is reworded
 
 
 def test_batched_result_is_rejected():
@@ -389,7 +547,7 @@ def test_real_well_tuned_run_is_ok(well_tuned):
 def test_real_unequilibrated_run_warns_still_rising(well_tuned):
     # tiny ε: the flattest direction needs ~1/(2ε·a_min) = 2000 steps, the run has 2200
     diag = diagnose(run(5e-6))
-    assert has(diag, "trace still rising"), str(diag)
+    assert TREND_RISING in diag.codes, str(diag)
     assert has(diag, "needlessly small")  # MALA acceptance ≈ 1
     assert diag.llc < 0.7 * float(well_tuned.llc_mean)  # the underestimate it warns about
 
@@ -397,7 +555,8 @@ def test_real_unequilibrated_run_warns_still_rising(well_tuned):
 def test_real_large_step_warns_mala_acceptance(well_tuned):
     diag = diagnose(run(3.0 / A_MAX))  # ε·a_max = 3: stable (< 4) but far too coarse
     assert diag.mala_accept < 0.8
-    assert has(diag, "step_size is too large for the local curvature"), str(diag)
+    assert MALA_LOW in diag.codes, str(diag)
+    assert has(diag, "step_size is too large for the local curvature")
     assert diag.llc > 1.2 * float(well_tuned.llc_mean)  # the inflation it warns about
 
 
@@ -408,9 +567,10 @@ def test_a_noisy_estimate_warns_even_with_many_effective_draws():
     trace = INIT + (4.0 + 26.0 * rng.normal(size=(4, 300))) / NBETA
     diag = diagnose(make_result(trace))
     assert diag.ess_bulk > 1000
-    assert has(diag, "too noisy to trust"), diag.warnings
+    assert diag.codes == (MC_ERROR,), diag.warnings
+    assert has(diag, "too noisy to trust")
     quiet = diagnose(make_result(INIT + (4.0 + 2.0 * rng.normal(size=(4, 300))) / NBETA))
-    assert not has(quiet, "too noisy")
+    assert MC_ERROR not in quiet.codes
 
 
 def test_an_estimate_below_the_loss_precision_warns():
@@ -422,4 +582,5 @@ def test_an_estimate_below_the_loss_precision_warns():
     trace = (init + ulp * rng.integers(0, 3, size=(4, 1000))).astype(np.float32)
     result = make_result(trace, init_loss=float(init))._replace(loss_trace=trace)
     diag = diagnose(result)
-    assert has(diag, "below its precision"), diag.warnings
+    assert FLOAT_RESOLUTION in diag.codes, diag.warnings
+    assert has(diag, "below its precision")

@@ -186,13 +186,18 @@ def test_summary_text_of_real_diagnostics(real_result):
     # the text block plot_summary draws for jaxslt.diagnostics.Diagnostics (rendering is
     # covered above with a stand-in object of the same shape): a real Diagnostics, once with
     # its warnings cleared and once with two known ones, so that both branches are checked
-    diagnostics = pytest.importorskip("jaxslt.diagnostics").diagnose(real_result)
+    module = pytest.importorskip("jaxslt.diagnostics")
+    diagnostics = module.diagnose(real_result)
     lines_of = plots.diagnostics_lines
-    clean = dataclasses.replace(diagnostics, warnings=())
+    clean = dataclasses.replace(diagnostics, issues=())
     header = f"OK  ·  R-hat {clean.rhat:.3f}  ·  bulk ESS {clean.ess_bulk:.0f}"
     assert lines_of(clean, width=105) == [header, "no warnings"]
     long_warning = "trace still rising: " + "run longer " * 20
-    warned = dataclasses.replace(diagnostics, warnings=("R-hat 1.2 > 1.01", long_warning))
+    issues = (
+        module.Issue(module.RHAT, "R-hat 1.2 > 1.01", "run longer"),
+        module.Issue(module.TREND_RISING, long_warning, "run longer"),
+    )
+    warned = dataclasses.replace(diagnostics, issues=issues)
     lines = lines_of(warned, width=105)
     assert lines[0] == header.replace("OK", "NOT OK", 1)
     assert lines[1] == "• R-hat 1.2 > 1.01"
