@@ -40,9 +40,8 @@ from jaxslt.core import (
     sample_llc,
 )
 from jaxslt.kernels import (
-    FULL_BATCH_SAMPLERS,
-    SGLD_SAMPLERS,
     make_kernel,
+    sampler_capabilities,
 )
 from jaxslt.posterior import default_nbeta, localized_posterior
 from jaxslt.progress import progress_bar
@@ -274,9 +273,10 @@ def plan_estimate(loss_fn, params, data, *, key, step_size, num_chains, num_draw
         param_specs, params, mesh, restricted=restrict is not None
     )
     options = validation.check_sampler(sampler, sampler_options, batch_size=batch_size, n=n)
-    if sampler == "rmsprop_sgld" and num_burnin > 0:
-        options = {"adapt_steps": num_burnin, **options}
-    if sampler in FULL_BATCH_SAMPLERS:
+    capabilities = sampler_capabilities(sampler)
+    if capabilities.adapts_during_burnin and num_burnin > 0:
+        options = {capabilities.adapts_during_burnin: num_burnin, **options}
+    if capabilities.full_batch:
         batch_size = n
     batch_size = min(n, DEFAULT_BATCH_SIZE) if batch_size is None else batch_size
     validation.check_loss_fn(loss_fn, params, data, batch_size)
@@ -284,7 +284,7 @@ def plan_estimate(loss_fn, params, data, *, key, step_size, num_chains, num_draw
         chain_batch_size = _auto_chain_batch_size(
             loss_fn, params, data, num_chains=num_chains, batch_size=batch_size,
             sampler=sampler, options=options, mesh=mesh, restrict=restrict,
-            checks=acceptance_checks > 0 and sampler in SGLD_SAMPLERS, observables=observables,
+            checks=acceptance_checks > 0 and capabilities.sgld_transition, observables=observables,
         )  # fmt: skip
     total = num_burnin + num_draws * thinning
     if chain_batch_size:
@@ -342,7 +342,7 @@ def chain_memory(loss_fn, params, data, *, batch_size, sampler, options, restric
 
     def init_state():
         posterior = localized_posterior(sampled_loss, sampled, nbeta=1.0, localization=1.0)
-        kernel = make_kernel(sampler, sampled_loss, posterior, tuple(options.items()))
+        kernel = make_kernel(sampler, sampled_loss, posterior, tuple(options.items())).kernel
         batch = jax.tree.map(lambda x: x[:batch_size], data)
         return kernel.init(sampled, jax.random.key(0), batch)
 
