@@ -12,7 +12,8 @@ The public API is deliberately small:
   ``estimate_llc(observables=True)``: singular fluctuation, WAIC, WBIC (``Observables``).
 - ``detect_stages``: developmental stages (peaks, troughs, plateaus) of an LLC curve.
 - ``localized_posterior``: p(w) ∝ exp(−nβ·L_n(w) − γ/2·||w − w*||²) as pure functions;
-  ``sgld`` … ``mala`` and ``run_chains``: the kernels and chain runner beneath the estimator.
+  ``sgld`` … ``mala`` and ``run_chains``: the kernels and chain runner beneath the estimator;
+  ``register_sampler``: a sampler of one's own by name, with its ``SamplerCapabilities``.
 - Modules: ``checkpoints`` (orbax checkpoint directories in and out), ``truth`` (exact
   learning coefficients), ``problems`` (reference problems), ``gibbs`` (exact block-Gibbs
   sampler for deep linear networks), ``plots`` (matplotlib figures; files when given
@@ -50,10 +51,12 @@ _ATTRIBUTES = {
     "sample_llc": "core",
     "sample_llc_jit": "core",
     "SAMPLERS": "kernels",
+    "SamplerCapabilities": "kernels",
     "SamplingKernel": "kernels",
     "StepInfo": "kernels",
     "from_blackjax": "kernels",
     "mala": "kernels",
+    "register_sampler": "kernels",
     "rmsprop_sgld": "kernels",
     "sghmc": "kernels",
     "sgld": "kernels",
@@ -96,10 +99,12 @@ if TYPE_CHECKING:
     from jaxslt.estimator import estimate_llc
     from jaxslt.kernels import (
         SAMPLERS,
+        SamplerCapabilities,
         SamplingKernel,
         StepInfo,
         from_blackjax,
         mala,
+        register_sampler,
         rmsprop_sgld,
         sghmc,
         sgld,
@@ -124,6 +129,7 @@ __all__ = [
     "LocalizedPosterior",
     "Observables",
     "Restriction",
+    "SamplerCapabilities",
     "SamplingConfig",
     "SamplingKernel",
     "Stages",
@@ -142,6 +148,7 @@ __all__ = [
     "mala",
     "plots",
     "problems",
+    "register_sampler",
     "rmsprop_sgld",
     "run_chains",
     "sample_llc",

@@ -19,7 +19,7 @@ import numpy as np
 from jaxslt.chains import Accumulator, data_size, run_chains
 from jaxslt.config import DEFAULT_LOCALIZATION, DEFAULTS, SamplingConfig
 from jaxslt.curvature import local_geometry
-from jaxslt.kernels import DEFAULT_FRICTION, SGLD_SAMPLERS, make_kernel, sgld_checks, state_position
+from jaxslt.kernels import make_kernel, sgld_checks, state_position
 from jaxslt.observables import init_moments, per_example_losses, update_moments
 from jaxslt.observables import observables as pool
 from jaxslt.posterior import default_nbeta, full_data_loss, localized_posterior, running_llc
@@ -186,9 +186,9 @@ def sample_llc(
     nbeta = default_nbeta(n) if nbeta is None else nbeta
     init_loss = full_data_loss(loss_fn, params, data, eval_batch_size or batch_size)
     posterior = localized_posterior(loss_fn, params, nbeta=nbeta, localization=localization)
-    kernel = make_kernel(sampler, loss_fn, posterior, sampler_options)
+    kernel, capabilities = make_kernel(sampler, loss_fn, posterior, sampler_options)
     check = None
-    if acceptance_checks > 0 and sampler in SGLD_SAMPLERS:
+    if acceptance_checks > 0 and capabilities.sgld_transition:
 
         def check(old, new, batch, eps, info):
             reuse = None if info.grad is None else (info.loss, info.grad)
@@ -267,8 +267,8 @@ def sample_llc(
             sample_size=4 * batch_size,
         )._replace(
             trace_h_draws=trace_h_draws,
-            noise_gain=1.0 / dict(sampler_options).get("friction", DEFAULT_FRICTION)
-            if sampler == "sghmc" else 1.0,
+            noise_gain=1.0 if capabilities.noise_gain is None
+            else capabilities.noise_gain(dict(sampler_options)),
         ) if config.step_check else None,
     )  # fmt: skip
     return replicate(result, mesh)

@@ -15,12 +15,19 @@ so that f = 1 is exactly SGLD with step size ε. blackjax kernels get blackjax's
 All noise is drawn per pytree leaf (``jaxslt.noise.tree_normal``: ``jax.random.normal``'s
 numbers, fused into the update), in each leaf's dtype and sharding; blackjax's own kernels
 flatten the tree instead (fine for small models only).
+
+``sampler=`` names resolve through a registry (``SAMPLERS``, ``register_sampler``): each entry
+is a factory ``(loss_fn, posterior, **options) -> SamplingKernel`` with its
+``SamplerCapabilities``, which is all the estimator asks of a sampler (full batch or not, MALA
+checks or not, an option set to the burn-in, its minibatch-noise gain); no other module tests a
+sampler's name.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import jax
@@ -422,7 +429,42 @@ def _blackjax(name: str) -> Callable[..., SamplingKernel]:
     return _Blackjax(name)
 
 
-SAMPLERS: dict[str, Callable[..., SamplingKernel]] = {
+class SamplerCapabilities(NamedTuple):
+    """What ``estimate_llc`` may assume about a sampler, declared when it is registered
+    (``register_sampler``) or on a factory as its attribute ``capabilities``. All off by default:
+    a sampler gets a check or a special handling only by declaring it.
+
+    - ``full_batch``: its kernel needs the exact density (e.g. a Metropolis test on the full
+      data): ``estimate_llc`` runs it with ``batch_size = n`` and rejects any other batch size.
+    - ``sgld_transition``: each step is w′ = w + (ε/2)·∇log p(w) + N(0, ε·I) on the step's batch
+      and its state has ``.position`` (``state_position``), so the in-loop MALA acceptance and
+      curvature checks (``sgld_checks``: ``result.mala_accept``, ``geometry.trace_h_draws``)
+      are meaningful. A step that reports its gradient (``StepInfo.grad``) saves one gradient
+      per check.
+    - ``adapts_during_burnin``: the name of an option that ``estimate_llc`` sets to
+      ``num_burnin`` unless the user gives it (rmsprop_sgld's ``"adapt_steps"``: the
+      preconditioner adapts during burn-in and is frozen for the kept draws).
+    - ``noise_gain``: ``options -> float``, how many times SGLD's share of the minibatch-noise
+      heating this sampler has with these ``sampler_options`` (as given, defaults not filled
+      in); the step check multiplies the gradient-noise term of its bias bound by it
+      (``LocalGeometry.noise_gain``; sghmc: 1/friction). None means 1.
+    """
+
+    full_batch: bool = False
+    sgld_transition: bool = False
+    adapts_during_burnin: str | None = None
+    noise_gain: Callable[[Mapping[str, Any]], float] | None = None
+
+
+def _sghmc_noise_gain(options: Mapping[str, Any]) -> float:
+    """SGHMC's momentum noise is 2f per step against the gradient noise's (ε/2)·nβ²·c, which it
+    does not subtract: 1/f times SGLD's share (``sghmc``'s docstring)."""
+    return 1.0 / options.get("friction", DEFAULT_FRICTION)
+
+
+# the registry: name -> factory and name -> capabilities, changed only by register_sampler /
+# unregister_sampler; the built-in entries below cannot be removed
+_FACTORIES: dict[str, Callable[..., SamplingKernel]] = {
     "sgld": _from_posterior(sgld),
     "rmsprop_sgld": _from_posterior(rmsprop_sgld),
     "sghmc": _from_posterior(sghmc),
@@ -432,9 +474,135 @@ SAMPLERS: dict[str, Callable[..., SamplingKernel]] = {
     "blackjax_sghmc": _blackjax("sghmc"),
     "blackjax_sgnht": _blackjax("sgnht"),
 }
-FULL_BATCH_SAMPLERS = frozenset({"mala"})
-# samplers whose transitions are plain SGLD steps, for which sgld_acceptance is meaningful
-SGLD_SAMPLERS = frozenset({"sgld", "blackjax_sgld"})
+_CAPABILITIES: dict[str, SamplerCapabilities] = {
+    "sgld": SamplerCapabilities(sgld_transition=True),
+    "rmsprop_sgld": SamplerCapabilities(adapts_during_burnin="adapt_steps"),
+    "sghmc": SamplerCapabilities(noise_gain=_sghmc_noise_gain),
+    "sgnht": SamplerCapabilities(),  # its thermostat absorbs the minibatch heating
+    "mala": SamplerCapabilities(full_batch=True),
+    "blackjax_sgld": SamplerCapabilities(sgld_transition=True),
+    "blackjax_sghmc": SamplerCapabilities(),
+    "blackjax_sgnht": SamplerCapabilities(),
+}
+_BUILTIN = frozenset(_FACTORIES)
+
+SAMPLERS: Mapping[str, Callable[..., SamplingKernel]] = MappingProxyType(_FACTORIES)
+"""The registered samplers, name -> factory ``(loss_fn, posterior, **options) ->
+SamplingKernel``: a read-only live view (add one with ``register_sampler``)."""
+
+
+def register_sampler(
+    name: str,
+    factory: Callable[..., SamplingKernel],
+    capabilities: SamplerCapabilities | None = None,
+    *,
+    overwrite: bool = False,
+) -> None:
+    """Make ``sampler=name`` mean ``factory`` in ``estimate_llc``, ``sample_llc`` and studies.
+
+    ``factory(loss_fn, posterior, **options) -> SamplingKernel``; ``sampler_options`` are
+    checked against its signature. ``capabilities`` (a ``SamplerCapabilities``; default: the
+    factory's own ``capabilities`` attribute, else none) declares which checks and handling
+    apply, e.g. ``SamplerCapabilities(sgld_transition=True)`` for an SGLD variant whose steps
+    the MALA acceptance check should judge. A name already registered (a built-in one
+    included) raises unless ``overwrite=True`` or it is the same registration again; built-in
+    names can be overwritten but not unregistered. Replacing an entry (or
+    ``unregister_sampler``) clears JAX's compilation caches (``jax.clear_caches``), since
+    compiled estimators are cached under the sampler's name: the next runs recompile.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty string; got {name!r}")
+    if not callable(factory):
+        raise TypeError(
+            "factory must be callable as factory(loss_fn, posterior, **options) -> "
+            f"SamplingKernel; got {factory!r}"
+        )
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True or False; got {overwrite!r}")
+    if capabilities is None:
+        capabilities = sampler_capabilities(factory)
+    _check_capabilities(capabilities, factory)
+    if _FACTORIES.get(name) is factory and _CAPABILITIES[name] == capabilities:
+        return  # the same registration again (e.g. a notebook cell run twice)
+    if name in _FACTORIES and not overwrite:
+        kind = "a built-in sampler" if name in _BUILTIN else "already registered"
+        raise ValueError(
+            f"sampler {name!r} is {kind}; pass overwrite=True to replace it, or choose another name"
+        )
+    replacing = name in _FACTORIES
+    _FACTORIES[name] = factory
+    _CAPABILITIES[name] = capabilities
+    if replacing:  # programs compiled for the old entry are cached under the same static name
+        jax.clear_caches()
+
+
+def unregister_sampler(name: str) -> None:
+    """Remove a sampler added by ``register_sampler`` (built-in ones cannot be removed)."""
+    if name in _BUILTIN:
+        raise ValueError(f"sampler {name!r} is built in and cannot be unregistered")
+    if name not in _FACTORIES:
+        raise KeyError(f"no sampler {name!r} is registered")
+    del _FACTORIES[name], _CAPABILITIES[name]
+    jax.clear_caches()  # as in register_sampler: no compiled program may outlive its entry
+
+
+def _check_capabilities(capabilities: Any, factory: Callable) -> None:
+    if not isinstance(capabilities, SamplerCapabilities):
+        raise TypeError(f"capabilities must be a jaxslt.SamplerCapabilities; got {capabilities!r}")
+    for field in ("full_batch", "sgld_transition"):
+        if not isinstance(getattr(capabilities, field), bool):
+            raise TypeError(
+                f"capabilities.{field} must be True or False; got {getattr(capabilities, field)!r}"
+            )
+    option = capabilities.adapts_during_burnin
+    if option is not None:
+        if not isinstance(option, str) or not option:
+            raise TypeError(
+                f"capabilities.adapts_during_burnin must be an option name or None; got {option!r}"
+            )
+        try:
+            inspect.signature(factory).bind_partial(None, **{option: 0})
+        except TypeError:
+            raise ValueError(
+                f"capabilities.adapts_during_burnin={option!r} is not an option of the factory "
+                f"{inspect.signature(factory)!s}"
+            ) from None
+        except ValueError:  # no signature to check against (some builtins)
+            pass
+    if capabilities.noise_gain is not None and not callable(capabilities.noise_gain):
+        raise TypeError(
+            "capabilities.noise_gain must be None or callable as noise_gain(options) -> float; "
+            f"got {capabilities.noise_gain!r}"
+        )
+
+
+def sampler_capabilities(sampler: str | Callable) -> SamplerCapabilities:
+    """The capabilities of ``sampler``: a registered name's, or for a factory its attribute
+    ``capabilities`` if it has one, else those it was registered with (by identity), else
+    none (``SamplerCapabilities()``)."""
+    if isinstance(sampler, str):
+        if sampler not in _CAPABILITIES:
+            raise ValueError(f"sampler={sampler!r} is unknown; choose one of {sorted(_FACTORIES)}")
+        return _CAPABILITIES[sampler]
+    own = getattr(sampler, "capabilities", None)
+    if own is not None:
+        if not isinstance(own, SamplerCapabilities):
+            raise TypeError(
+                f"the sampler factory's attribute capabilities must be a "
+                f"jaxslt.SamplerCapabilities; got {own!r}"
+            )
+        return own
+    for name, factory in _FACTORIES.items():
+        if factory is sampler:
+            return _CAPABILITIES[name]
+    return SamplerCapabilities()
+
+
+class ResolvedKernel(NamedTuple):
+    """``make_kernel``'s answer: the kernel and what the estimator may assume about it."""
+
+    kernel: SamplingKernel
+    capabilities: SamplerCapabilities
 
 
 def make_kernel(
@@ -442,8 +610,10 @@ def make_kernel(
     loss_fn: Callable,
     posterior: LocalizedPosterior,
     options: Mapping[str, Any] | tuple = (),
-) -> SamplingKernel:
+) -> ResolvedKernel:
     """Resolve ``sampler`` (a name in ``SAMPLERS`` or a factory ``(loss_fn, posterior,
-    **options) -> SamplingKernel``) into a kernel for this posterior."""
-    factory = SAMPLERS[sampler] if isinstance(sampler, str) else sampler
-    return factory(loss_fn, posterior, **dict(options))
+    **options) -> SamplingKernel``) into a kernel for this posterior, with its capabilities
+    (``sampler_capabilities``)."""
+    factory = _FACTORIES[sampler] if isinstance(sampler, str) else sampler
+    kernel = factory(loss_fn, posterior, **dict(options))
+    return ResolvedKernel(kernel, sampler_capabilities(sampler))

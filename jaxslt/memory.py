@@ -109,7 +109,7 @@ def chain_memory(
 
     def init_state():
         posterior = localized_posterior(sampled_loss, sampled, nbeta=1.0, localization=1.0)
-        kernel = make_kernel(config.sampler, sampled_loss, posterior, config.sampler_options)
+        kernel = make_kernel(config.sampler, sampled_loss, posterior, config.sampler_options).kernel
         batch = jax.tree.map(lambda x: x[:batch_size], data)
         return kernel.init(sampled, jax.random.key(0), batch)
 

@@ -31,7 +31,7 @@ from jaxslt import validation
 from jaxslt.calibration import Calibration, calibrate
 from jaxslt.config import DEFAULT_LOCALIZATION, SamplingConfig
 from jaxslt.core import DEFAULT_BATCH_SIZE, LLCResult, restricted_loss, sample_llc_jit
-from jaxslt.kernels import FULL_BATCH_SAMPLERS, SGLD_SAMPLERS
+from jaxslt.kernels import sampler_capabilities
 from jaxslt.memory import memory_chain_batch_size
 from jaxslt.posterior import default_nbeta
 from jaxslt.progress import progress_bar
@@ -136,9 +136,10 @@ def resolve(
     options = validation.check_sampler(
         sampler, config.sampler_options, batch_size=config.batch_size, n=n
     )
-    if sampler == "rmsprop_sgld" and config.num_burnin > 0:
-        options = {"adapt_steps": config.num_burnin, **options}
-    batch_size = n if sampler in FULL_BATCH_SAMPLERS else config.batch_size
+    capabilities = sampler_capabilities(sampler)
+    if capabilities.adapts_during_burnin and config.num_burnin > 0:
+        options = {capabilities.adapts_during_burnin: config.num_burnin, **options}
+    batch_size = n if capabilities.full_batch else config.batch_size
     batch_size = min(n, DEFAULT_BATCH_SIZE) if batch_size is None else batch_size
     validation.check_loss_fn(loss_fn, params, data, batch_size)
     config = dataclasses.replace(
@@ -146,7 +147,7 @@ def resolve(
         step_check=True,
     )  # fmt: skip
     if auto_groups:
-        checks = config.acceptance_checks > 0 and sampler in SGLD_SAMPLERS
+        checks = config.acceptance_checks > 0 and capabilities.sgld_transition
         config = dataclasses.replace(
             config,
             chain_batch_size=memory_chain_batch_size(

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from jaxslt.kernels import FULL_BATCH_SAMPLERS, SAMPLERS
+from jaxslt.kernels import SAMPLERS, sampler_capabilities
 from jaxslt.sharding import flat_param_specs
 
 PyTree = Any
@@ -371,17 +371,17 @@ def check_sampler(
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler={sampler!r} is unknown; choose one of {sorted(SAMPLERS)}")
         factory = SAMPLERS[sampler]
-        if sampler in FULL_BATCH_SAMPLERS and batch_size not in (None, n):
-            raise ValueError(
-                f"sampler={sampler!r} is full-batch (Metropolis-adjusted on the exact density); "
-                f"pass batch_size=None or batch_size={n}, not {batch_size}"
-            )
     elif callable(sampler):
         factory = sampler
     else:
         raise TypeError(
             "sampler must be a name or a factory (loss_fn, posterior, **options) -> "
             f"SamplingKernel; got {type(sampler).__name__}"
+        )
+    if sampler_capabilities(sampler).full_batch and batch_size not in (None, n):
+        raise ValueError(
+            f"sampler={sampler!r} is full-batch (its kernel needs the exact density); "
+            f"pass batch_size=None or batch_size={n}, not {batch_size}"
         )
     if options is None:
         return {}

@@ -1,4 +1,5 @@
-"""SGLD kernel: the exact update, per-leaf noise, dtypes; the blackjax adapter's convention."""
+"""SGLD kernel: the exact update, per-leaf noise, dtypes; the blackjax adapter's convention; the
+sampler registry and its capabilities."""
 
 from __future__ import annotations
 
@@ -11,7 +12,22 @@ import optax
 import pytest
 from blackjax.util import generate_gaussian_noise
 
-from jaxslt.kernels import from_blackjax, mala, rmsprop_sgld, sgld, sgld_acceptance, sgnht
+import jaxslt
+from jaxslt import validation
+from jaxslt.kernels import (
+    SAMPLERS,
+    SamplerCapabilities,
+    SamplingKernel,
+    from_blackjax,
+    mala,
+    register_sampler,
+    rmsprop_sgld,
+    sampler_capabilities,
+    sgld,
+    sgld_acceptance,
+    sgnht,
+    unregister_sampler,
+)
 from jaxslt.posterior import localized_posterior
 
 
@@ -239,3 +255,206 @@ def test_sgld_acceptance_equals_mala_acceptance_of_the_same_proposal():
         assert float(prob) == pytest.approx(float(info.accept_prob), rel=1e-4, abs=1e-7)
         probs.append(float(prob))
     assert any(0 < p < 1 for p in probs)
+
+
+# --- the sampler registry: capabilities instead of name checks -------------------------------
+
+BUILTIN_CAPABILITIES = {
+    "sgld": SamplerCapabilities(sgld_transition=True),
+    "rmsprop_sgld": SamplerCapabilities(adapts_during_burnin="adapt_steps"),
+    "sgnht": SamplerCapabilities(),
+    "mala": SamplerCapabilities(full_batch=True),
+    "blackjax_sgld": SamplerCapabilities(sgld_transition=True),
+    "blackjax_sghmc": SamplerCapabilities(),
+    "blackjax_sgnht": SamplerCapabilities(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_CAPABILITIES))
+def test_builtin_capabilities(name):
+    assert sampler_capabilities(name) == BUILTIN_CAPABILITIES[name]
+    assert sampler_capabilities(SAMPLERS[name]) == BUILTIN_CAPABILITIES[name]  # by its factory
+
+
+def test_sghmc_declares_its_noise_gain_from_its_friction():
+    caps = sampler_capabilities("sghmc")
+    assert caps._replace(noise_gain=None) == SamplerCapabilities()
+    assert caps.noise_gain({}) == pytest.approx(10.0)  # 1/f at the default f = 0.1
+    assert caps.noise_gain({"friction": 0.25}) == pytest.approx(4.0)
+
+
+def test_every_builtin_sampler_declares_its_capabilities_here():
+    assert set(SAMPLERS) >= {*BUILTIN_CAPABILITIES, "sghmc"}
+    assert sampler_capabilities(lambda loss_fn, posterior: None) == SamplerCapabilities()
+    with pytest.raises(ValueError, match=r"sampler='nuts' is unknown"):
+        sampler_capabilities("nuts")
+
+
+def test_samplers_view_is_read_only():
+    with pytest.raises(TypeError):
+        SAMPLERS["mine"] = SAMPLERS["sgld"]  # type: ignore[index]
+    assert jaxslt.SAMPLERS is SAMPLERS and jaxslt.register_sampler is register_sampler
+
+
+@pytest.fixture
+def register():
+    """register_sampler, with every name it added removed afterwards."""
+    names = []
+
+    def add(name, factory, capabilities=None, **kw):
+        register_sampler(name, factory, capabilities, **kw)
+        names.append(name)
+
+    yield add
+    for name in names:
+        if name in SAMPLERS:
+            unregister_sampler(name)
+
+
+def _regression():
+    x = jax.random.normal(jax.random.key(5), (300, 2))
+    y = x @ jnp.array([1.0, -0.5]) + 0.3 * jax.random.normal(jax.random.key(6), (300,))
+
+    def loss_fn(params, batch):
+        xb, yb = batch
+        return jnp.mean((xb @ params["w"] - yb) ** 2)
+
+    return loss_fn, {"w": jnp.array([1.0, -0.5])}, (x, y)
+
+
+def _run(sampler, **kw):
+    loss_fn, params, data = _regression()
+    run = dict(key=jax.random.key(2), step_size=1e-4, num_chains=2, num_draws=20, num_burnin=10,
+               progress=False, diagnostics=False)  # fmt: skip
+    return jaxslt.estimate_llc(loss_fn, params, data, sampler=sampler, **(run | kw))
+
+
+def _my_sgld(loss_fn, posterior):
+    del loss_fn
+    return sgld(posterior)
+
+
+def test_a_registered_sgld_variant_gets_the_mala_checks(register):
+    register("my_sgld", _my_sgld, SamplerCapabilities(sgld_transition=True))
+    mine, builtin = _run("my_sgld"), _run("sgld")
+    assert np.isfinite(mine.mala_accept).all()
+    np.testing.assert_array_equal(mine.mala_accept, builtin.mala_accept)
+    np.testing.assert_array_equal(mine.loss_trace, builtin.loss_trace)
+
+    def undeclared(loss_fn, posterior):  # the same kernel, no capabilities: no checks
+        return _my_sgld(loss_fn, posterior)
+
+    assert np.isnan(_run(undeclared).mala_accept).all()
+    undeclared.capabilities = SamplerCapabilities(sgld_transition=True)  # a factory's own
+    np.testing.assert_array_equal(_run(undeclared).mala_accept, builtin.mala_accept)
+
+
+def test_a_registered_full_batch_sampler_runs_on_all_the_data(register):
+    seen = []
+
+    def probe(loss_fn, posterior):
+        kernel = _my_sgld(loss_fn, posterior)
+
+        def step(rng_key, state, minibatch, step_size):
+            seen.append(jax.tree.leaves(minibatch)[0].shape[0])  # at trace time
+            return kernel.step(rng_key, state, minibatch, step_size)
+
+        return SamplingKernel(kernel.init, step)
+
+    register("full_probe", probe, SamplerCapabilities(full_batch=True))
+    _run("full_probe")
+    assert seen and set(seen) == {300}  # n, not the default min(n, 256)
+    with pytest.raises(ValueError, match=r"sampler='full_probe' is full-batch.*not 10"):
+        _run("full_probe", batch_size=10)
+    probe.capabilities = SamplerCapabilities(full_batch=True)  # unregistered, by attribute
+    with pytest.raises(ValueError, match=r"is full-batch.*batch_size=None or batch_size=300"):
+        validation.check_sampler(probe, None, batch_size=10, n=300)
+
+
+def test_replacing_a_registered_sampler_drops_programs_compiled_for_the_old_one(register):
+    register("swap", _my_sgld)
+    _run("swap")
+    traced = []
+
+    def other(loss_fn, posterior):
+        traced.append(True)
+        return _my_sgld(loss_fn, posterior)
+
+    register("swap", other, overwrite=True)
+    _run("swap")  # estimate_llc's jit cache is keyed by the name
+    assert traced
+
+
+def test_a_registered_sampler_adapts_during_burnin_and_declares_its_noise_gain(register):
+    options_seen = []
+
+    def adaptive(loss_fn, posterior, *, adapt_steps=None, decay=0.99):
+        options_seen.append({"adapt_steps": adapt_steps, "decay": decay})
+        return rmsprop_sgld(posterior, adapt_steps=adapt_steps, decay=decay)
+
+    caps = SamplerCapabilities(adapts_during_burnin="adapt_steps", noise_gain=lambda o: 3.0)
+    register("adaptive", adaptive, caps)
+    result = _run("adaptive", sampler_options={"decay": 0.9})
+    assert options_seen and all(o == {"adapt_steps": 10, "decay": 0.9} for o in options_seen)
+    assert float(result.geometry.noise_gain) == 3.0
+    options_seen.clear()
+    _run("adaptive", sampler_options={"adapt_steps": 4}, num_draws=10)  # the user's value wins
+    assert options_seen and all(o["adapt_steps"] == 4 for o in options_seen)
+
+
+def _factory(loss_fn, posterior, *, friction=0.1):
+    del loss_fn
+    return sgld(posterior)
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        ((3, _factory), TypeError, "name must be a non-empty string"),
+        (("", _factory), TypeError, "name must be a non-empty string"),
+        (("x", "sgld"), TypeError, "factory must be callable"),
+        (("x", _factory, {"full_batch": True}), TypeError, "must be a jaxslt.SamplerCapabilities"),
+        (("x", _factory, SamplerCapabilities(full_batch=1)), TypeError, "full_batch must be"),
+        (("x", _factory, SamplerCapabilities(sgld_transition=None)), TypeError, "sgld_transition"),
+        (("x", _factory, SamplerCapabilities(adapts_during_burnin=3)), TypeError, "option name"),
+        (("x", _factory, SamplerCapabilities(adapts_during_burnin="steps")), ValueError,
+         r"adapts_during_burnin='steps' is not an option of the factory"),
+        (("x", _factory, SamplerCapabilities(noise_gain=2.0)), TypeError, "noise_gain must be"),
+        (("sgld", _factory), ValueError, r"'sgld' is a built-in sampler; pass overwrite=True"),
+    ],
+)  # fmt: skip
+def test_register_sampler_rejects(args, error, match):
+    with pytest.raises(error, match=match):
+        register_sampler(*args)
+    assert "x" not in SAMPLERS and SAMPLERS["sgld"] is not _factory
+
+
+def test_register_sampler_replaces_only_when_told(register):
+    register("mine", _factory)
+    assert sampler_capabilities("mine") == SamplerCapabilities()
+    register("mine", _factory)  # the same registration again is fine
+    with pytest.raises(ValueError, match=r"'mine' is already registered; pass overwrite=True"):
+        register_sampler("mine", _factory, SamplerCapabilities(full_batch=True))
+    register("mine", _factory, SamplerCapabilities(full_batch=True), overwrite=True)
+    assert sampler_capabilities("mine").full_batch
+    # a registered name is checked like a built-in one: options against the factory
+    assert validation.check_sampler("mine", {"friction": 0.2}, batch_size=None, n=8) == {
+        "friction": 0.2
+    }
+    with pytest.raises(ValueError, match=r"do not fit sampler='mine'"):
+        validation.check_sampler("mine", {"decay": 0.2}, batch_size=None, n=8)
+    unregister_sampler("mine")
+    assert "mine" not in SAMPLERS
+    with pytest.raises(KeyError, match="no sampler 'mine'"):
+        unregister_sampler("mine")
+    with pytest.raises(ValueError, match="built in and cannot be unregistered"):
+        unregister_sampler("sgld")
+
+
+def test_a_factory_capabilities_attribute_must_be_capabilities():
+    def factory(loss_fn, posterior):
+        return sgld(posterior)
+
+    factory.capabilities = {"full_batch": True}
+    with pytest.raises(TypeError, match="attribute capabilities must be"):
+        sampler_capabilities(factory)
