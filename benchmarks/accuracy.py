@@ -9,7 +9,7 @@ block-Gibbs sampling of the same posterior) for deep linear networks — and eac
 estimate ± across-chain std, relative error against λ and against the target, chain-steps and
 wall time (compile included). Results: benchmarks/results/accuracy-<platform>.md.
 
-Settings rule (the same for every problem, justified in the README): nβ = n / log n with
+Settings rule (the same for every problem, justified in docs/accuracy.md): nβ = n / log n with
 n = 1e5 for the regression problems; γ = 1 (the Gibbs target at γ = 1 is within 2% of λ on
 these DLNs, at γ = 10 it is 3–9% low, at γ = 100 up to 35% low); step size from the curvature at
 w* (h_max by power iteration; where it vanishes — rank 0 at w* = 0 — at w* after 50 exact

@@ -68,7 +68,7 @@ from jaxslt.stages import detect_stages
 
 PyTree = Any
 NOISE_VARIANCE = 0.125  # σ² of the regression noise, as in Raventós et al. and Hoogland et al.
-DPI = 100  # figures for the README: small files
+DPI = 100  # figures for the docs (docs/figures): small files
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Parameters of any pytree shape: ``None`` and empty nodes (Equinox's ``partition`` leaves
-``None`` where a field is static), NamedTuples, Equinox modules. The README's "Any JAX model"
-blocks (run by test_readme.py) cover Flax Linen, NNX, Equinox and Haiku end to end."""
+``None`` where a field is static), NamedTuples, Equinox modules. The "Any JAX model" blocks of
+docs/models.md (run by test_readme.py) cover Flax Linen, NNX, Equinox and Haiku end to end."""
 
 from __future__ import annotations
 

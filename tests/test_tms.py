@@ -50,8 +50,8 @@ def test_kgons_are_the_published_critical_points(run):
 
 def test_quick_llc_estimates_near_half_the_rank(run):
     """Quick settings (n = 20 000, 4 chains × 1000 draws) measured 12–16% below r/2 (the
-    full run: see README); allow 25% plus 4 standard errors: a wrong rank (±0.5 in λ ≈ 6%) is
-    not caught here, a wrong model or estimator (λ̂ off by a factor) is."""
+    full run: see docs/devinterp.md); allow 25% plus 4 standard errors: a wrong rank (±0.5 in
+    λ ≈ 6%) is not caught here, a wrong model or estimator (λ̂ off by a factor) is."""
     table = pd.read_csv(run / "kgons.csv").dropna(subset=["theory_llc"])
     error = np.abs(table.llc - table.theory_llc)
     assert (error <= 0.25 * table.theory_llc + 4 * table.llc_se).all(), table
