@@ -141,8 +141,10 @@ def sample_llc(
       params: w*, any pytree of float arrays (may be traced).
       data: a pytree of arrays with a leading axis of length n (may be traced).
       key: a PRNG key (typed or old-style); it fully determines the result.
-      step_size, nbeta, localization: ε, nβ (``None`` = n / log n) and γ, the traced scalars:
-        changing them never recompiles.
+      step_size: ε, the noise variance of the SGLD step (traced: changing it never
+        recompiles, nor does changing nβ or γ).
+      nbeta: nβ, the weight on the mean loss; ``None`` means n / log n.
+      localization: γ ≥ 0, the strength of the pull towards w*.
       config: every static setting (``jaxslt.config.SamplingConfig``; one static argument).
         ``chain_batch_size="auto"`` runs all chains at once here (``estimate_llc`` resolves it
         from free memory); ``step_check`` also measures the loss's ``LocalGeometry`` at w*

@@ -439,7 +439,8 @@ def gibbs_llc(
 
     Args:
       weights_star: (W*_1, …, W*_L), W*_l of shape (H_{l−1}, H_l); f(x) = x W_1⋯W_L.
-      x, y: (n, H_0) inputs and (n, H_L) targets; the loss is mean ½||y − f(x)||².
+      x: (n, H_0) inputs.
+      y: (n, H_L) targets; the loss is mean ½||y − f(x)||².
       key: PRNG key; it fully determines the result.
       nbeta: nβ; ``None`` means n / log n (``jaxslt.default_nbeta``).
       localization: γ > 0.

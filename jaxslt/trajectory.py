@@ -100,7 +100,8 @@ def llc_trajectory(
     """λ̂(w_t) for every checkpoint w_t, as a table; the same conventions as ``estimate_llc``.
 
     Args:
-      loss_fn, data: as for ``estimate_llc`` (data-refined curves: pass the slice).
+      loss_fn: as for ``estimate_llc``.
+      data: as for ``estimate_llc`` (data-refined curves: pass the slice).
       checkpoints: a sequence of parameter pytrees, a Mapping training step → pytree, or one
         pytree stacked along a leading checkpoint axis.
       key: one key for every checkpoint (common random numbers along the curve).

@@ -31,7 +31,7 @@ One module per figure family:
   robust y limits (``robust_limits``).
 - ``common``: what they share: ``DPI``, ``save_figure``, number formats, limits, colours.
 
-Conventions are the package's (README, "Conventions"): nβ the weight on the mean loss, γ the
+Conventions are the package's (``docs/conventions.md``): nβ the weight on the mean loss, γ the
 localization, ε the SGLD noise variance. Diverged chains (NaN/inf losses) are drawn dashed with a
 dotted line at the divergence and labelled; non-finite values are never plotted or averaged.
 Importing ``jaxslt`` does not import this package (nor matplotlib); ``jaxslt.plots`` does.
