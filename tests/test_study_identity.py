@@ -161,8 +161,10 @@ def _drift(live: Mapping[str, Any], frozen: Mapping[str, Any]) -> list[str]:
             same = value is None and table == config.DEFAULT_LOCALIZATION
             value = f"{value!r} (DEFAULT_LOCALIZATION = {config.DEFAULT_LOCALIZATION!r})"
         elif key in fields:
-            made = config.SamplingConfig(**{key: settings.hashable(table)})
-            same = getattr(made, key) == value
+            def made(v, key=key):  # both through SamplingConfig: its normal form of the value
+                return getattr(config.SamplingConfig(**{key: settings.hashable(v)}), key)
+
+            same = made(table) == made(value)
         else:
             same = settings.json_value(key, value) == table
         if not same:
