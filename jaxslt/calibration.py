@@ -71,8 +71,7 @@ from jaxslt.diagnostics import (
     TREND_RISING,
 )
 from jaxslt.posterior import default_nbeta
-
-PyTree = Any
+from jaxslt.types import PyTree
 
 MAX_MARGIN = HEALTHY_SHARE * STIFFNESS_LIMIT  # ε·(nβ·h_max + γ) at w*; see the module docstring
 MIN_RELAXATIONS = 3.0  # burn-in·ε·γ of a healthy cell: flat directions within e⁻³ of equilibrium

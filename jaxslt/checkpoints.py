@@ -30,7 +30,7 @@ from typing import Any
 
 import jax
 
-PyTree = Any
+from jaxslt.types import PyTree
 
 __all__ = ["checkpoint_steps", "load_checkpoint", "load_checkpoints", "save_checkpoint"]
 

@@ -35,8 +35,7 @@ import jax.numpy as jnp
 
 from jaxslt.noise import tree_normal
 from jaxslt.posterior import LocalizedPosterior, sq_distance
-
-PyTree = Any
+from jaxslt.types import PyTree
 
 
 class StepInfo(NamedTuple):

@@ -28,8 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxslt.posterior import map_chunks
-
-PyTree = Any
+from jaxslt.types import PyTree
 
 
 class PointwiseMoments(NamedTuple):

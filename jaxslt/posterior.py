@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-PyTree = Any
+from jaxslt.types import PyTree
+
 LossFn = Callable[[PyTree, PyTree], jax.Array]
 
 

@@ -27,7 +27,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from numbers import Real
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +35,7 @@ import numpy as np
 
 from jaxslt import truth as _truth
 from jaxslt.truth import checked_int  # the same integer checks as the ground truths
-
-PyTree = Any
+from jaxslt.types import PyTree
 
 __all__ = [
     "Problem",

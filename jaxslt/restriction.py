@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PyTree = Any
+from jaxslt.types import PyTree
+
 Selection = str | Sequence[str] | Callable[[str, Any], Any] | PyTree
 
 _FREE, _PARTIAL, _FROZEN = "free", "partial", "frozen"

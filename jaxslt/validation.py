@@ -16,8 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxslt.kernels import SAMPLERS, sampler_capabilities
 from jaxslt.sharding import flat_param_specs
-
-PyTree = Any
+from jaxslt.types import PyTree
 
 
 def _shapes(tree: PyTree) -> str:

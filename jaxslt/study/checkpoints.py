@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from jaxslt.study.entry_points import call_entry_point
+from jaxslt.types import PyTree
 
 __all__ = [
     "Checkpoints",
@@ -26,8 +27,6 @@ __all__ = [
     "as_checkpoints",
     "check_trees",
 ]
-
-PyTree = Any
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,8 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
+from jaxslt.types import PyTree
+
 __all__ = [
     "FULL_DATA",
     "EntryPointError",
@@ -28,7 +30,6 @@ __all__ = [
     "spec_folder_importable",
 ]
 
-PyTree = Any
 
 FULL_DATA = "full"  # the data slice name of the problem's own data set
 

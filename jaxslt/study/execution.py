@@ -32,6 +32,7 @@ from jaxslt.study.cells import Cell
 from jaxslt.study.entry_points import StudyProblem, as_problem, call_entry_point
 from jaxslt.study.spec import Spec
 from jaxslt.study.store import CellOutcome, Store
+from jaxslt.types import PyTree
 
 __all__ = [
     "Backend",
@@ -47,8 +48,6 @@ __all__ = [
     "result_values",
     "worker_name",
 ]
-
-PyTree = Any
 
 
 @functools.cache
