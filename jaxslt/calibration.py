@@ -73,6 +73,18 @@ from jaxslt.diagnostics import (
 from jaxslt.posterior import default_nbeta
 from jaxslt.types import PyTree
 
+__all__ = [
+    "MAX_CALIBRATION_BURNIN",
+    "MAX_MARGIN",
+    "MIN_RELAXATIONS",
+    "PILOT_GRID",
+    "Calibration",
+    "calibrate",
+    "extrapolate",
+    "recommend",
+    "run_grid",
+]
+
 MAX_MARGIN = HEALTHY_SHARE * STIFFNESS_LIMIT  # ε·(nβ·h_max + γ) at w*; see the module docstring
 MIN_RELAXATIONS = 3.0  # burn-in·ε·γ of a healthy cell: flat directions within e⁻³ of equilibrium
 MAX_CALIBRATION_BURNIN = 20_000  # the most calibration raises its burn-in to, to reach that

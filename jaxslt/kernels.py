@@ -37,6 +37,34 @@ from jaxslt.noise import tree_normal
 from jaxslt.posterior import LocalizedPosterior, sq_distance
 from jaxslt.types import PyTree
 
+__all__ = [
+    "DEFAULT_FRICTION",
+    "SAMPLERS",
+    "BlackjaxState",
+    "MALAState",
+    "RMSPropSGLDState",
+    "ResolvedKernel",
+    "SGHMCState",
+    "SGLDState",
+    "SGNHTState",
+    "SamplerCapabilities",
+    "SamplingKernel",
+    "StepInfo",
+    "from_blackjax",
+    "make_kernel",
+    "mala",
+    "register_sampler",
+    "rmsprop_sgld",
+    "sampler_capabilities",
+    "sghmc",
+    "sgld",
+    "sgld_acceptance",
+    "sgld_checks",
+    "sgnht",
+    "state_position",
+    "unregister_sampler",
+]
+
 
 class StepInfo(NamedTuple):
     """What one transition reports: ``loss`` = L_B(w_t) before the update; ``accept_prob`` for

@@ -31,6 +31,12 @@ from jax import lax
 
 from jaxslt.types import PyTree
 
+__all__ = [
+    "normal",
+    "threefry2x32",
+    "tree_normal",
+]
+
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)
 _LOW = np.nextafter(np.float32(-1.0), np.float32(0.0))  # jax's open lower end of (−1, 1)

@@ -30,6 +30,15 @@ import jax.numpy as jnp
 from jaxslt.posterior import map_chunks
 from jaxslt.types import PyTree
 
+__all__ = [
+    "Observables",
+    "PointwiseMoments",
+    "init_moments",
+    "observables",
+    "per_example_losses",
+    "update_moments",
+]
+
 
 class PointwiseMoments(NamedTuple):
     """Running per-example statistics of one chain: draw count, mean of l_i, Σ (l_i − mean)²,

@@ -19,6 +19,17 @@ import jax.numpy as jnp
 
 from jaxslt.types import PyTree
 
+__all__ = [
+    "LocalizedPosterior",
+    "LossFn",
+    "default_nbeta",
+    "full_data_loss",
+    "localized_posterior",
+    "map_chunks",
+    "running_llc",
+    "sq_distance",
+]
+
 LossFn = Callable[[PyTree, PyTree], jax.Array]
 
 

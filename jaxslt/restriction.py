@@ -32,6 +32,14 @@ import numpy as np
 
 from jaxslt.types import PyTree
 
+__all__ = [
+    "Restriction",
+    "Selection",
+    "glob_to_regex",
+    "make_restriction",
+    "tree_paths",
+]
+
 Selection = str | Sequence[str] | Callable[[str, Any], Any] | PyTree
 
 _FREE, _PARTIAL, _FROZEN = "free", "partial", "frozen"
