@@ -146,7 +146,17 @@ def execute_cell(
     """Run one cell: ``estimate_llc(problem.loss_fn, params, data slice, key=key(seed),
     **settings)``. An exception becomes a ``failed`` outcome carrying its message: one cell's
     failure (every chain diverged, a bad restriction) is a result to store, not a reason to stop
-    a study of hundreds of cells."""
+    a study of hundreds of cells.
+
+    Args:
+      problem: the study's ``StudyProblem``.
+      params: the checkpoint's pytree (w*).
+      cell: the ``Cell`` to run.
+      load_seconds: the seconds it took to load ``params``, recorded with the outcome.
+
+    Returns:
+      The ``CellOutcome``, "done" or "failed".
+    """
     import jax
 
     from jaxslt.estimator import estimate_llc
