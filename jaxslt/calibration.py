@@ -71,8 +71,19 @@ from jaxslt.diagnostics import (
     TREND_RISING,
 )
 from jaxslt.posterior import default_nbeta
+from jaxslt.types import PyTree
 
-PyTree = Any
+__all__ = [
+    "MAX_CALIBRATION_BURNIN",
+    "MAX_MARGIN",
+    "MIN_RELAXATIONS",
+    "PILOT_GRID",
+    "Calibration",
+    "calibrate",
+    "extrapolate",
+    "recommend",
+    "run_grid",
+]
 
 MAX_MARGIN = HEALTHY_SHARE * STIFFNESS_LIMIT  # ε·(nβ·h_max + γ) at w*; see the module docstring
 MIN_RELAXATIONS = 3.0  # burn-in·ε·γ of a healthy cell: flat directions within e⁻³ of equilibrium
@@ -86,9 +97,21 @@ _DISQUALIFYING = frozenset(
 
 @dataclass(eq=False)
 class Calibration:
-    """Result of ``calibrate``: ``table`` (one row per cell), ``recommended`` (keyword arguments
-    for ``estimate_llc``; empty when no cell is healthy), ``explanation`` and ``extrapolation``
-    (γ → (λ̂₀, se₀), the ε → 0 estimate per localization)."""
+    """Result of ``calibrate``: the grid's table and the settings the module's rule chose.
+
+    Attributes:
+      table: a pandas DataFrame, one row per cell: its settings (``step_size``,
+        ``localization``, ``nbeta``), estimate (``llc_mean``, ``llc_std``, ``llc_se``), checks
+        (``mala_accept``, ``rhat``, ``ess``, ``trend``, ``diverged``, ``margin``,
+        ``bias_bound``, ``issues``), verdict ``ok`` and ``selected``.
+      recommended: keyword arguments for ``estimate_llc`` (``step_size``, ``localization``,
+        ``nbeta``, ``num_burnin``, ``num_draws``); empty when no cell is healthy.
+      explanation: the reasons, one line per step of the rule.
+      extrapolation: γ → (λ̂₀, se₀), the ε → 0 estimate per localization.
+      h_max: the largest Hessian eigenvalue of L at w* (power iteration).
+      results: the grid's ``LLCResult``, batched over cells.
+      cautions: what the rule could not check (flatness in ε or γ), also in ``explanation``.
+    """
 
     table: Any
     recommended: dict[str, Any]
@@ -196,9 +219,46 @@ def calibrate(
     """Run short chains on a grid and recommend ``step_size``, ``localization`` (and ``nbeta``
     when several are given) for ``estimate_llc`` by the rule in this module's docstring.
 
-    ``step_sizes=None`` derives six log-spaced steps from the curvature at w*:
-    ε·(nβ·h_max + γ_min) ∈ [0.003, 1]. ``nbetas=None`` uses n / log n only. The whole grid runs as
-    one compiled program; ``cell_batch_size`` bounds how many cells are live at once.
+    The whole grid of step_size × localization × nbeta cells runs as one compiled program,
+    every cell on the same key (common random numbers).
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar`` mean loss, as for ``estimate_llc``.
+      params: w*, any pytree of float arrays.
+      data: a pytree of arrays sharing a leading axis of length n.
+      key: a PRNG key; it fully determines the result.
+      step_sizes: the ε of the grid; ``None`` derives them from pilot chains at the smallest
+        localization: ``PILOT_GRID`` (0.1× to 3×) times the pilot's healthy step (and raises
+        the burn-in, up to ``MAX_CALIBRATION_BURNIN``, so that the largest γ can qualify).
+      localizations: the γ of the grid (≥ 0).
+      nbetas: the nβ of the grid; ``None`` uses n / log n only.
+      num_chains: chains per cell.
+      num_draws: kept draws per chain.
+      num_burnin: burn-in steps per chain.
+      batch_size: minibatch size; ``None`` means min(n, 256).
+      sampler: a sampler name, as for ``estimate_llc``.
+      cell_batch_size: how many cells are live at once (mapped in groups); ``None``: all.
+
+    Returns:
+      A ``Calibration``: ``recommended`` (pass it as ``estimate_llc(..., **recommended)``;
+      empty when no cell is healthy), ``table``, ``explanation``, ``extrapolation``.
+
+    Raises:
+      ValueError: a bad argument or grid, before anything compiles.
+      TypeError: an argument of the wrong type.
+
+    Examples:
+      >>> import jax
+      >>> import jaxslt
+      >>> from jaxslt import problems
+      >>> p = problems.regular_linear_gaussian(2, key=jax.random.key(0), num_examples=256)
+      >>> cal = jaxslt.calibrate(p.loss_fn, p.params, p.data, key=jax.random.key(1),
+      ...                        step_sizes=[3e-4, 1e-3], localizations=[10.0],
+      ...                        num_chains=2, num_draws=200, num_burnin=100)
+      >>> cal.table[["step_size", "localization"]].values.tolist()  # one row per cell
+      [[0.0003, 10.0], [0.001, 10.0]]
+      >>> isinstance(cal.recommended, dict)  # empty when no cell qualifies
+      True
     """
     from jaxslt.diagnostics import diagnose
 

@@ -28,16 +28,17 @@ __all__ = ["Accumulator", "ChainTrace", "data_size", "run_chains", "typed_key"]
 class ChainTrace(NamedTuple):
     """Per-chain outputs of ``run_chains``.
 
-    - ``loss_trace`` (num_chains, num_draws): L_B(w_t) at the kept draws (every ``thinning``-th
-      step after burn-in, the first step of each block).
-    - ``burnin_loss_trace`` (num_chains, num_burnin): L_B(w_t) during burn-in.
-    - ``divergence_step`` (num_chains,): first step whose loss was NaN/inf, −1 if none.
-    - ``accept_rate`` (num_chains,): mean Metropolis acceptance probability over the steps after
-      burn-in, for kernels that report one (NaN otherwise).
-    - ``check_mean`` (num_chains,) or (num_chains, k): mean of ``transition_check`` (a scalar
-      or a k-vector per chain) over the checked steps after burn-in, NaN entries skipped (NaN
-      when nothing was checked), e.g. the MALA acceptance of SGLD transitions.
-    - ``accumulated``: the per-chain accumulator of ``accumulate`` (None without one).
+    Attributes:
+      loss_trace: (num_chains, num_draws) L_B(w_t) at the kept draws (every ``thinning``-th
+        step after burn-in, the first step of each block).
+      burnin_loss_trace: (num_chains, num_burnin) L_B(w_t) during burn-in.
+      divergence_step: (num_chains,) first step whose loss was NaN/inf, −1 if none.
+      accept_rate: (num_chains,) mean Metropolis acceptance probability over the steps after
+        burn-in, for kernels that report one (NaN otherwise).
+      check_mean: (num_chains,) or (num_chains, k) mean of ``transition_check`` (a scalar or
+        a k-vector per chain) over the checked steps after burn-in, NaN entries skipped (NaN
+        when nothing was checked), e.g. the MALA acceptance of SGLD transitions.
+      accumulated: the per-chain accumulator of ``accumulate`` (None without one).
     """
 
     loss_trace: jax.Array
@@ -94,31 +95,65 @@ def run_chains(
     """Run ``num_chains`` chains of ``kernel`` from ``position`` for
     ``num_burnin + num_draws * thinning`` steps each; traceable (jit/vmap it freely).
 
-    ``chain_batch_size = k`` (a divisor of ``num_chains``) runs the chains in groups of k, one
-    group after another (``lax.map``), so that at most k chain states are live at once; the
-    result is the same as with all chains vmapped (each chain's randomness depends only on its
-    own key).
+    Chain c's randomness depends only on (key, c) (see the module docstring), so grouping the
+    chains (``chain_batch_size``) or spreading them over a ``mesh`` gives the same result, up
+    to float rounding across devices: each device runs a program for its own share of chains
+    and parameters, whose sums XLA may associate differently.
 
-    ``mesh``: a ``jax.sharding.Mesh`` with a ``"chain"`` axis, a ``"model"`` axis, or both.
-    The chains of each group are spread over ``"chain"`` (their states, keys and minibatches
-    carry a ``NamedSharding(mesh, P("chain", ...))`` constraint), so each device steps its own
-    chains; the group size must be a multiple of that axis size. Each parameter leaf of the
-    chain states is split over ``"model"`` by ``param_specs`` (see ``param_partition_specs``;
-    ``None`` = the automatic rule), stacked as ``P("chain", *spec)``. Data are replicated. The
-    outputs are replicated (fully addressable on every process of a multi-host mesh). Same
-    result as on one device up to float rounding: each device runs a program for its own
-    share of chains and parameters, whose sums XLA may associate differently.
+    Args:
+      kernel: a ``SamplingKernel`` (``init``/``step``), e.g. ``jaxslt.sgld(posterior)``.
+      position: the starting point of every chain (w*), any pytree of arrays.
+      data: a pytree of arrays sharing a leading axis of length n.
+      key: a PRNG key (typed or old-style); it fully determines the result.
+      step_size: ε, passed to every step (may be traced).
+      num_chains: independent chains.
+      num_draws: kept draws per chain.
+      num_burnin: steps per chain before the first kept draw.
+      thinning: keep the first of every ``thinning`` steps after burn-in.
+      batch_size: examples per minibatch, drawn i.i.d. with replacement per chain and step;
+        ``n`` uses the full data as is.
+      progress_every: report the step count to ``jaxslt.progress`` every that many steps
+        through a host callback; 0 compiles no callback at all.
+      transition_check: ``(old_state, new_state, minibatch, step_size, info) -> scalar or
+        k-vector`` (one chain; vmapped), evaluated on every ``check_every``-th step after
+        burn-in: a ``lax.cond`` on the step counter (which no vmap batches) chooses between
+        the step with its check and the step alone, so the other steps pay nothing for it, in
+        time or memory. Its mean is ``check_mean``.
+      check_every: the period of ``transition_check``, in steps.
+      chain_batch_size: k, a divisor of ``num_chains``: run the chains in groups of k, one
+        group after another (``lax.map``), so that at most k chain states are live at once;
+        ``None``: all chains vmapped.
+      mesh: a ``jax.sharding.Mesh`` with a ``"chain"`` axis, a ``"model"`` axis, or both.
+        The chains of each group are spread over ``"chain"`` (their states, keys and
+        minibatches carry a ``NamedSharding(mesh, P("chain", ...))`` constraint), so each
+        device steps its own chains; the group size must be a multiple of that axis size.
+        Data are replicated. The outputs are replicated (fully addressable on every process
+        of a multi-host mesh).
+      accumulate: an ``Accumulator`` folded over the chain states at the kept draws (the
+        state whose loss the trace records), e.g. per-example loss moments for WAIC.
+      param_specs: how each parameter leaf of the chain states is split over ``"model"``
+        (see ``param_partition_specs``; ``None`` = the automatic rule), stacked as
+        ``P("chain", *spec)``.
 
-    ``progress_every > 0`` reports the step count to ``jaxslt.progress`` every that many steps
-    through a host callback; 0 compiles no callback at all.
+    Returns:
+      A ``ChainTrace``: the loss traces, divergence steps, acceptance and check means.
 
-    ``transition_check(old_state, new_state, minibatch, step_size, info)`` (one chain; vmapped)
-    is evaluated on every ``check_every``-th step after burn-in: a ``lax.cond`` on the step
-    counter (which no vmap batches) chooses between the step with its check and the step alone,
-    so the other steps pay nothing for it, in time or memory.
+    Raises:
+      ValueError: ``chain_batch_size`` does not divide ``num_chains``.
 
-    ``accumulate``: an ``Accumulator`` folded over the chain states at the kept draws (the
-    state whose loss the trace records), e.g. per-example loss moments for WAIC.
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxslt import localized_posterior, run_chains, sgld
+      >>> loss = lambda w, b: 0.5 * jnp.mean(jnp.sum((b - w) ** 2, axis=-1))
+      >>> data = jax.random.normal(jax.random.key(0), (64, 2))
+      >>> w_star = data.mean(axis=0)
+      >>> post = localized_posterior(loss, w_star, nbeta=10.0, localization=1.0)
+      >>> trace = run_chains(sgld(post), w_star, data, jax.random.key(1), step_size=1e-2,
+      ...                    num_chains=3, num_draws=100, num_burnin=50, batch_size=16)
+      >>> trace.loss_trace.shape, trace.burnin_loss_trace.shape
+      ((3, 100), (3, 50))
+      >>> trace.divergence_step.tolist()  # no chain diverged
+      [-1, -1, -1]
     """
     group = num_chains if chain_batch_size is None else min(chain_batch_size, num_chains)
     if num_chains % group:

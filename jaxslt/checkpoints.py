@@ -30,7 +30,7 @@ from typing import Any
 
 import jax
 
-PyTree = Any
+from jaxslt.types import PyTree
 
 __all__ = ["checkpoint_steps", "load_checkpoint", "load_checkpoints", "save_checkpoint"]
 
@@ -90,8 +90,20 @@ def _step_paths(directory: pathlib.Path) -> dict[int, pathlib.Path]:
 def save_checkpoint(directory: str | pathlib.Path, step: int, params: PyTree) -> pathlib.Path:
     """Write ``params`` (any pytree of arrays and scalars: Flax Linen variables, an NNX
     ``State``, a dict) as step ``step`` of the orbax checkpoint directory ``directory``
-    (created if missing), synchronously; returns the step's folder. Steps may be written in
-    any order; writing a step that already exists raises ``FileExistsError``."""
+    (created if missing), synchronously. Steps may be written in any order.
+
+    Args:
+      directory: the orbax checkpoint directory (created if missing).
+      step: the training step, an integer ≥ 0.
+      params: any pytree of arrays and scalars.
+
+    Returns:
+      The step's folder.
+
+    Raises:
+      FileExistsError: the step already exists.
+      ValueError: ``params`` has no array leaves, or a bad step.
+    """
     ocp = _ocp()
     path = _directory(directory, must_exist=False)
     step = _step(step)
@@ -111,8 +123,17 @@ def save_checkpoint(directory: str | pathlib.Path, step: int, params: PyTree) ->
 
 
 def checkpoint_steps(directory: str | pathlib.Path) -> list[int]:
-    """The steps of the finished checkpoints in ``directory``, sorted ascending (``[]`` for an
-    existing directory without checkpoints; ``FileNotFoundError`` if it does not exist)."""
+    """The steps of the finished checkpoints in ``directory``, sorted ascending.
+
+    Args:
+      directory: an orbax checkpoint directory.
+
+    Returns:
+      The steps (``[]`` for an existing directory without checkpoints).
+
+    Raises:
+      FileNotFoundError: ``directory`` does not exist.
+    """
     return sorted(_step_paths(_directory(directory, must_exist=True)))
 
 
@@ -172,11 +193,24 @@ def _missing(step: int, available: Iterable[int], directory: pathlib.Path) -> Fi
 def load_checkpoint(
     directory: str | pathlib.Path, step: int, *, like: PyTree = None, item: str | None = None
 ) -> PyTree:
-    """Restore step ``step`` of ``directory``. ``like``: an abstract (``jax.ShapeDtypeStruct``)
-    or concrete target pytree giving the structure, dtypes and shardings to restore into
-    (needed to get an NNX ``State`` or a dataclass back; dtypes are cast to ``like``'s).
-    ``item``: which pytree item of a multi-item checkpoint (default ``"default"`` or the only
-    one)."""
+    """Restore step ``step`` of ``directory``.
+
+    Args:
+      directory: an orbax checkpoint directory.
+      step: the step to restore.
+      like: an abstract (``jax.ShapeDtypeStruct``) or concrete target pytree giving the
+        structure, dtypes and shardings to restore into (needed to get an NNX ``State`` or a
+        dataclass back; dtypes are cast to ``like``'s); None restores what was saved.
+      item: which pytree item of a multi-item checkpoint (default ``"default"`` or the only
+        one).
+
+    Returns:
+      The restored pytree.
+
+    Raises:
+      FileNotFoundError: no such directory or step (the message lists the steps there).
+      ValueError: the checkpoint does not match ``like``, or a bad or ambiguous ``item``.
+    """
     path = _directory(directory, must_exist=True)
     step = _step(step)
     paths = _step_paths(path)
@@ -193,9 +227,23 @@ def load_checkpoints(
     like: PyTree = None,
     item: str | None = None,
 ) -> list[tuple[int, PyTree]]:
-    """Restore several steps of ``directory`` (all of them, ascending, when ``steps`` is None;
-    otherwise in the order given) as ``[(step, params), ...]``. ``like`` and ``item`` as in
-    ``load_checkpoint``. Every requested step is checked before anything is read."""
+    """Restore several steps of ``directory``. Every requested step is checked before
+    anything is read.
+
+    Args:
+      directory: an orbax checkpoint directory.
+      steps: the steps to restore, in this order; None: all of them, ascending.
+      like: as in ``load_checkpoint``.
+      item: as in ``load_checkpoint``.
+
+    Returns:
+      ``[(step, params), ...]``.
+
+    Raises:
+      FileNotFoundError: no such directory, no checkpoints, or a missing step.
+      TypeError: ``steps`` is not a sequence of integers.
+      ValueError: as in ``load_checkpoint``.
+    """
     path = _directory(directory, must_exist=True)
     paths = _step_paths(path)
     if steps is None:

@@ -10,6 +10,12 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
+__all__ = [
+    "demo",
+    "main",
+    "study",
+]
+
 
 def _widths(text: str) -> list[int]:
     try:

@@ -44,25 +44,50 @@ TRACED_SETTINGS = ("step_size", "nbeta", "localization")
 class SamplingConfig:
     """The static settings of one LLC estimate (hashable: one static argument under ``jit``).
 
-    Schedule: ``num_chains`` chains, each ``num_burnin`` burn-in steps then ``num_draws`` kept
-    draws, one every ``thinning`` steps.
-    Batching: ``batch_size`` (minibatch size, i.i.d. with replacement; ``None`` = min(n, 256),
-    n = full batch); ``eval_batch_size`` (chunk size of the full-data L_n(w*); ``None`` =
-    ``batch_size``).
-    Sampler: ``sampler`` (a registered name or a factory, see ``jaxslt.kernels``) and
-    ``sampler_options`` (a Mapping, stored as a sorted tuple of pairs).
-    Checks: ``acceptance_checks`` (MALA acceptance of SGLD transitions at that many steps after
-    burn-in), ``step_check`` (the ``LocalGeometry`` at w* from which the diagnostics judge ε),
-    ``progress_every`` (a host callback every that many steps; 0 = none).
-    Observables: ``observables`` and ``observable_draws`` (per-example losses at that many kept
-    draws per chain).
-    Placement: ``chain_batch_size`` (chains run in groups of this size; ``None`` = all at once;
-    ``"auto"`` = from free memory, resolved by ``estimate_llc`` — the compiled core cannot query
-    memory and runs all chains at once), ``mesh`` (a ``jax.sharding.Mesh``), ``param_specs``
-    (how each parameter leaf splits over ``mesh``'s ``"model"`` axis; a flat tuple in leaf order
-    under ``jit``), ``compute_dtype`` (e.g. ``jnp.bfloat16`` for the forward/backward pass).
+    Everything that shapes the compiled program: the schedule (``num_chains`` chains, each
+    ``num_burnin`` burn-in steps then ``num_draws`` kept draws, one every ``thinning`` steps),
+    the batching, the sampler, the checks, the observables and the placement. The traced
+    settings (ε, nβ, γ) are arguments of ``sample_llc`` instead. Build one with keywords,
+    change one with ``dataclasses.replace``.
 
-    Build one with keywords, change one with ``dataclasses.replace``.
+    Attributes:
+      num_chains: independent chains, all started at w*.
+      num_draws: kept draws per chain.
+      num_burnin: burn-in steps per chain before the first kept draw.
+      thinning: steps per kept draw after burn-in.
+      batch_size: minibatch size, i.i.d. with replacement; ``None`` = min(n, 256), n = full
+        batch.
+      eval_batch_size: chunk size of the full-data L_n(w*); ``None`` = ``batch_size``.
+      sampler: a registered name or a factory (see ``jaxslt.kernels``).
+      sampler_options: the sampler's keyword arguments; a Mapping, stored as a sorted tuple of
+        pairs.
+      acceptance_checks: the MALA acceptance of SGLD transitions is measured at that many
+        steps after burn-in.
+      step_check: measure the ``LocalGeometry`` at w* from which the diagnostics judge ε.
+      progress_every: a host callback every that many steps; 0 = none.
+      observables: accumulate per-example losses for the singular fluctuation, WAIC, WBIC.
+      observable_draws: at that many kept draws per chain.
+      chain_batch_size: chains run in groups of this size; ``None`` = all at once; ``"auto"`` =
+        from free memory, resolved by ``estimate_llc`` (the compiled core cannot query memory
+        and runs all chains at once).
+      mesh: a ``jax.sharding.Mesh`` with a ``"chain"`` and/or a ``"model"`` axis.
+      param_specs: how each parameter leaf splits over ``mesh``'s ``"model"`` axis (a flat
+        tuple in leaf order under ``jit``).
+      compute_dtype: e.g. ``jnp.bfloat16`` for the forward/backward pass; ``None`` = the
+        params' dtype.
+
+    Examples:
+      >>> import dataclasses
+      >>> from jaxslt import SamplingConfig
+      >>> config = SamplingConfig(num_chains=2, num_draws=100, num_burnin=50)
+      >>> config.total_steps  # burn-in + draws × thinning
+      150
+      >>> dataclasses.replace(config, thinning=2).total_steps
+      250
+      >>> config == SamplingConfig(num_chains=2, num_draws=100, num_burnin=50)  # hashable
+      True
+      >>> SamplingConfig(sampler_options={"friction": 0.1}).sampler_options
+      (('friction', 0.1),)
     """
 
     # schedule

@@ -44,21 +44,36 @@ DEFAULT_BATCH_SIZE = 256
 class LLCResult(NamedTuple):
     """An LLC estimate. A NamedTuple of arrays, hence a pytree that can leave ``jit``/``vmap``.
 
-    Fields: ``llc_mean``, ``llc_std`` (ddof=1; NaN with fewer than two healthy chains),
-    ``llc_per_chain`` (num_chains,), ``loss_trace`` (num_chains, num_draws) of minibatch losses
-    at the kept draws, ``burnin_loss_trace`` (num_chains, num_burnin), ``init_loss`` (full-data
-    L_n(w*)), ``nbeta``, ``localization``, ``step_size``, ``diverged`` (num_chains,),
-    ``divergence_step`` (num_chains,; −1 where the chain stayed finite) and ``accept_rate``
-    (num_chains,; mean Metropolis acceptance after burn-in, NaN for unadjusted samplers),
-    ``mala_accept`` (num_chains,; mean MALA acceptance probability of the SGLD transitions at
-    ``acceptance_checks`` evenly spaced steps after burn-in; NaN for other samplers),
-    ``observables`` (a ``jaxslt.observables.Observables`` when requested: singular fluctuation,
-    WAIC, WBIC, ...; else None), ``geometry`` (a ``jaxslt.curvature.LocalGeometry`` of the
-    loss at w* with ``step_check``: h_max, tr ∇²L, minibatch gradient noise; else None).
+    λ̂_c = nβ·(mean_t L_B(w_t^c) − L_n(w*)) per chain c over the kept draws t; λ̂ is their mean
+    over the chains that did not diverge.
 
     ``diverged`` covers non-finite chains and exploded ones: finite chains whose λ̂_c exceeds
     ``EXPLODED_FACTOR``·d (d sampled parameters; λ ≤ d/2 at any minimum) or, with three or more
     chains, exceeds the chains' median by more than ``EXPLODED_FACTOR``²·max(|median|, 1).
+
+    Attributes:
+      llc_mean: λ̂, the mean of ``llc_per_chain`` over the healthy chains.
+      llc_std: the across-chain std of λ̂_c (ddof=1; NaN with fewer than two healthy chains).
+      llc_per_chain: λ̂_c, shape (num_chains,); NaN for diverged chains.
+      loss_trace: (num_chains, num_draws) minibatch losses L_B(w_t) at the kept draws.
+      burnin_loss_trace: (num_chains, num_burnin) minibatch losses during burn-in.
+      init_loss: the full-data L_n(w*).
+      nbeta: nβ.
+      localization: γ.
+      step_size: ε.
+      diverged: (num_chains,) booleans, the chains left out of the estimate.
+      divergence_step: (num_chains,) first bad step of each chain; −1 where it stayed finite.
+      accept_rate: (num_chains,) mean Metropolis acceptance after burn-in; NaN for
+        unadjusted samplers.
+      mala_accept: (num_chains,) mean MALA acceptance probability of the SGLD transitions at
+        ``acceptance_checks`` evenly spaced steps after burn-in; NaN for other samplers.
+      observables: a ``jaxslt.observables.Observables`` when requested (singular fluctuation,
+        WAIC, WBIC, ...); else None.
+      diagnostics: the ``jaxslt.Diagnostics`` of the run (``estimate_llc``); None from
+        ``sample_llc``.
+      calibration: the ``jaxslt.Calibration`` of ``step_size="auto"``; else None.
+      geometry: a ``jaxslt.curvature.LocalGeometry`` of the loss at w* with ``step_check``
+        (h_max, tr ∇²L, minibatch gradient noise); else None.
     """
 
     llc_mean: jax.Array
@@ -158,7 +173,7 @@ def sample_llc(
     Returns:
       An ``LLCResult`` (replicated over ``config.mesh``), without diagnostics.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from jaxslt import SamplingConfig, sample_llc_jit
       >>> loss = lambda w, b: jnp.mean((b["x"] @ w - b["y"]) ** 2)

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from jaxslt.noise import threefry2x32, tree_normal
+from jaxslt.types import PyTree
 
 __all__ = [
     "HEALTHY_SHARE",
@@ -42,7 +43,6 @@ __all__ = [
     "step_bias",
 ]
 
-PyTree = Any
 # a step is flagged when its first-order excess exceeds this fraction of λ̂, or its stiffness
 # exceeds STIFFNESS_LIMIT (the stiffest direction's variance then inflated by ≥ 33%)
 MAX_RELATIVE_BIAS = 0.1

@@ -147,6 +147,28 @@ def to_inference_data(result: Any, *, drop_diverged: bool = False):
 
     Diverged chains hold NaN after their first bad step, so ``az.summary`` reports NaN for them;
     ``drop_diverged=True`` keeps only the healthy chains (as in ``llc_mean``).
+
+    Args:
+      result: one ``LLCResult`` (not a batched one).
+      drop_diverged: keep only the chains that did not diverge.
+
+    Returns:
+      (arviz.InferenceData): the traces, in the groups above.
+
+    Raises:
+      ValueError: ``result`` is batched (index it first).
+
+    Examples:
+      >>> import jax
+      >>> import jaxslt
+      >>> from jaxslt import problems
+      >>> p = problems.regular_linear_gaussian(2, key=jax.random.key(0), num_examples=256)
+      >>> result = jaxslt.estimate_llc(p.loss_fn, p.params, p.data, key=jax.random.key(1),
+      ...                              step_size=1e-3, localization=10.0, num_chains=2,
+      ...                              num_draws=200, num_burnin=100, diagnostics=False)
+      >>> idata = jaxslt.to_inference_data(result)
+      >>> idata.posterior["llc"].shape  # (chain, draw)
+      (2, 200)
     """
     _check_unbatched(result)
     az = _arviz()
@@ -179,25 +201,33 @@ def to_inference_data(result: Any, *, drop_diverged: bool = False):
 class Diagnostics:
     """What ``diagnose`` found. All statistics are over the healthy (non-diverged) chains.
 
-    - ``rhat``: rank-normalized split R-hat of the loss trace (ArviZ; Vehtari et al. 2021). With
-      one healthy chain its two halves stand in for two chains. NaN when undefined.
-    - ``ess_bulk``, ``ess_tail``: ArviZ's bulk and tail effective sample sizes of the loss trace
-      (total over chains).
-    - ``mala_accept``: mean over chains of the MALA acceptance probability of the SGLD steps
-      (``result.mala_accept``); NaN for other samplers. ``accept_rate``: mean Metropolis
-      acceptance (the ``"mala"`` sampler); NaN for unadjusted samplers.
-    - ``frac_below_init``: fraction of the kept draws whose minibatch loss is below L_n(w*).
-    - ``llc_halves``: (λ̂ on the first half of the kept draws, λ̂ on the second half).
-    - ``trend``: (λ̂_second − λ̂_first) / |λ̂|, the relative drift of the estimate; ``trend_z``
-      that difference over its standard error (batch means within chains), a Student-t
-      statistic with ``trend_dof`` degrees of freedom (NaN when the chains are too short for
-      their autocorrelation to test).
-    - ``divergence_steps``: first bad step of each diverged chain (non-finite or exploded).
-    - ``stiffness``: ε·(nβ·h_max + γ) at w*; ``bias_bound``: the first-order bound on λ̂'s
-      inflation by discretisation and minibatch noise, (ε·nβ/8)·(tr ∇²L + nβ·tr Cov ∇L_B)
-      (``jaxslt.curvature``); both NaN when the result carries no ``geometry``.
-    - ``issues``: one ``Issue`` per failed check, in the order of ``CODES``; ``warnings``: their
-      messages (one readable line each); ``codes``: their codes; ``ok``: no issues.
+    Attributes:
+      rhat: rank-normalized split R-hat of the loss trace (ArviZ; Vehtari et al. 2021). With
+        one healthy chain its two halves stand in for two chains. NaN when undefined.
+      ess_bulk: ArviZ's bulk effective sample size of the loss trace (total over chains).
+      ess_tail: ArviZ's tail effective sample size of the loss trace (total over chains).
+      mala_accept: mean over chains of the MALA acceptance probability of the SGLD steps
+        (``result.mala_accept``); NaN for other samplers.
+      accept_rate: mean Metropolis acceptance (the ``"mala"`` sampler); NaN for unadjusted
+        samplers.
+      frac_below_init: fraction of the kept draws whose minibatch loss is below L_n(w*).
+      llc: λ̂ over the healthy chains.
+      llc_halves: (λ̂ on the first half of the kept draws, λ̂ on the second half).
+      trend: (λ̂_second − λ̂_first) / |λ̂|, the relative drift of the estimate.
+      trend_z: that difference over its standard error (batch means within chains), a
+        Student-t statistic with ``trend_dof`` degrees of freedom (NaN when the chains are too
+        short for their autocorrelation to test).
+      trend_dof: the degrees of freedom of ``trend_z``.
+      num_chains: chains in the result, diverged ones included.
+      divergence_steps: first bad step of each diverged chain (non-finite or exploded).
+      stiffness: ε·(nβ·h_max + γ) at w*; NaN when the result carries no ``geometry``.
+      bias_bound: the first-order bound on λ̂'s inflation by discretisation and minibatch
+        noise, (ε·nβ/8)·(tr ∇²L + nβ·tr Cov ∇L_B) (``jaxslt.curvature``); NaN when the
+        result carries no ``geometry``.
+      issues: one ``Issue`` per failed check, in the order of ``CODES``.
+      warnings: their messages (one readable line each).
+      ok: no issues.
+      codes: the code of each issue (decide by these, not by the messages).
     """
 
     rhat: float
@@ -414,6 +444,39 @@ def diagnose(
     - Precision: nβ·spacing(L_n(w*)) (one unit in the last place of the loss, in λ̂'s units)
       above ``max_rel_se`` of |λ̂|: the estimate is float rounding (measured: normal crossings
       at γ = 1e4 in float32, a trace of 3 distinct values).
+
+    Args:
+      result: one ``LLCResult`` (not a batched one).
+      rhat_max: the largest R-hat that passes.
+      min_ess: the smallest bulk ESS (total over chains) that passes.
+      mala_accept_range: (lower bound that warns, upper bound above which ε is merely small).
+      max_trend: the relative drift between the halves that matters.
+      trend_z: the significance of that drift, as the |z| of a normal with the same p-value.
+      max_frac_below_init: the fraction of draws below L_n(w*) above which w* is suspect.
+      max_rel_se: the largest Monte-Carlo standard error (and float resolution) relative to
+        |λ̂|.
+
+    Returns:
+      The ``Diagnostics``; ``.issues`` holds one coded ``Issue`` per failed check.
+
+    Raises:
+      ValueError: ``result`` is batched (index it first).
+
+    Examples:
+      >>> import jax
+      >>> import jaxslt
+      >>> from jaxslt import problems
+      >>> p = problems.regular_linear_gaussian(2, key=jax.random.key(0), num_examples=256)
+      >>> result = jaxslt.estimate_llc(p.loss_fn, p.params, p.data, key=jax.random.key(1),
+      ...                              step_size=1e-3, localization=10.0, num_chains=2,
+      ...                              num_draws=200, num_burnin=100, diagnostics=False)
+      >>> d = jaxslt.diagnose(result)
+      >>> d.num_chains
+      2
+      >>> set(d.codes) <= set(jaxslt.diagnostics.CODES)  # each failed check, coded
+      True
+      >>> d.ok == (not d.issues)
+      True
     """
     _check_unbatched(result)
     diverged = np.asarray(result.diverged, dtype=bool)

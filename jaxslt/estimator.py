@@ -55,6 +55,11 @@ def estimate_llc(
     ``num_draws`` kept draws of each chain (every ``thinning``-th step after ``num_burnin``
     burn-in steps) and over the chains that did not diverge.
 
+    Data-refined LLC λ(w*; q'): pass the other data set (e.g. one slice) as ``data``; it is
+    used both for sampling and for L_n(w*), and nβ defaults to its own n / log n (pass
+    ``nbeta`` to keep the full data's). w* need not minimise the slice's loss, so values can
+    be negative.
+
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar`` mean loss over the batch. Keep the same
         function object across calls to reuse the compiled program.
@@ -65,13 +70,18 @@ def estimate_llc(
         ``"auto"``: run ``jaxslt.calibrate`` first (on a key folded from ``key``) and use the
         step size, localization (unless given), nβ (unless given) and at least the burn-in it
         recommends; ``result.calibration`` holds the table and the reasons.
-      nbeta: nβ, the weight on the mean loss; ``None`` means n / log n (n = len(data)).
-      localization: γ ≥ 0; ``None`` means 100 (or the calibrated value with ``"auto"``).
+      num_chains: independent chains, all started at w*.
+      num_draws: kept draws per chain (after burn-in and thinning).
+      num_burnin: steps per chain discarded before the first kept draw.
+      thinning: keep every ``thinning``-th step after burn-in.
       batch_size: minibatch size, drawn i.i.d. with replacement per chain and step; ``n`` means
         full-batch; ``None`` means min(n, 256).
+      nbeta: nβ, the weight on the mean loss; ``None`` means n / log n (n = len(data)).
+      localization: γ ≥ 0; ``None`` means 100 (or the calibrated value with ``"auto"``).
       sampler: ``"sgld"``, ``"rmsprop_sgld"``, ``"sghmc"``, ``"sgnht"``, ``"mala"`` (full-batch,
         Metropolis-adjusted; ``batch_size`` must be None or n), ``"blackjax_sgld"``,
-        ``"blackjax_sghmc"``, ``"blackjax_sgnht"``, or a factory
+        ``"blackjax_sghmc"``, ``"blackjax_sgnht"``, a name added with
+        ``jaxslt.register_sampler``, or a factory
         ``(loss_fn, posterior, **options) -> SamplingKernel``. See ``jaxslt.kernels``.
       sampler_options: keyword arguments of the sampler (e.g. ``{"friction": 0.1}`` for sghmc;
         ``rmsprop_sgld``'s ``adapt_steps`` defaults to ``num_burnin``).
@@ -100,6 +110,9 @@ def estimate_llc(
         never name ``"chain"``. ``None``: split every leaf of at least
         ``jaxslt.sharding.MIN_SHARDED_SIZE`` (2**14) elements along its largest dimension
         divisible by the ``"model"`` axis size; replicate the rest.
+      compute_dtype: a float dtype (e.g. ``jnp.bfloat16``) to evaluate the loss and its
+        gradient in (params and data cast to it, the loss returned in float32, the chain
+        state kept in the params' dtype); ``None`` computes in the params' own dtype.
       restrict: weight-refined LLC λ(w*; V): sample only the weights V selected by glob
         pattern(s) over ``jaxslt.tree_paths(params)`` (``"params/block_0/attn/**"``), a
         predicate ``(path, leaf) -> bool | bool array`` or a boolean mask pytree (per leaf or
@@ -109,18 +122,42 @@ def estimate_llc(
         Bayes/Gibbs training losses (``result.observables``; ``jaxslt.observables``) from
         per-example losses on the full data at ``observable_draws`` evenly spaced kept draws
         per chain (one full-data forward pass each, in chunks of ``eval_batch_size``).
+      observable_draws: at how many kept draws per chain the observables are evaluated.
       diagnostics: diagnose the run (``result.diagnostics``: R-hat, ESS, MALA acceptance,
         drift, divergences) and warn (``LLCWarning``) for each failed check, naming the cause
         and the remedy.
       progress: show a progress bar; ``None`` shows one on a terminal only.
 
-    Data-refined LLC λ(w*; q'): pass the other data set (e.g. one slice) as ``data``; it is
-    used both for sampling and for L_n(w*), and nβ defaults to its own n / log n (pass
-    ``nbeta`` to keep the full data's). w* need not minimise the slice's loss, so values can
-    be negative.
+    Returns:
+      An ``LLCResult``: λ̂ (``llc_mean``) and its spread, the traces, the settings used, and
+      with ``diagnostics`` its ``Diagnostics``.
 
-    Raises ValueError/TypeError for bad arguments (before anything compiles) and
-    FloatingPointError if every chain diverged. Warns when some chains diverged.
+    Raises:
+      ValueError: a bad argument (named, with the fix), before anything compiles.
+      TypeError: an argument of the wrong type, before anything compiles.
+      FloatingPointError: every chain diverged.
+
+    Warns:
+      LLCWarning: some chains diverged (they are left out), or, with ``diagnostics``, a check
+        failed (its cause and remedy in the message).
+
+    Examples:
+      A regular model with d = 2 parameters, whose λ is d/2 = 1 (at finite nβ and γ the
+      estimate is a little lower):
+
+      >>> import jax, jax.numpy as jnp
+      >>> import jaxslt
+      >>> loss = lambda w, b: 0.5 * jnp.mean((b["x"] @ w - b["y"]) ** 2)
+      >>> x = jax.random.normal(jax.random.key(0), (256, 2))
+      >>> w_star = jnp.array([1.0, -1.0])
+      >>> data = {"x": x, "y": x @ w_star}
+      >>> result = jaxslt.estimate_llc(loss, w_star, data, key=jax.random.key(1),
+      ...                              step_size=1e-3, localization=10.0, num_chains=4,
+      ...                              num_draws=200, num_burnin=100, diagnostics=False)
+      >>> result.llc_per_chain.shape
+      (4,)
+      >>> 0.3 < float(result.llc_mean) < 1.5
+      True
     """
     validation.check_diagnostics(
         diagnostics, num_draws=num_draws, num_chains=num_chains, progress=progress

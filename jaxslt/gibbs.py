@@ -79,8 +79,14 @@ def _float_dtype(*arrays) -> jnp.dtype:
 
 
 class DLNStatistics(NamedTuple):
-    """Sufficient statistics of the squared loss: Σxx = XᵀX/n (H_0, H_0), Σxy = XᵀY/n
-    (H_0, H_L), syy = tr(YᵀY)/n (scalar) and the number of examples n (integer scalar)."""
+    """Sufficient statistics of the squared loss ½·mean ||y − f(x)||².
+
+    Attributes:
+      sxx: Σxx = XᵀX/n, shape (H_0, H_0).
+      sxy: Σxy = XᵀY/n, shape (H_0, H_L).
+      syy: tr(YᵀY)/n, a scalar.
+      n: the number of examples (integer scalar).
+    """
 
     sxx: jax.Array
     sxy: jax.Array
@@ -91,8 +97,19 @@ class DLNStatistics(NamedTuple):
 def dln_statistics(x: jax.Array, y: jax.Array, *, chunk_size: int | None = None) -> DLNStatistics:
     """Σxx, Σxy, syy and n of the data (x: (n, H_0), y: (n, H_L)); traceable.
 
-    Computed in float64 under x64, else float32. ``chunk_size`` accumulates the sums over chunks
-    of that many examples (zero-padded, which adds nothing) instead of one product over all n.
+    Computed in float64 under x64, else float32.
+
+    Args:
+      x: (n, H_0) inputs.
+      y: (n, H_L) targets.
+      chunk_size: accumulate the sums over chunks of that many examples (zero-padded, which
+        adds nothing) instead of one product over all n.
+
+    Returns:
+      The ``DLNStatistics``.
+
+    Raises:
+      ValueError: x and y have different numbers of examples.
     """
     n = x.shape[0]
     if y.shape[0] != n:
@@ -134,7 +151,15 @@ def _product(weights: Weights) -> jax.Array:
 def dln_loss_from_statistics(weights: Weights, stats: DLNStatistics) -> jax.Array:
     """L_n(W) = ½[syy − 2⟨F, Σxy⟩ + ⟨F, Σxx F⟩], F = W_1⋯W_L: equals ``problems.dln_loss`` on
     the full data up to float error (absolute error ~eps·syy: use ``dln_excess_loss`` for
-    differences)."""
+    differences).
+
+    Args:
+      weights: (W_1, …, W_L), W_l of shape (H_{l−1}, H_l).
+      stats: the data's ``DLNStatistics``.
+
+    Returns:
+      L_n(W), a scalar.
+    """
     dtype = _float_dtype(stats.sxx, *weights)
     f = _product([w.astype(dtype) for w in weights])
     sxx, sxy = stats.sxx.astype(dtype), stats.sxy.astype(dtype)
@@ -143,7 +168,16 @@ def dln_loss_from_statistics(weights: Weights, stats: DLNStatistics) -> jax.Arra
 
 def dln_excess_loss(weights: Weights, center: Weights, stats: DLNStatistics) -> jax.Array:
     """L_n(W) − L_n(W*) in a cancellation-free form: ⟨D, Σxx F* − Σxy⟩ + ½⟨D, Σxx D⟩ with
-    D = F − F*, F = W_1⋯W_L, F* = W*_1⋯W*_L."""
+    D = F − F*, F = W_1⋯W_L, F* = W*_1⋯W*_L.
+
+    Args:
+      weights: (W_1, …, W_L), W_l of shape (H_{l−1}, H_l).
+      center: W* = (W*_1, …, W*_L).
+      stats: the data's ``DLNStatistics``.
+
+    Returns:
+      L_n(W) − L_n(W*), a scalar.
+    """
     dtype = _float_dtype(stats.sxx, *weights, *center)
     fstar = _product([w.astype(dtype) for w in center])
     sxx = stats.sxx.astype(dtype)
@@ -165,8 +199,17 @@ def _eig(m: jax.Array) -> tuple[jax.Array, jax.Array]:
 class LayerConditional(NamedTuple):
     """The Gaussian conditional of one layer W_l (shape (a, b)) given the others.
 
-    Precision nβ·A ⊗ B + γ·I on row-major vec(W_l), with A = U diag(α) Uᵀ (``row_eigvecs``,
-    ``row_eigvals``) and B = V diag(b) Vᵀ (``col_eigvecs``, ``col_eigvals``); ``mean`` (a, b).
+    Precision nβ·A ⊗ B + γ·I on row-major vec(W_l), with A = U diag(α) Uᵀ and
+    B = V diag(b) Vᵀ.
+
+    Attributes:
+      mean: the conditional mean, shape (a, b).
+      row_eigvals: α, the eigenvalues of A.
+      row_eigvecs: U, the eigenvectors of A.
+      col_eigvals: b, the eigenvalues of B.
+      col_eigvecs: V, the eigenvectors of B.
+      nbeta: nβ.
+      localization: γ.
     """
 
     mean: jax.Array
@@ -267,8 +310,19 @@ def gibbs_sweep(
     """One block-Gibbs sweep: draw W_1 | rest, then W_2 | rest, …, W_L | rest, each exactly.
 
     ``center`` = W* (the localizer's centre); ``localization`` = γ must be > 0 unless every
-    conditional precision nβ·A ⊗ B is non-singular. Traceable; returns the new weights in the
-    working dtype (float64 under x64, else float32). The key is split into one key per layer.
+    conditional precision nβ·A ⊗ B is non-singular. Traceable. The key is split into one key
+    per layer.
+
+    Args:
+      key: a PRNG key.
+      weights: (W_1, …, W_L), W_l of shape (H_{l−1}, H_l).
+      stats: the data's ``DLNStatistics``.
+      center: W*, the localizer's centre.
+      nbeta: nβ.
+      localization: γ.
+
+    Returns:
+      The new weights, in the working dtype (float64 under x64, else float32).
     """
     w, s, c, nb, g = _cast(weights, stats, center, nbeta, localization)
     return block_sweep(key, w, s, c, nb, g)
@@ -283,7 +337,19 @@ def layer_conditional(
     nbeta: float | jax.Array,
     localization: float | jax.Array,
 ) -> LayerConditional:
-    """The Gaussian conditional of ``weights[layer]`` (0-based) given the other layers."""
+    """The Gaussian conditional of ``weights[layer]`` (0-based) given the other layers.
+
+    Args:
+      weights: (W_1, …, W_L), W_l of shape (H_{l−1}, H_l).
+      stats: the data's ``DLNStatistics``.
+      center: W*, the localizer's centre.
+      layer: which layer, 0-based.
+      nbeta: nβ.
+      localization: γ.
+
+    Returns:
+      The ``LayerConditional``.
+    """
     w, s, c, nb, g = _cast(weights, stats, center, nbeta, localization)
     a_mat, g_mat = s.sxx, s.sxy
     for wi in w[:layer]:
@@ -300,11 +366,18 @@ def layer_conditional(
 class GibbsResult(NamedTuple):
     """An exact-sampler LLC estimate (a pytree of arrays).
 
-    ``llc_mean``, ``llc_std`` (across chains, ddof=1; NaN with one chain), ``llc_per_chain``
-    (num_chains,), ``loss_trace`` (num_chains, num_sweeps): the exact full-data L_n(W_t) after
-    each kept sweep, ``burnin_loss_trace`` (num_chains, num_burnin), ``init_loss`` = L_n(W*),
-    ``nbeta``, ``localization``. λ̂_c is computed from the cancellation-free excess
-    L_n(W_t) − L_n(W*), not by subtracting ``init_loss`` from ``loss_trace``.
+    λ̂_c is computed from the cancellation-free excess L_n(W_t) − L_n(W*), not by subtracting
+    ``init_loss`` from ``loss_trace``.
+
+    Attributes:
+      llc_mean: the mean of λ̂_c over chains.
+      llc_std: the std of λ̂_c across chains (ddof=1; NaN with one chain).
+      llc_per_chain: λ̂_c, shape (num_chains,).
+      loss_trace: (num_chains, num_sweeps) the exact full-data L_n(W_t) after each kept sweep.
+      burnin_loss_trace: (num_chains, num_burnin) the same during burn-in.
+      init_loss: L_n(W*).
+      nbeta: nβ.
+      localization: γ.
     """
 
     llc_mean: jax.Array
@@ -397,7 +470,24 @@ def gibbs_llc_from_statistics(
     num_sweeps: int = 2000,
     num_burnin: int = 500,
 ) -> GibbsResult:
-    """``gibbs_llc`` given the statistics instead of the data (nβ default n/log n from stats.n)."""
+    """``gibbs_llc`` given the statistics instead of the data.
+
+    Args:
+      weights_star: (W*_1, …, W*_L), W*_l of shape (H_{l−1}, H_l).
+      stats: the data's ``DLNStatistics``.
+      key: PRNG key; it fully determines the result.
+      nbeta: nβ; ``None`` means n / log n with n = ``stats.n``.
+      localization: γ > 0.
+      num_chains: independent chains, each started at W*.
+      num_sweeps: kept sweeps per chain.
+      num_burnin: discarded sweeps per chain.
+
+    Returns:
+      The ``GibbsResult``.
+
+    Raises:
+      ValueError: bad weights or settings.
+    """
     weights_star = tuple(weights_star)
     _check(weights_star, num_chains, num_sweeps, num_burnin, localization)
     if nbeta is None:
@@ -437,6 +527,9 @@ def gibbs_llc(
     L_n(W_t) − L_n(W*)) with the exact full-data loss; ``llc_mean``/``llc_std`` are the mean and
     ddof=1 std over chains.
 
+    Traceable (integers static): wrap it in ``jax.jit`` with
+    ``static_argnames=("num_chains", "num_sweeps", "num_burnin", "chunk_size")``.
+
     Args:
       weights_star: (W*_1, …, W*_L), W*_l of shape (H_{l−1}, H_l); f(x) = x W_1⋯W_L.
       x: (n, H_0) inputs.
@@ -444,10 +537,17 @@ def gibbs_llc(
       key: PRNG key; it fully determines the result.
       nbeta: nβ; ``None`` means n / log n (``jaxslt.default_nbeta``).
       localization: γ > 0.
+      num_chains: independent chains, each started at W*.
+      num_sweeps: kept sweeps per chain.
+      num_burnin: discarded sweeps per chain.
       chunk_size: accumulate the statistics in chunks of this many examples.
 
-    Traceable (integers static): wrap it in ``jax.jit`` with
-    ``static_argnames=("num_chains", "num_sweeps", "num_burnin", "chunk_size")``.
+    Returns:
+      The ``GibbsResult``.
+
+    Raises:
+      ValueError: bad weights (not matrices, shapes that do not chain or match the data) or
+        settings.
     """
     weights_star = tuple(weights_star)
     _check(weights_star, num_chains, num_sweeps, num_burnin, localization, x.shape[1], y.shape[1])

@@ -35,14 +35,46 @@ import jax.numpy as jnp
 
 from jaxslt.noise import tree_normal
 from jaxslt.posterior import LocalizedPosterior, sq_distance
+from jaxslt.types import PyTree
 
-PyTree = Any
+__all__ = [
+    "DEFAULT_FRICTION",
+    "SAMPLERS",
+    "BlackjaxState",
+    "MALAState",
+    "RMSPropSGLDState",
+    "ResolvedKernel",
+    "SGHMCState",
+    "SGLDState",
+    "SGNHTState",
+    "SamplerCapabilities",
+    "SamplingKernel",
+    "StepInfo",
+    "from_blackjax",
+    "make_kernel",
+    "mala",
+    "register_sampler",
+    "rmsprop_sgld",
+    "sampler_capabilities",
+    "sghmc",
+    "sgld",
+    "sgld_acceptance",
+    "sgld_checks",
+    "sgnht",
+    "state_position",
+    "unregister_sampler",
+]
 
 
 class StepInfo(NamedTuple):
-    """What one transition reports: ``loss`` = L_B(w_t) before the update; ``accept_prob`` for
-    Metropolis-adjusted kernels; ``grad`` = ∇log p(w_t) on the batch where the kernel has it
-    (reused by in-loop checks; XLA drops it when nothing reads it)."""
+    """What one transition reports.
+
+    Attributes:
+      loss: L_B(w_t), the minibatch loss at the position before the update (the trace).
+      accept_prob: the Metropolis acceptance probability, for adjusted kernels; else None.
+      grad: ∇log p(w_t) on the batch where the kernel has it (reused by in-loop checks; XLA
+        drops it when nothing reads it); else None.
+    """
 
     loss: jax.Array
     accept_prob: jax.Array | None = None
@@ -50,8 +82,13 @@ class StepInfo(NamedTuple):
 
 
 class SamplingKernel(NamedTuple):
-    """``init(position, rng_key, minibatch) -> state``;
-    ``step(rng_key, state, minibatch, step_size) -> (state, StepInfo)``."""
+    """A sampler in blackjax's ``init``/``step`` form, with the loss in the step info.
+
+    Attributes:
+      init: ``init(position, rng_key, minibatch) -> state``.
+      step: ``step(rng_key, state, minibatch, step_size) -> (state, StepInfo)``; ``step_size``
+        is ε, jaxslt's SGLD noise variance.
+    """
 
     init: Callable[..., Any]
     step: Callable[[jax.Array, Any, PyTree, jax.Array], tuple[Any, StepInfo]]
@@ -80,6 +117,12 @@ def sgld(posterior: LocalizedPosterior) -> SamplingKernel:
 
     i.e. blackjax's x + h·∇log p + √(2h)·ξ with h = ε/2. The loss and the gradient come from one
     fused ``value_and_grad``.
+
+    Args:
+      posterior: the ``LocalizedPosterior`` to sample (``jaxslt.localized_posterior``).
+
+    Returns:
+      A ``SamplingKernel`` (``init``, ``step``).
     """
 
     def init(position, rng_key=None, minibatch=None) -> SGLDState:
@@ -121,6 +164,16 @@ def rmsprop_sgld(
     with ``adapt_steps = k`` the moments adapt during the first k steps (set it to the burn-in:
     ``estimate_llc`` does) and are frozen afterwards, so the kept draws come from Langevin
     dynamics with a constant preconditioner, which needs no correction. ``None`` adapts forever.
+
+    Args:
+      posterior: the ``LocalizedPosterior`` to sample (``jaxslt.localized_posterior``).
+      decay: the moments' decay per step.
+      eps: added to √v̂ in G; it bounds G ≤ 1/eps.
+      adapt_steps: adapt the moments during the first ``adapt_steps`` steps, then freeze
+        them; ``None`` adapts forever.
+
+    Returns:
+      A ``SamplingKernel`` (``init``, ``step``).
     """
 
     def init(position, rng_key=None, minibatch=None) -> RMSPropSGLDState:
@@ -181,6 +234,13 @@ def sghmc(posterior: LocalizedPosterior, *, friction: float = DEFAULT_FRICTION) 
     the regular linear-Gaussian model (d = 8, n = 5000, batch 500, γ = 1, ε = 1e-4, f = 0.1,
     8 chains): 4.98 against SGLD's 4.06 and the exact 3.99 (+25%). ``estimate_llc``'s step
     check counts that share (``LocalGeometry.noise_gain`` = 1/f) and warns (docs/method.md §3.3).
+
+    Args:
+      posterior: the ``LocalizedPosterior`` to sample (``jaxslt.localized_posterior``).
+      friction: f ∈ (0, 1], the momentum's decay per step (1 = SGLD).
+
+    Returns:
+      A ``SamplingKernel`` (``init``, ``step``).
     """
 
     def init(position, rng_key, minibatch=None) -> SGHMCState:
@@ -218,6 +278,13 @@ def sgnht(posterior: LocalizedPosterior, *, friction: float = DEFAULT_FRICTION) 
     momentum of a chain at unit temperature has variance 1/(1 − ζ/2) (the stationary solution
     of p ← (1 − ζ)p + √(2ζ)η), and thermostatting pᵀp/d to 1 would cool the positions by that
     factor (5% at ζ = 0.1). (blackjax's ``sgnht`` flattens the tree for its noise.)
+
+    Args:
+      posterior: the ``LocalizedPosterior`` to sample (``jaxslt.localized_posterior``).
+      friction: f, the injected noise's friction and the thermostat's starting value.
+
+    Returns:
+      A ``SamplingKernel`` (``init``, ``step``).
     """
 
     def init(position, rng_key, minibatch=None) -> SGNHTState:
@@ -261,6 +328,12 @@ def mala(posterior: LocalizedPosterior) -> SamplingKernel:
     the current point's values are carried in the state. A non-finite proposal is rejected.
     Not a wrapper of ``blackjax.mala``: that one closes over a position-only log density (no
     batch argument for this runner) and flattens the pytree for its noise.
+
+    Args:
+      posterior: the ``LocalizedPosterior`` to sample (``jaxslt.localized_posterior``).
+
+    Returns:
+      A ``SamplingKernel`` (``init``, ``step``).
     """
 
     def evaluate(position, batch):
@@ -380,6 +453,15 @@ def from_blackjax(
     the step gets h = ε/2. Its noise is drawn by flattening the whole pytree: fine for small
     models, not for sharded or bf16 ones (use jaxslt's own kernels there). ``blackjax.sghmc``
     runs ``num_integration_steps`` (default 10) gradient steps per recorded draw.
+
+    Args:
+      algorithm: the blackjax algorithm, e.g. ``blackjax.sghmc``.
+      loss_fn: ``loss_fn(params, batch) -> scalar``, for the trace's loss.
+      posterior: the ``LocalizedPosterior`` to sample (``jaxslt.localized_posterior``).
+      **kwargs (Any): keyword arguments of ``algorithm`` (besides the gradient estimator).
+
+    Returns:
+      A ``SamplingKernel`` (``init``, ``step``).
     """
     alg = algorithm(posterior.grad_estimator, **kwargs)
     takes_key = "rng_key" in inspect.signature(alg.init).parameters
@@ -434,20 +516,22 @@ class SamplerCapabilities(NamedTuple):
     (``register_sampler``) or on a factory as its attribute ``capabilities``. All off by default:
     a sampler gets a check or a special handling only by declaring it.
 
-    - ``full_batch``: its kernel needs the exact density (e.g. a Metropolis test on the full
-      data): ``estimate_llc`` runs it with ``batch_size = n`` and rejects any other batch size.
-    - ``sgld_transition``: each step is w′ = w + (ε/2)·∇log p(w) + N(0, ε·I) on the step's batch
-      and its state has ``.position`` (``state_position``), so the in-loop MALA acceptance and
-      curvature checks (``sgld_checks``: ``result.mala_accept``, ``geometry.trace_h_draws``)
-      are meaningful. A step that reports its gradient (``StepInfo.grad``) saves one gradient
-      per check.
-    - ``adapts_during_burnin``: the name of an option that ``estimate_llc`` sets to
-      ``num_burnin`` unless the user gives it (rmsprop_sgld's ``"adapt_steps"``: the
-      preconditioner adapts during burn-in and is frozen for the kept draws).
-    - ``noise_gain``: ``options -> float``, how many times SGLD's share of the minibatch-noise
-      heating this sampler has with these ``sampler_options`` (as given, defaults not filled
-      in); the step check multiplies the gradient-noise term of its bias bound by it
-      (``LocalGeometry.noise_gain``; sghmc: 1/friction). None means 1.
+    Attributes:
+      full_batch: its kernel needs the exact density (e.g. a Metropolis test on the full
+        data): ``estimate_llc`` runs it with ``batch_size = n`` and rejects any other batch
+        size.
+      sgld_transition: each step is w′ = w + (ε/2)·∇log p(w) + N(0, ε·I) on the step's batch
+        and its state has ``.position`` (``state_position``), so the in-loop MALA acceptance
+        and curvature checks (``sgld_checks``: ``result.mala_accept``,
+        ``geometry.trace_h_draws``) are meaningful. A step that reports its gradient
+        (``StepInfo.grad``) saves one gradient per check.
+      adapts_during_burnin: the name of an option that ``estimate_llc`` sets to
+        ``num_burnin`` unless the user gives it (rmsprop_sgld's ``"adapt_steps"``: the
+        preconditioner adapts during burn-in and is frozen for the kept draws).
+      noise_gain: ``options -> float``, how many times SGLD's share of the minibatch-noise
+        heating this sampler has with these ``sampler_options`` (as given, defaults not filled
+        in); the step check multiplies the gradient-noise term of its bias bound by it
+        (``LocalGeometry.noise_gain``; sghmc: 1/friction). None means 1.
     """
 
     full_batch: bool = False
@@ -509,6 +593,32 @@ def register_sampler(
     names can be overwritten but not unregistered. Replacing an entry (or
     ``unregister_sampler``) clears JAX's compilation caches (``jax.clear_caches``), since
     compiled estimators are cached under the sampler's name: the next runs recompile.
+
+    Args:
+      name: the name ``sampler=`` will take.
+      factory: ``factory(loss_fn, posterior, **options) -> SamplingKernel``.
+      capabilities: what the estimator may assume about it; ``None``: the factory's own
+        ``capabilities`` attribute, else none.
+      overwrite: replace an existing registration of ``name``.
+
+    Raises:
+      ValueError: ``name`` is taken (and ``overwrite`` is False), or ``capabilities`` names an
+        option the factory does not take.
+      TypeError: a bad name, factory, ``overwrite`` or ``capabilities``.
+
+    Examples:
+      An SGLD variant (here plain SGLD), declared an SGLD transition so that the MALA
+      acceptance check judges its steps:
+
+      >>> import jaxslt
+      >>> from jaxslt.kernels import unregister_sampler
+      >>> def my_sgld(loss_fn, posterior):
+      ...     return jaxslt.sgld(posterior)
+      >>> caps = jaxslt.SamplerCapabilities(sgld_transition=True)
+      >>> jaxslt.register_sampler("my_sgld", my_sgld, caps)
+      >>> "my_sgld" in jaxslt.SAMPLERS  # now estimate_llc(..., sampler="my_sgld") works
+      True
+      >>> unregister_sampler("my_sgld")
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty string; got {name!r}")

@@ -29,7 +29,13 @@ import numpy as np
 import optax
 from jax import lax
 
-PyTree = Any
+from jaxslt.types import PyTree
+
+__all__ = [
+    "normal",
+    "threefry2x32",
+    "tree_normal",
+]
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)

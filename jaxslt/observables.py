@@ -28,8 +28,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxslt.posterior import map_chunks
+from jaxslt.types import PyTree
 
-PyTree = Any
+__all__ = [
+    "Observables",
+    "PointwiseMoments",
+    "init_moments",
+    "observables",
+    "per_example_losses",
+    "update_moments",
+]
 
 
 class PointwiseMoments(NamedTuple):
@@ -44,9 +52,20 @@ class PointwiseMoments(NamedTuple):
 
 class Observables(NamedTuple):
     """The quantities of the module docstring, pooled over the healthy chains (scalars).
-    ``per_chain`` holds the same quantities from each chain's own draws (shape (num_chains,),
-    NaN for diverged chains): their spread measures the Monte-Carlo error.
-    ``num_evaluations``: full-data evaluations per chain."""
+
+    With l_i the per-example loss, β = nβ/n and E_p, Var_p over the evaluated draws.
+
+    Attributes:
+      functional_variance: V_n = Σ_i Var_p[l_i(w)].
+      singular_fluctuation: ν̂ = (β/2)·V_n.
+      bayes_train_loss: T_n = −(1/n) Σ_i log E_p[exp(−l_i(w))].
+      gibbs_train_loss: G_t = E_p[L_n(w)].
+      waic: T_n + (β/n)·V_n.
+      wbic: n·E_p[L_n(w)] (Watanabe's WBIC when nβ = n/log n and γ = 0).
+      num_evaluations: full-data evaluations per chain.
+      per_chain: the same quantities from each chain's own draws (shape (num_chains,), NaN
+        for diverged chains): their spread measures the Monte-Carlo error.
+    """
 
     functional_variance: jax.Array
     singular_fluctuation: jax.Array

@@ -17,12 +17,42 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-PyTree = Any
+from jaxslt.types import PyTree
+
+__all__ = [
+    "LocalizedPosterior",
+    "LossFn",
+    "default_nbeta",
+    "full_data_loss",
+    "localized_posterior",
+    "map_chunks",
+    "running_llc",
+    "sq_distance",
+]
+
 LossFn = Callable[[PyTree, PyTree], jax.Array]
 
 
 def default_nbeta(n: int) -> float:
-    """nβ = n / log n (β* = 1/log n, Watanabe's WBIC temperature), with n the data-set size."""
+    """nβ = n / log n (β* = 1/log n, Watanabe's WBIC temperature), with n the data-set size.
+
+    Args:
+      n: the number of examples (at least 2).
+
+    Returns:
+      n / log n.
+
+    Raises:
+      ValueError: n < 2.
+
+    Examples:
+      >>> import math
+      >>> from jaxslt import default_nbeta
+      >>> round(default_nbeta(1000), 2)
+      144.76
+      >>> default_nbeta(1000) == 1000 / math.log(1000)
+      True
+    """
     if n < 2:
         raise ValueError(f"nbeta=None needs at least 2 examples to form n/log n; got n={n}")
     return n / math.log(n)
@@ -45,17 +75,21 @@ def sq_distance(w: PyTree, center: PyTree) -> jax.Array:
 class LocalizedPosterior(NamedTuple):
     """Pure functions of (position, minibatch) for the localized tempered posterior.
 
-    - ``logdensity_fn(w, batch)`` = −nβ·L_B(w) − (γ/2)·||w − w*||² (unnormalised; exact with the
-      full data as the batch).
-    - ``grad_estimator(w, batch)`` = ∇ log p estimated on the batch: −nβ·∇L_B(w) − γ·(w − w*).
-      This is the form blackjax's SG-MCMC kernels take (``blackjax.sgld(grad_estimator)``),
-      with temperature 1: nβ lives in the likelihood and γ in the prior.
-    - ``value_and_grad(w, batch)`` = (L_B(w), ∇ log p estimate), fused in one backward pass; the
-      loss is what the sampler records in its trace.
-    - ``logdensity_from_loss(w, loss)`` = −nβ·loss − (γ/2)·||w − w*||², for kernels that already
-      hold the loss (MALA) and need no second forward pass.
-    - ``localizer_grad(w)`` = −γ·(w − w*), the localizer's part of the gradient (preconditioners
-      subtract it to see the loss gradient alone).
+    p(w) ∝ exp(−nβ·L_n(w) − (γ/2)·||w − w*||²); each function takes a minibatch, on which
+    L_B replaces L_n (exact with the full data as the batch).
+
+    Attributes:
+      logdensity_fn: ``(w, batch) ->`` −nβ·L_B(w) − (γ/2)·||w − w*||² (unnormalised).
+      grad_estimator: ``(w, batch) ->`` ∇ log p estimated on the batch,
+        −nβ·∇L_B(w) − γ·(w − w*). This is the form blackjax's SG-MCMC kernels take
+        (``blackjax.sgld(grad_estimator)``), with temperature 1: nβ lives in the likelihood
+        and γ in the prior.
+      value_and_grad: ``(w, batch) ->`` (L_B(w), ∇ log p estimate), fused in one backward
+        pass; the loss is what the sampler records in its trace.
+      logdensity_from_loss: ``(w, loss) ->`` −nβ·loss − (γ/2)·||w − w*||², for kernels that
+        already hold the loss (MALA) and need no second forward pass.
+      localizer_grad: ``w ->`` −γ·(w − w*), the localizer's part of the gradient
+        (preconditioners subtract it to see the loss gradient alone).
     """
 
     logdensity_fn: Callable[[PyTree, PyTree], jax.Array]
@@ -70,8 +104,31 @@ def localized_posterior(
 ) -> LocalizedPosterior:
     """Build the localized tempered posterior around ``center`` = w*.
 
-    ``loss_fn(params, batch)`` must return the scalar mean loss over the batch. ``nbeta`` and
-    ``localization`` may be traced values (changing them does not retrace a jitted caller).
+    p(w) ∝ exp(−nβ·L_n(w) − (γ/2)·||w − w*||²), as pure functions of (w, minibatch).
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, the mean loss over the batch.
+      center: w*, the pytree the localizer pulls towards.
+      nbeta: nβ, the weight on the mean loss; may be traced (changing it does not retrace a
+        jitted caller).
+      localization: γ ≥ 0; may be traced too.
+
+    Returns:
+      A ``LocalizedPosterior`` of pure functions (log density, gradient estimate, fused
+      value-and-gradient).
+
+    Examples:
+      With L(w) = ½||w||² (the batch unused), w* = 0, nβ = 10 and γ = 2, at w = (1, 1):
+      log p = −10·1 − (2/2)·2 = −12 and ∇log p = −(10 + 2)·w.
+
+      >>> import jax.numpy as jnp
+      >>> from jaxslt import localized_posterior
+      >>> loss = lambda w, batch: 0.5 * jnp.sum(w**2)
+      >>> post = localized_posterior(loss, jnp.zeros(2), nbeta=10.0, localization=2.0)
+      >>> float(post.logdensity_fn(jnp.ones(2), None))
+      -12.0
+      >>> post.grad_estimator(jnp.ones(2), None).tolist()
+      [-12.0, -12.0]
     """
 
     def logdensity_from_loss(w, loss):

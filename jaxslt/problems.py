@@ -27,7 +27,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from numbers import Real
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +35,7 @@ import numpy as np
 
 from jaxslt import truth as _truth
 from jaxslt.truth import checked_int  # the same integer checks as the ground truths
-
-PyTree = Any
+from jaxslt.types import PyTree
 
 __all__ = [
     "Problem",
@@ -55,7 +54,22 @@ __all__ = [
 
 
 class Problem(NamedTuple):
-    """A reference problem; see the module docstring for the fields."""
+    """A reference problem: everything ``estimate_llc`` needs, plus the exact answers.
+
+    Attributes:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, the mean loss L_n over the batch; the
+        same settings give the *same* function object, so a second ``estimate_llc`` call
+        reuses the compiled program.
+      params: the point w* whose LLC is measured.
+      data: a pytree of arrays with a leading example axis of length n.
+      truth: the exact ``(llc, multiplicity)`` of ``jaxslt.truth`` at w*.
+      nbeta: the nβ the target assumes (``None``: the estimator's default n / log n).
+      localization: the γ the target assumes (and a sensible default for the problem).
+      target: the exact finite-nβ expected estimate E_p[λ̂] = nβ·(E_p[L_n] − L_n(w*)) under
+        p(w) ∝ exp(−nβ·L_n(w) − γ/2·||w − w*||²), where it can be computed exactly; ``None``
+        otherwise. ``truth`` is its nβ → ∞ (γ fixed) limit.
+      name: a short description.
+    """
 
     loss_fn: Callable[[PyTree, PyTree], jax.Array]
     params: PyTree
@@ -93,7 +107,15 @@ def _num_examples(num_examples: object) -> int:
 
 
 def dln_forward(weights: Sequence[jax.Array], x: jax.Array) -> jax.Array:
-    """f(x) = W_L ⋯ W_1 x for a batch of row vectors x (weights stored as (H_{l-1}, H_l))."""
+    """f(x) = W_L ⋯ W_1 x for a batch of row vectors x (weights stored as (H_{l-1}, H_l)).
+
+    Args:
+      weights: (W_1, …, W_L), W_l of shape (H_{l−1}, H_l).
+      x: (batch, H_0) inputs.
+
+    Returns:
+      (batch, H_L) outputs x W_1 ⋯ W_L.
+    """
     for w in weights:
         x = x @ w
     return x
@@ -104,13 +126,31 @@ def _half_sq_error(y: jax.Array, f: jax.Array) -> jax.Array:
 
 
 def dln_loss(weights: Sequence[jax.Array], batch: tuple[jax.Array, jax.Array]) -> jax.Array:
-    """Mean over the batch of the Gaussian negative log-likelihood ½·||y − f(x)||² (σ = 1)."""
+    """Mean over the batch of the Gaussian negative log-likelihood ½·||y − f(x)||² (σ = 1).
+
+    Args:
+      weights: (W_1, …, W_L), as for ``dln_forward``.
+      batch: (x, y), shapes (batch, H_0) and (batch, H_L).
+
+    Returns:
+      The scalar mean loss.
+    """
     x, y = batch
     return _half_sq_error(y, dln_forward(weights, x))
 
 
 def identity_block(rows: int, cols: int, rank: int, dtype=jnp.float32) -> jax.Array:
-    """The zero-padded identity block [[I_r, 0], [0, 0]] of shape (rows, cols)."""
+    """The zero-padded identity block [[I_r, 0], [0, 0]] of shape (rows, cols).
+
+    Args:
+      rows: the number of rows.
+      cols: the number of columns.
+      rank: r, the size of the identity block.
+      dtype (jax.typing.DTypeLike): the array's dtype.
+
+    Returns:
+      The (rows, cols) array.
+    """
     return jnp.asarray(np.eye(rows, cols) * (np.arange(cols) < rank), dtype)
 
 
@@ -213,6 +253,23 @@ def deep_linear_network(
       calls ``nnx.merge(graphdef, state)``.
 
     All three give the same loss value at the same weights, and the same data and truth.
+
+    Args:
+      widths: H_0 (input), …, H_L (output).
+      rank: the rank of the teacher map.
+      key: a PRNG key for the data (and the teacher).
+      num_examples: n.
+      noise: the standard deviation of the target noise ξ.
+      dtype (jax.typing.DTypeLike): the dtype of params and data.
+      module: ``None``, ``"linen"`` or ``"nnx"`` (above).
+      localization: the problem's γ.
+
+    Returns:
+      The ``Problem``.
+
+    Raises:
+      ValueError: bad widths, rank, sizes or ``module``.
+      TypeError: arguments of the wrong type.
     """
     if module not in (None, "linen", "nnx"):
         raise ValueError(f"module must be None, 'linen' or 'nnx'; got {module!r}")
@@ -263,6 +320,25 @@ def reduced_rank_regression(
     y = BAx + noise·ξ, loss ½||y − BAx||² averaged over examples (L_n(w*) = 0 when noise = 0).
     truth = ``jaxslt.truth.reduced_rank_regression(M, H, N, rank)`` (Aoyagi & Watanabe 2005);
     target None. Every keyword means what it means in ``deep_linear_network``.
+
+    Args:
+      M: the input dimension.
+      H: the hidden dimension.
+      N: the output dimension.
+      rank: the rank of the teacher BA.
+      key: a PRNG key for the data (and the teacher).
+      num_examples: n.
+      noise: the standard deviation of the target noise ξ.
+      dtype (jax.typing.DTypeLike): the dtype of params and data.
+      module: ``None``, ``"linen"`` or ``"nnx"``, as in ``deep_linear_network``.
+      localization: the problem's γ.
+
+    Returns:
+      The ``Problem``.
+
+    Raises:
+      ValueError: bad dimensions, rank, sizes or ``module``.
+      TypeError: arguments of the wrong type.
     """
     lc = _truth.reduced_rank_regression(M, H, N, rank)  # validates
     p = deep_linear_network(
@@ -317,6 +393,24 @@ def normal_crossing_target(k: Sequence[int], *, t: float, localization: float = 
     and t/(2t + γ) for k = 1) and independent adaptive quadrature (scipy.integrate.quad, nested;
     for k = (1, 1) with the inner Gaussian integral done analytically) to ~1e−15 relative, and
     reproduces the table of docs/method.md §7.2. Cost: milliseconds.
+
+    Args:
+      k: the exponents k_i ≥ 0; one or two positive.
+      t: nβ > 0.
+      localization: γ ≥ 0 (> 0 with two positive k_i).
+
+    Returns:
+      E_p[t·K], a float.
+
+    Raises:
+      ValueError: more than two positive k_i, or γ = 0 with two.
+
+    Examples:
+      For k = (1,) the closed form is t/(2t + γ): 10/21 at t = 10, γ = 1.
+
+      >>> from jaxslt.problems import normal_crossing_target
+      >>> round(normal_crossing_target([1], t=10.0, localization=1.0), 6) == round(10 / 21, 6)
+      True
     """
     _truth.normal_crossing(k)  # validates k
     ks = [int(v) for v in k if v > 0]
@@ -374,6 +468,19 @@ def normal_crossing(
     ``normal_crossing_target`` (relative error ~1e−15); None with more than two positive k_i.
     With γ = 0 the target exists only for one positive k_i, and is then exactly 1/(2k).
     ``nbeta`` = t, ``localization`` = γ (default 1, as in docs/method.md §7.2).
+
+    Args:
+      k: the exponents k_i ≥ 0, at least one positive.
+      t: nβ > 0.
+      localization: γ ≥ 0 (> 0 with two or more positive k_i).
+      dtype (jax.typing.DTypeLike): the dtype of params and data.
+
+    Returns:
+      The ``Problem``.
+
+    Raises:
+      ValueError: bad exponents, t ≤ 0, or γ = 0 with two or more positive k_i.
+      TypeError: arguments of the wrong type.
     """
     lc = _truth.normal_crossing(k)  # validates k
     ks = tuple(int(v) for v in k)
@@ -397,7 +504,15 @@ def normal_crossing(
 
 
 def linear_regression_loss(w: jax.Array, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
-    """½·mean over the batch of (y − x·w)²."""
+    """½·mean over the batch of (y − x·w)².
+
+    Args:
+      w: (d,) weights.
+      batch: (x, y), shapes (batch, d) and (batch,).
+
+    Returns:
+      The scalar mean loss.
+    """
     x, y = batch
     return 0.5 * jnp.mean(jnp.square(y - x @ w))
 
@@ -420,6 +535,32 @@ def regular_linear_gaussian(
     truth = ``jaxslt.truth.regular(d)``. With nβ = n/log n and the isotropic localizer the
     posterior is Gaussian, so target = Σ_i nβ h_i / (2(nβ h_i + γ)) exactly
     (``jaxslt.truth.quadratic_posterior``), h_i the eigenvalues of H; → d/2 as γ → 0.
+
+    Args:
+      d: the number of parameters.
+      key: a PRNG key for the data (and the teacher).
+      num_examples: n (at least d).
+      noise: the standard deviation of the target noise ξ.
+      localization: the problem's γ.
+      dtype (jax.typing.DTypeLike): the dtype of params and data.
+
+    Returns:
+      The ``Problem``, with ``nbeta`` = n/log n and the exact ``target``.
+
+    Raises:
+      ValueError: d < 1, n < d, bad settings or a singular design.
+      TypeError: arguments of the wrong type.
+
+    Examples:
+      >>> import jax
+      >>> from jaxslt import problems
+      >>> p = problems.regular_linear_gaussian(2, key=jax.random.key(0), num_examples=256)
+      >>> p.truth
+      LearningCoefficient(llc=Fraction(1, 1), multiplicity=1)
+      >>> p.params.shape, p.loss_fn is problems.linear_regression_loss
+      ((2,), True)
+      >>> bool(0 < p.target < p.truth.llc)  # γ > 0 pulls the finite-nβ target below d/2
+      True
     """
     d = checked_int("d", d, 1)
     lc = _truth.regular(d)
@@ -459,7 +600,15 @@ def regular_linear_gaussian(
 
 
 def tanh_loss(params: dict[str, jax.Array], batch: tuple[jax.Array, jax.Array]) -> jax.Array:
-    """½·mean over the batch of (y − Σ_j a_j tanh(b_j x))², x and y scalars."""
+    """½·mean over the batch of (y − Σ_j a_j tanh(b_j x))², x and y scalars.
+
+    Args:
+      params: ``{"a": (H,), "b": (H,)}``.
+      batch: (x, y), shapes (batch,) and (batch,).
+
+    Returns:
+      The scalar mean loss.
+    """
     x, y = batch
     f = jnp.tanh(x[:, None] * params["b"]) @ params["a"]
     return 0.5 * jnp.mean(jnp.square(y - f))
@@ -479,6 +628,20 @@ def tanh_one_hidden(
     {"a": zeros(H), "b": zeros(H)}, so L_n(w*) = 0 exactly. truth =
     ``jaxslt.truth.tanh_one_hidden(H)``: λ = (H + k² + k)/(4k + 2), k = ⌊√H⌋ (Watanabe 2009).
     target None; ``nbeta`` None (n / log n); ``localization`` as given (default 10).
+
+    Args:
+      H: the number of hidden units.
+      key: a PRNG key for the inputs.
+      num_examples: n.
+      localization: the problem's γ.
+      dtype (jax.typing.DTypeLike): the dtype of params and data.
+
+    Returns:
+      The ``Problem``.
+
+    Raises:
+      ValueError: H < 1 or bad settings.
+      TypeError: arguments of the wrong type.
     """
     lc = _truth.tanh_one_hidden(H)  # validates H
     H = int(H)

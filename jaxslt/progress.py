@@ -14,6 +14,11 @@ from collections.abc import Iterator
 import jax
 from tqdm.auto import tqdm
 
+__all__ = [
+    "progress_bar",
+    "report",
+]
+
 _bars: list[tqdm] = []
 
 

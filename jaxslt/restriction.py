@@ -30,7 +30,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PyTree = Any
+from jaxslt.types import PyTree
+
+__all__ = [
+    "Restriction",
+    "Selection",
+    "glob_to_regex",
+    "make_restriction",
+    "tree_paths",
+]
+
 Selection = str | Sequence[str] | Callable[[str, Any], Any] | PyTree
 
 _FREE, _PARTIAL, _FROZEN = "free", "partial", "frozen"
@@ -52,8 +61,24 @@ def _leaf_path(path: tuple) -> str:
 
 def tree_paths(params: PyTree) -> list[str]:
     """The "/"-joined path of every leaf of ``params``, in leaf order: what ``restrict=``
-    patterns match. Dict keys, attribute names and sequence indices become segments; the
-    ``value`` attribute of NNX Variables is dropped (``"layers/0/kernel"``)."""
+    patterns match.
+
+    Dict keys, attribute names and sequence indices become segments; the ``value`` attribute
+    of NNX Variables is dropped (``"layers/0/kernel"``).
+
+    Args:
+      params: any pytree.
+
+    Returns:
+      One path per leaf, in ``jax.tree.leaves`` order.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxslt import tree_paths
+      >>> params = {"layer": {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}, "head": [jnp.ones(3)]}
+      >>> tree_paths(params)
+      ['head/0', 'layer/b', 'layer/w']
+    """
     return [_leaf_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
@@ -94,15 +119,23 @@ def glob_to_regex(pattern: str) -> re.Pattern:
 
 @jax.tree_util.register_pytree_node_class
 class Restriction:
-    """Which elements of each leaf are sampled.
+    """Which elements of each leaf are sampled (build one with ``make_restriction``).
 
-    ``kinds[i]`` is ``"free"`` (whole leaf sampled), ``"frozen"`` or ``"partial"`` (the flat
-    indices ``indices[i]`` are sampled). ``gather(w)`` returns the tuple of sampled parts of
-    the non-frozen leaves; ``scatter(w, v)`` writes them back into ``w``.
+    ``gather(w)`` returns the tuple of sampled parts v of the non-frozen leaves;
+    ``scatter(w, v)`` writes them back into ``w``.
 
     A pytree: the index arrays are its leaves and the layout (structure, shapes, kinds) its
     static part, so under ``jit`` two selections of the same layout and sizes (say two heads
     of one layer) share one compiled program.
+
+    Attributes:
+      treedef: the structure of ``params``.
+      shapes: the shape of each leaf.
+      kinds: per leaf, ``"free"`` (whole leaf sampled), ``"frozen"`` or ``"partial"`` (the
+        flat indices ``indices[i]`` are sampled).
+      indices: per leaf, the sampled flat indices of a ``"partial"`` leaf (int32), else None.
+      paths: the ``tree_paths`` of the leaves.
+      num_free: the number of sampled scalar parameters.
     """
 
     def __init__(self, treedef, shapes, kinds, indices, paths):
@@ -178,9 +211,38 @@ def _as_mask(value: Any, shape: tuple, where: str) -> np.ndarray:
 
 
 def make_restriction(params: PyTree, restrict: Selection | Restriction) -> Restriction:
-    """Build the ``Restriction`` of ``params`` that ``restrict`` selects (see the module
-    docstring for the three forms). Raises ValueError when a pattern matches no leaf or
-    nothing at all is selected, listing the available paths."""
+    """Build the ``Restriction`` of ``params`` that ``restrict`` selects.
+
+    The weight-refined LLC λ(w*; V) samples only the selected weights v and freezes the rest
+    at w* (see the module docstring).
+
+    Args:
+      params: w*, the pytree to select from.
+      restrict: glob pattern(s) over ``tree_paths(params)``, a predicate
+        ``(path, leaf) -> bool or boolean array of leaf.shape``, a mask pytree with the
+        structure of ``params``, or a ``Restriction`` (returned as is).
+
+    Returns:
+      The ``Restriction``: which elements of each leaf are sampled.
+
+    Raises:
+      ValueError: a pattern matches no leaf, or nothing at all is selected (the message
+        lists the available paths); a mask of the wrong structure or shape.
+      TypeError: a predicate or mask that is not boolean.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxslt import make_restriction
+      >>> params = {"layer": {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}, "head": jnp.ones(3)}
+      >>> r = make_restriction(params, "layer/*")
+      >>> r.kinds, r.num_free
+      (('frozen', 'free', 'free'), 6)
+      >>> make_restriction(params, lambda path, leaf: leaf.ndim == 2).kinds  # a predicate
+      ('frozen', 'frozen', 'free')
+      >>> mask = {"head": jnp.array([True, False, True]), "layer": {"w": False, "b": False}}
+      >>> [v.shape for v in make_restriction(params, mask).gather(params)]  # 2 of head's 3
+      [(2,)]
+    """
     if isinstance(restrict, Restriction):
         return restrict
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)

@@ -108,28 +108,35 @@ _MAD_TO_STD = 1.482602218505602  # 1/Φ⁻¹(3/4): the MAD of a normal sample �
 class Stages:
     """Stages of an LLC curve over training, as found by ``detect_stages``.
 
-    - ``boundaries``: steps where stages begin and end, increasing, first and last checkpoint
-      included: ``len(boundaries) − 1`` stages.
-    - ``critical_points``: one row per critical point, by step: ``step``, ``kind`` ("peak",
-      "trough" or "plateau"), ``value`` (the curve's stage model there; a plateau's mean
-      level), ``curve`` ("llc" or "loss"), ``end_step`` (a plateau's last step; ``step``
-      otherwise) and ``boundary`` (False for a loss point within ``min_stage`` of an LLC
-      boundary, which stands for it). Empty when the LLC is one flat stage and there is no loss.
-    - ``stages``: one row per stage: ``stage`` (0, 1, ...), ``start_step``, ``end_step``,
-      ``kind`` ("rising", "falling" or "flat"), ``llc_start``, ``llc_end``, ``llc_change`` (the
-      LLC's stage model, the continuous piecewise-linear fit through its boundaries),
-      ``llc_change_se`` (its standard error under the noise model: a "flat" stage has
-      |llc_change| ≤ ``significance``·``llc_change_se``, a rising/falling one more) and, with a
-      loss, ``loss_start``, ``loss_end``, ``loss_change`` (the loss's stage model).
-    - ``smoothed`` / ``smoothed_std``: the kernel-smoothed LLC ŷ and its standard error at every
-      checkpoint; ``smoothed_loss``: the smoothed loss (None without one).
-    - ``noise``: σ used for each LLC value; ``scale``: "log" or "linear"; ``bandwidth``: the
-      kernel width h in units of the x axis (decades on a log scale).
-    - ``model``: the LLC's stage model at every checkpoint (residuals y − model are the check
-      that it follows the points: Σ((y − model)/σ)² ≈ N − number of boundaries);
-      ``correlation``: the ρ of the noise model.
-    - ``status``: "ok", or "insufficient" when there were too few checkpoints (fewer than
-      ``needed``) to tell stages from noise: one stage of kind "insufficient", NaN curves.
+    Attributes:
+      boundaries: steps where stages begin and end, increasing, first and last checkpoint
+        included: ``len(boundaries) − 1`` stages.
+      critical_points: a DataFrame, one row per critical point, by step: ``step``, ``kind``
+        ("peak", "trough" or "plateau"), ``value`` (the curve's stage model there; a
+        plateau's mean level), ``curve`` ("llc" or "loss"), ``end_step`` (a plateau's last
+        step; ``step`` otherwise) and ``boundary`` (False for a loss point within
+        ``min_stage`` of an LLC boundary, which stands for it). Empty when the LLC is one flat
+        stage and there is no loss.
+      stages: a DataFrame, one row per stage: ``stage`` (0, 1, ...), ``start_step``,
+        ``end_step``, ``kind`` ("rising", "falling" or "flat"), ``llc_start``, ``llc_end``,
+        ``llc_change`` (the LLC's stage model, the continuous piecewise-linear fit through its
+        boundaries), ``llc_change_se`` (its standard error under the noise model: a "flat"
+        stage has |llc_change| ≤ ``significance``·``llc_change_se``, a rising/falling one
+        more) and, with a loss, ``loss_start``, ``loss_end``, ``loss_change`` (the loss's
+        stage model).
+      smoothed: the kernel-smoothed LLC ŷ at every checkpoint.
+      smoothed_std: its standard error at every checkpoint.
+      smoothed_loss: the smoothed loss (None without one).
+      noise: σ used for each LLC value.
+      scale: "log" or "linear".
+      bandwidth: the kernel width h in units of the x axis (decades on a log scale).
+      model: the LLC's stage model at every checkpoint (residuals y − model are the check
+        that it follows the points: Σ((y − model)/σ)² ≈ N − number of boundaries).
+      correlation: the ρ of the noise model.
+      status: "ok", or "insufficient" when there were too few checkpoints (fewer than
+        ``needed``) to tell stages from noise: one stage of kind "insufficient", NaN curves.
+      needed: the number of checkpoints it takes to tell stages from noise.
+      num_stages: ``len(boundaries) − 1``.
     """
 
     boundaries: np.ndarray
@@ -148,6 +155,7 @@ class Stages:
 
     @property
     def num_stages(self) -> int:
+        """The number of stages, ``len(boundaries) − 1``."""
         return len(self.boundaries) - 1
 
 
@@ -158,7 +166,15 @@ class Stages:
 def step_axis(steps: np.ndarray, scale: Literal["log", "linear"]) -> np.ndarray:
     """x of each checkpoint: the step ("linear"), or log10 of it ("log") through matplotlib's
     ``symlog`` with linthresh = the first positive step s₁ and linscale = 1 (x = s/s₁ below s₁,
-    1 + log10(s/s₁) above), so a step 0 sits as far left of s₁ as 1 is of 10."""
+    1 + log10(s/s₁) above), so a step 0 sits as far left of s₁ as 1 is of 10.
+
+    Args:
+      steps: the training step of each checkpoint, increasing.
+      scale: "log" or "linear".
+
+    Returns:
+      x of each checkpoint, as floats.
+    """
     steps = np.asarray(steps, dtype=float)
     if scale == "linear":
         return steps
@@ -168,7 +184,15 @@ def step_axis(steps: np.ndarray, scale: Literal["log", "linear"]) -> np.ndarray:
 
 def axis_scale(steps: np.ndarray, scale: str = "auto") -> str:
     """The x axis a curve over ``steps`` is read (and drawn) on: ``scale`` itself unless
-    "auto"; then "log" when the positive steps span more than two decades, else "linear"."""
+    "auto"; then "log" when the positive steps span more than two decades, else "linear".
+
+    Args:
+      steps: the training step of each checkpoint, increasing.
+      scale: "auto", "log" or "linear".
+
+    Returns:
+      "log" or "linear".
+    """
     return _resolve_scale(np.asarray(steps, dtype=float), scale)
 
 
@@ -251,7 +275,17 @@ def adjacent_correlation(curves: np.ndarray) -> float:
     z_rt = (λ̂_rt − mean_r λ̂_rt)/sd_r, ρ̂ = R/(R − 1)·mean over r, t of z_rt z_r,t+1 (the
     deviations from the mean over keys have correlation −1/(R − 1) across keys; R/(R − 1)
     undoes the shrinkage of the within-key products). Pass it as ``detect_stages(correlation=)``
-    (clipped to [0, 0.99])."""
+    (clipped to [0, 0.99]).
+
+    Args:
+      curves: R × T, R ≥ 3 repeats of a curve over T ≥ 2 checkpoints.
+
+    Returns:
+      ρ̂ (not clipped).
+
+    Raises:
+      ValueError: ``curves`` is not R × T with R ≥ 3 and T ≥ 2.
+    """
     c = np.asarray(curves, dtype=float)
     if c.ndim != 2 or c.shape[0] < 3 or c.shape[1] < 2:
         raise ValueError(f"curves must be R × T with R ≥ 3 repeats and T ≥ 2; got {c.shape}")
@@ -272,6 +306,15 @@ def noise_scale(x: np.ndarray, y: np.ndarray, bandwidth: float, correlation: flo
     - the residual variance of the local-linear fit ŷ = S·y of width ``bandwidth``: RSS/tr M
       with M = (I − S) R (I − S)ᵀ, R_ij = ρ^|i−j| (E[RSS] = σ² tr M; for white noise
       tr M = N − 2·tr S + tr SᵀS), about twice as precise as the MAD.
+
+    Args:
+      x: the x axis of each point (``step_axis``).
+      y: the curve's values.
+      bandwidth: the width of the local-linear fit, in units of x.
+      correlation: ρ, the correlation of adjacent errors.
+
+    Returns:
+      σ, the larger of the two estimates.
     """
     return _noise(
         np.asarray(x, dtype=float), np.asarray(y, dtype=float), bandwidth, float(correlation)
@@ -745,6 +788,21 @@ def detect_stages(
         ValueError: mismatched lengths, steps not strictly increasing, NaN/inf values (naming
             the index and step), negative ``llc_std``, bad knobs.
         TypeError: non-numeric input.
+
+    Warns:
+        StagesWarning: too few checkpoints to tell stages from noise (``status``
+            "insufficient").
+
+    Examples:
+        A curve that rises until step 2000 and then stays flat:
+
+        >>> import numpy as np
+        >>> import jaxslt
+        >>> steps = np.arange(0, 4000, 100)
+        >>> llc = np.minimum(steps, 2000) / 200
+        >>> stages = jaxslt.detect_stages(steps, llc, llc_std=0.1)
+        >>> stages.stages[["start_step", "end_step", "kind"]].values.tolist()
+        [[0, 2000, 'rising'], [2000, 3900, 'flat']]
     """
     s = as_curve("steps", steps)
     gaps = np.flatnonzero(np.diff(s) <= 0)

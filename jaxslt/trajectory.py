@@ -99,11 +99,16 @@ def llc_trajectory(
 ) -> pd.DataFrame:
     """λ̂(w_t) for every checkpoint w_t, as a table; the same conventions as ``estimate_llc``.
 
+    λ̂(w_t) = nβ·(E[L_B(w)] − L_n(w_t)) under p(w) ∝ exp(−nβ·L_n(w) − γ/2·||w − w_t||²), each
+    checkpoint its own w*. Every warning is also raised with the prefix "checkpoint at step
+    <step>: ". Chains that diverge are left out as in ``estimate_llc``; a checkpoint whose
+    chains all diverge gets NaN and a warning instead of stopping the whole curve.
+
     Args:
       loss_fn: as for ``estimate_llc``.
-      data: as for ``estimate_llc`` (data-refined curves: pass the slice).
       checkpoints: a sequence of parameter pytrees, a Mapping training step → pytree, or one
         pytree stacked along a leading checkpoint axis.
+      data: as for ``estimate_llc`` (data-refined curves: pass the slice).
       key: one key for every checkpoint (common random numbers along the curve).
       step_size: ε for every checkpoint, or ``"auto"``: calibrate once at the *last*
         checkpoint (the trained model) and use its settings throughout, so that every point
@@ -112,18 +117,40 @@ def llc_trajectory(
       checkpoint_batch_size: 1 (default) runs the checkpoints one after another through one
         compiled program; k > 1 runs them in one program, k vmapped at a time (≈ k times the
         memory of one estimate); ``None`` vmaps them all.
+      diagnostics: diagnose every checkpoint's run (the ``ok``, ``rhat``, ``ess_bulk``
+        columns) and warn for each failed check, as ``estimate_llc`` does.
+      progress: show a progress bar; ``None`` shows one on a terminal only.
       **settings: any sampling setting of ``estimate_llc`` (num_chains, num_draws, nbeta,
         localization, sampler, restrict, observables, ...).
 
-    Returns a DataFrame, one row per checkpoint: ``step``, ``llc_mean``, ``llc_std``,
-    ``init_loss`` (L_n(w_t)), ``num_diverged``, ``mala_accept``, ``rhat``, ``ess_bulk``,
-    ``ok`` (the diagnostics, when ``diagnostics``), ``warnings`` (every warning of that
-    checkpoint, "; "-joined, "" when none), plus the observables' columns when requested.
-    Every warning is also raised with the prefix "checkpoint at step <step>: ".
-    ``df.attrs["results"]`` holds the ``LLCResult`` of every row and
-    ``df.attrs["calibration"]`` the calibration of ``"auto"``. Chains that diverge are left
-    out as in ``estimate_llc``; a checkpoint whose chains all diverge gets NaN and a warning
-    instead of stopping the whole curve.
+    Returns:
+      A pandas DataFrame, one row per checkpoint: ``step``, ``llc_mean``, ``llc_std``,
+      ``init_loss`` (L_n(w_t)), ``num_diverged``, ``mala_accept``, ``rhat``, ``ess_bulk``,
+      ``ok`` (the diagnostics, when ``diagnostics``), ``warnings`` (every warning of that
+      checkpoint, "; "-joined, "" when none), plus the observables' columns when requested.
+      ``df.attrs["results"]`` holds the ``LLCResult`` of every row and
+      ``df.attrs["calibration"]`` the calibration of ``"auto"``.
+
+    Raises:
+      TypeError: an unknown setting.
+      ValueError: bad checkpoints or settings, before anything compiles.
+
+    Examples:
+      Three checkpoints approaching the minimum w* of a regular model; away from a minimum
+      λ̂ is negative:
+
+      >>> import jax
+      >>> import jaxslt
+      >>> from jaxslt import problems
+      >>> p = problems.regular_linear_gaussian(2, key=jax.random.key(0), num_examples=256)
+      >>> checkpoints = {100: p.params + 0.5, 200: p.params + 0.1, 300: p.params}
+      >>> table = jaxslt.llc_trajectory(p.loss_fn, checkpoints, p.data, key=jax.random.key(1),
+      ...                               step_size=1e-3, localization=10.0, num_chains=2,
+      ...                               num_draws=200, num_burnin=100, diagnostics=False)
+      >>> table["step"].tolist()
+      [100, 200, 300]
+      >>> bool(table["llc_mean"][0] < 0)
+      True
     """
     unknown = sorted(set(settings) - set(_SETTINGS))
     if unknown:

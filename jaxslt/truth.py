@@ -37,7 +37,13 @@ __all__ = [
 
 
 class LearningCoefficient(NamedTuple):
-    """Exact learning coefficient λ (``llc``) and its multiplicity m (``multiplicity``)."""
+    """Exact learning coefficient λ and its multiplicity m: F_n = nL_n + λ log n
+    − (m − 1) log log n + O_p(1).
+
+    Attributes:
+      llc: λ, the real log canonical threshold, as an exact ``fractions.Fraction``.
+      multiplicity: m.
+    """
 
     llc: Fraction
     multiplicity: int
@@ -79,6 +85,21 @@ def regular(d: int) -> LearningCoefficient:
     """Regular (identifiable, positive-definite Fisher information) model with d parameters.
 
     λ = d/2, m = 1.
+
+    Args:
+      d: the number of parameters (≥ 1).
+
+    Returns:
+      ``LearningCoefficient(llc, multiplicity)``, λ an exact ``Fraction``.
+
+    Raises:
+      ValueError: d < 1.
+      TypeError: d is not an integer.
+
+    Examples:
+      >>> from jaxslt import truth
+      >>> truth.regular(3)
+      LearningCoefficient(llc=Fraction(3, 2), multiplicity=1)
     """
     d = checked_int("d", d, 1)
     return LearningCoefficient(Fraction(d, 2), 1)
@@ -93,6 +114,24 @@ def normal_crossing(k: Sequence[int], h: Sequence[int] | None = None) -> Learnin
     Indices with k_i = 0 do not appear in K: their factor of the zeta function
     ∫ |w_i|^(h_i) dw_i is a positive constant with no pole, so they change neither λ nor m
     (whatever h_i is). At least one k_i must be positive, otherwise K ≡ 1 has no zero at all.
+
+    Args:
+      k: the exponents k_i ≥ 0, at least one positive.
+      h: the prior's exponents h_i ≥ 0, one per k_i; None means zeros.
+
+    Returns:
+      ``LearningCoefficient(llc, multiplicity)``, λ an exact ``Fraction``.
+
+    Raises:
+      ValueError: no positive k_i, a negative entry, or ``h`` of another length.
+      TypeError: entries that are not integers.
+
+    Examples:
+      >>> from jaxslt import truth
+      >>> truth.normal_crossing([1, 2])  # min(1/2, 1/4), attained once
+      LearningCoefficient(llc=Fraction(1, 4), multiplicity=1)
+      >>> truth.normal_crossing([1, 1])  # 1/2, attained twice
+      LearningCoefficient(llc=Fraction(1, 2), multiplicity=2)
     """
     ks = _ints("k", k, 0, 1)
     hs = [0] * len(ks) if h is None else _ints("h", h, 0, 0)
@@ -121,6 +160,24 @@ def reduced_rank_regression(M: int, H: int, N: int, rank: int) -> LearningCoeffi
     - If M + N < H + r: λ = MN/2, m = 1.
 
     (At most one of the last three conditions can hold since r ≤ min(M, H, N).)
+
+    Args:
+      M: the input dimension.
+      H: the hidden dimension.
+      N: the output dimension.
+      rank: r, the rank of the true product BA (0 ≤ r ≤ min(M, H, N)).
+
+    Returns:
+      ``LearningCoefficient(llc, multiplicity)``, λ an exact ``Fraction``.
+
+    Raises:
+      ValueError: a dimension below 1, or a rank out of range.
+      TypeError: arguments that are not integers.
+
+    Examples:
+      >>> from jaxslt import truth
+      >>> truth.reduced_rank_regression(3, 2, 3, 1)  # [2·3·6 − 0 − 9 + 1]/8, M + H + N + r odd
+      LearningCoefficient(llc=Fraction(7, 2), multiplicity=2)
     """
     M, H, N = checked_int("M", M, 1), checked_int("H", H, 1), checked_int("N", N, 1)
     r = _rank(rank, [M, H, N], f"M={M}, H={H}, N={N}")
@@ -153,6 +210,24 @@ def deep_linear_network(widths: Sequence[int], rank: int) -> LearningCoefficient
     With two weight matrices (three widths) this equals ``reduced_rank_regression`` with
     M = H_0, H = H_1, N = H_2. With one weight matrix (two widths) it gives H_0 H_1 / 2, m = 1:
     a single linear layer is a regular model.
+
+    Args:
+      widths: H_0 (input), …, H_L (output), at least two.
+      rank: r, the rank of the true product (0 ≤ r ≤ min widths).
+
+    Returns:
+      ``LearningCoefficient(llc, multiplicity)``, λ an exact ``Fraction``.
+
+    Raises:
+      ValueError: fewer than two widths, a width below 1, or a rank out of range.
+      TypeError: arguments that are not integers.
+
+    Examples:
+      >>> from jaxslt import truth
+      >>> truth.deep_linear_network([3, 2, 3], 1) == truth.reduced_rank_regression(3, 2, 3, 1)
+      True
+      >>> truth.deep_linear_network([4, 4], 0)  # one layer: regular, H_0 H_1 / 2
+      LearningCoefficient(llc=Fraction(8, 1), multiplicity=1)
     """
     hs = _ints("widths", widths, 1, 2)
     r = _rank(rank, hs, f"widths={hs}")
@@ -188,6 +263,16 @@ def tanh_one_hidden(H: int) -> LearningCoefficient:
     there. H = 1 checks it directly: K = a² E[tanh²(bx)] = a² b² · (positive unit), the normal
     crossing (1, 1), so λ = 1/2 and m = 2. The m for perfect squares H ≥ 4 is taken from the
     literature and not re-derived here.
+
+    Args:
+      H: the number of hidden units (≥ 1).
+
+    Returns:
+      ``LearningCoefficient(llc, multiplicity)``, λ an exact ``Fraction``.
+
+    Raises:
+      ValueError: H < 1.
+      TypeError: H is not an integer.
     """
     H = checked_int("H", H, 1)
     k = math.isqrt(H)
@@ -199,7 +284,12 @@ def tanh_one_hidden(H: int) -> LearningCoefficient:
 
 
 class EstimatorMoments(NamedTuple):
-    """Mean of a per-chain estimate λ̂_c and its standard deviation across independent chains."""
+    """Mean of a per-chain estimate λ̂_c and its standard deviation across independent chains.
+
+    Attributes:
+      mean: E[λ̂_c].
+      std: the standard deviation of λ̂_c across independent chains.
+    """
 
     mean: float
     std: float
@@ -211,6 +301,21 @@ def quadratic_posterior(
     """Exact E_p[λ̂] = Σ_i nβ h_i / (2 a_i), a_i = nβ h_i + γ, under the exact posterior.
 
     It tends to d/2 as nβ → ∞ (or γ → 0), the regular model's λ.
+
+    Args:
+      hessian_diag: h_i, the eigenvalues of the loss's Hessian.
+      nbeta: nβ.
+      localization: γ.
+
+    Returns:
+      E_p[λ̂], a float.
+
+    Examples:
+      >>> from jaxslt import truth
+      >>> truth.quadratic_posterior([1.0, 1.0], nbeta=100.0, localization=0.0)  # d/2
+      1.0
+      >>> truth.quadratic_posterior([1.0, 1.0], nbeta=100.0, localization=100.0)  # 2·100/400
+      0.5
     """
     h = np.asarray(hessian_diag, dtype=np.float64)
     a = nbeta * h + localization
@@ -268,6 +373,30 @@ def quadratic_sgld(
     discretisation bias, exact here). The chain records L(w_t) at the draws
     t_j = num_burnin + j·thinning, and λ̂_c = nβ·(mean_j L(w_{t_j}) − L0)
     = (nβ/D) Σ_j Σ_i ½ h_i x_{i,t_j}². Stable only for ε a < 4.
+
+    Args:
+      hessian_diag: h_i, the eigenvalues of the loss's Hessian.
+      nbeta: nβ.
+      localization: γ.
+      step_size: ε.
+      num_burnin: steps before the first kept draw.
+      num_draws: D, the kept draws.
+      thinning: steps between kept draws.
+
+    Returns:
+      ``EstimatorMoments(mean, std)`` of λ̂_c.
+
+    Raises:
+      ValueError: ε·a ≥ 4 for some coordinate (SGLD is unstable).
+
+    Examples:
+      Equilibrated, E[λ̂_c] = Σ_i (nβ h_i/2)/(a_i(1 − εa_i/4)): here 1/(1 − 0.025) = 1.0256.
+
+      >>> from jaxslt import truth
+      >>> m = truth.quadratic_sgld([1.0, 1.0], nbeta=100.0, localization=0.0, step_size=1e-3,
+      ...                          num_burnin=1000, num_draws=1000)
+      >>> round(m.mean, 4)
+      1.0256
     """
     h = np.asarray(hessian_diag, dtype=np.float64)
     a = nbeta * h + localization
@@ -300,6 +429,19 @@ def quadratic_sghmc(
 
     Per coordinate, with h = √(ε/2): p' = (1 − f)p − h a x + √(2f) ξ, x' = x + h p', a linear
     Gaussian recursion in z = (x, p) started from x = 0 (w*), p ~ N(0, 1).
+
+    Args:
+      hessian_diag: h_i, the eigenvalues of the loss's Hessian.
+      nbeta: nβ.
+      localization: γ.
+      step_size: ε.
+      friction: f, the momentum's decay per step.
+      num_burnin: steps before the first kept draw.
+      num_draws: the kept draws.
+      thinning: steps between kept draws.
+
+    Returns:
+      ``EstimatorMoments(mean, std)`` of λ̂_c.
     """
     h = np.asarray(hessian_diag, dtype=np.float64)
     a = nbeta * h + localization
@@ -326,7 +468,17 @@ def quadratic_sghmc(
 
 
 class LinearGaussianObservables(NamedTuple):
-    """Exact posterior observables of a linear-Gaussian model (``linear_gaussian_observables``)."""
+    """Exact posterior observables of a linear-Gaussian model (``linear_gaussian_observables``).
+
+    Attributes:
+      functional_variance: V_n = Σ_i Var_p[l_i(w)].
+      singular_fluctuation: ν = (β/2)·V_n, β = nβ/n.
+      bayes_train_loss: T_n = −(1/n) Σ_i log E_p[exp(−l_i(w))].
+      gibbs_train_loss: G_t = E_p[L_n(w)].
+      waic: T_n + (β/n)·V_n.
+      mean: m, the posterior mean.
+      covariance: Σ, the posterior covariance.
+    """
 
     functional_variance: float
     singular_fluctuation: float
@@ -347,6 +499,16 @@ def linear_gaussian_observables(
     y_i − x_i·w ~ N(r_i, s_i) with r_i = y_i − x_i·m, s_i = x_iᵀΣx_i, so
     E[l_i] = (r_i² + s_i)/2, Var[l_i] = s_i²/2 + r_i²·s_i and
     log E[exp(−l_i)] = −½·log(1 + s_i) − r_i²/(2(1 + s_i)). Computed in float64.
+
+    Args:
+      x: (n, d) inputs.
+      y: (n,) targets.
+      center: w*, shape (d,).
+      nbeta: nβ.
+      localization: γ.
+
+    Returns:
+      The ``LinearGaussianObservables``.
     """
     x, y, center = (np.asarray(a, np.float64) for a in (x, y, center))
     n, d = x.shape

@@ -16,8 +16,37 @@ from jax.sharding import PartitionSpec as P
 
 from jaxslt.kernels import SAMPLERS, sampler_capabilities
 from jaxslt.sharding import flat_param_specs
+from jaxslt.types import PyTree
 
-PyTree = Any
+__all__ = [
+    "MIN_DIAGNOSED_DRAWS",
+    "cast_settings",
+    "check_chain_groups",
+    "check_checkpoint_steps",
+    "check_checkpoints",
+    "check_compute_dtype",
+    "check_curvature",
+    "check_data",
+    "check_diagnostics",
+    "check_estimate",
+    "check_finite_data",
+    "check_grid",
+    "check_init_loss",
+    "check_key",
+    "check_loss_fn",
+    "check_loss_scale",
+    "check_mesh",
+    "check_observables",
+    "check_optional_settings",
+    "check_param_specs",
+    "check_params",
+    "check_positive_int",
+    "check_sampler",
+    "check_sampler_option_values",
+    "check_settings",
+    "finite_leaves",
+    "setting_dtype",
+]
 
 
 def _shapes(tree: PyTree) -> str:

@@ -97,16 +97,27 @@ def plot_calibration(
     """Calibration grid plot of a step_size × localization table; returns the figure, written
     to ``path`` when given.
 
-    ``table``: a pandas DataFrame with columns step_size, localization, llc_mean, llc_std,
-    mala_accept, diverged (number of diverged chains), ok (bool), selected (bool; the recommended
-    cell) and optionally nbeta (one line per (nβ, γ) when it varies), extrapolated and
-    extrapolated_std (the ε → 0 estimate per localization).
-
     Left: estimate ± std vs ε (log axis), one line per γ; healthy cells (ok and nothing
     diverged) filled, unhealthy ones hollow, the selected cell circled, cells without an
     estimate (all chains diverged) marked × at the bottom, the ε → 0 extrapolation as a diamond
     at the left edge, ``true_llc`` dashed. Right: MALA acceptance vs ε per γ with the target
     band 0.8–0.95 (NaN acceptances skipped).
+
+    Args:
+      table: a pandas DataFrame (``jaxslt.calibrate``'s ``.table``) with columns step_size,
+        localization, llc_mean, llc_std, mala_accept, diverged (number of diverged chains),
+        ok (bool), selected (bool; the recommended cell) and optionally nbeta (one line per
+        (nβ, γ) when it varies), extrapolated and extrapolated_std (the ε → 0 estimate per
+        localization).
+      true_llc: the exact λ, drawn dashed; None draws none.
+      path: write the figure there too (png, pdf or svg by suffix; folders created).
+
+    Returns:
+      The ``matplotlib.figure.Figure`` (open, not registered with pyplot).
+
+    Raises:
+      ValueError: an input it cannot draw (the message says which), or a ``path`` suffix
+        other than png, pdf or svg.
     """
     import pandas as pd
 

@@ -67,7 +67,19 @@ def output_path(path: str | os.PathLike[str]) -> Path:
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: float = DPI) -> Path:
     """Write ``fig`` to ``path`` as every plot function does (format from the suffix, folders
-    created, ``dpi`` for png); the figure stays open and usable. Returns the path."""
+    created, ``dpi`` for png); the figure stays open and usable.
+
+    Args:
+      fig: a matplotlib ``Figure``.
+      path: the file to write (png, pdf or svg by suffix).
+      dpi: dots per inch of a png.
+
+    Returns:
+      The path written, as a ``pathlib.Path``.
+
+    Raises:
+      ValueError: a suffix other than png, pdf or svg.
+    """
     path = output_path(path)
     fig.savefig(path, dpi=dpi, format=path.suffix.lower().lstrip("."))
     return path

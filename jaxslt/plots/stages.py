@@ -62,6 +62,23 @@ def plot_stages(
     points hollow). The x axis is logarithmic when ``stages.scale`` is "log" (steps spanning
     more than two decades by default; symlog through a step 0). Returns the figure; with
     ``path`` (png/pdf/svg) it is also written there.
+
+    Args:
+      steps: the training step of each checkpoint, as given to ``detect_stages``.
+      llc: λ̂ at each checkpoint.
+      stages: the ``Stages`` that ``jaxslt.detect_stages`` found for this curve.
+      llc_std: the ± band (a scalar or one per checkpoint); None draws none.
+      loss: the loss at each checkpoint, on a twin axis; None draws none.
+      title: the figure's title; None: a default one.
+      path: write the figure there too (png, pdf or svg by suffix; folders created).
+
+    Returns:
+      The ``matplotlib.figure.Figure`` (open, not registered with pyplot).
+
+    Raises:
+      ValueError: an input it cannot draw (the message says which), or a ``path`` suffix
+        other than png, pdf or svg.
+      TypeError: ``stages`` is not a ``jaxslt.stages.Stages``.
     """
     from jaxslt.stages import Stages, as_curve
 

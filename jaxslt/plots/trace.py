@@ -381,6 +381,19 @@ def plot_trace(
     mean ± std band and, if given, a dashed line at ``true_llc``. Diverged chains are dashed,
     marked with a dotted line (and a red ×) where their loss became non-finite, and labelled;
     the y ranges follow the healthy chains. nβ, γ, ε appear in the title block.
+
+    Args:
+      result: one ``LLCResult``.
+      true_llc: the exact λ, drawn dashed; None draws none.
+      title: the figure's title; None: a default one.
+      path: write the figure there too (png, pdf or svg by suffix; folders created).
+
+    Returns:
+      The ``matplotlib.figure.Figure`` (open, not registered with pyplot).
+
+    Raises:
+      ValueError: an input it cannot draw (the message says which), or a ``path`` suffix
+        other than png, pdf or svg.
     """
     out = None if path is None else output_path(path)
     c = _chains(result)
@@ -427,7 +440,15 @@ def _stat(value: Any, reduce: str, spec: str) -> str:
 def diagnostics_lines(diagnostics: Any, width: int) -> list[str]:
     """The diagnostics block of a summary page, wrapped at ``width`` characters: a line of
     health statistics (OK / NOT OK, R-hat, bulk ESS) and then each warning, or "no warnings";
-    any other object is shown as its ``str``."""
+    any other object is shown as its ``str``.
+
+    Args:
+      diagnostics: a ``jaxslt.Diagnostics``, or any object (shown as its ``str``).
+      width: the line width, in characters.
+
+    Returns:
+      The lines, each at most ``width`` characters where words allow.
+    """
     lines: list[str] = []
     warnings_ = getattr(diagnostics, "warnings", None)
     if warnings_ is None:  # any object: show what str() says
@@ -569,6 +590,19 @@ def plot_summary(
     ``diagnostics`` is given, its verdict, R-hat, bulk ESS and warnings (wrapped; "no warnings"
     when there are none). Any object works as ``diagnostics``: without a ``warnings`` attribute
     its ``str()`` is shown.
+
+    Args:
+      result: one ``LLCResult``.
+      diagnostics: its ``jaxslt.Diagnostics`` (or any object); None shows no verdict.
+      true_llc: the exact λ, drawn dashed; None draws none.
+      path: write the figure there too (png, pdf or svg by suffix; folders created).
+
+    Returns:
+      The ``matplotlib.figure.Figure`` (open, not registered with pyplot).
+
+    Raises:
+      ValueError: an input it cannot draw (the message says which), or a ``path`` suffix
+        other than png, pdf or svg.
     """
     out = None if path is None else output_path(path)
     c = _chains(result)

@@ -31,8 +31,15 @@ _FAILED_COLOR = "tab:red"
 def robust_limits(values: np.ndarray, *, reach: float = 1.5) -> tuple[float, float] | None:
     """y limits that one outlier cannot flatten: the finite values' range, clipped to
     [q₁₀ − reach·(q₉₀ − q₁₀), q₉₀ + reach·(q₉₀ − q₁₀)] (q the percentiles), padded by 8%.
-    Values outside are outliers (drawn at the edge by ``plot_trajectory``). None when no
-    value is finite."""
+    Values outside are outliers (drawn at the edge by ``plot_trajectory``).
+
+    Args:
+      values: the y values (non-finite ones ignored).
+      reach: how many inter-decile ranges beyond the deciles the limits may reach.
+
+    Returns:
+      (lo, hi), or None when no value is finite.
+    """
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if v.size == 0:
@@ -68,6 +75,22 @@ def plot_trajectory(
     ``stages`` (``jaxslt.detect_stages`` of the same curve) the stage boundaries are dotted
     lines and the stage model is dashed. Returns the figure; with ``path`` (png/pdf/svg) it is
     also written there.
+
+    Args:
+      table: ``llc_trajectory``'s DataFrame (columns ``step``, ``llc_mean``, ``llc_std``, and
+        optionally ``ok`` and the ``loss`` column).
+      loss: the column drawn on the twin axis; None draws none.
+      stages: ``jaxslt.detect_stages`` of the same curve; None draws no stages.
+      ylim: the y limits, instead of the robust ones.
+      title: the figure's title; None: a default one.
+      path: write the figure there too (png, pdf or svg by suffix; folders created).
+
+    Returns:
+      The ``matplotlib.figure.Figure`` (open, not registered with pyplot).
+
+    Raises:
+      ValueError: an input it cannot draw (the message says which), or a ``path`` suffix
+        other than png, pdf or svg.
     """
     from jaxslt.stages import as_curve, axis_scale
 

@@ -14,9 +14,17 @@ __all__ = ["Cell", "expand", "resolve_checkpoints"]
 
 
 class Cell(NamedTuple):
-    """One estimate_llc call of a study. ``settings``: estimate_llc's keyword arguments (all
-    of them but key, mesh and progress, defaults filled in); ``identity``: the canonical JSON
-    that ``cell_id`` hashes."""
+    """One estimate_llc call of a study.
+
+    Attributes:
+      cell_id: the hash of ``identity``, the cell's name in the store.
+      step: the checkpoint's training step.
+      data: the data slice (``FULL_DATA`` for the problem's own data set).
+      seed: the seed of the cell's PRNG key.
+      settings: estimate_llc's keyword arguments (all of them but key, mesh and progress,
+        defaults filled in).
+      identity: the canonical JSON that ``cell_id`` hashes.
+    """
 
     cell_id: str
     step: int
@@ -43,7 +51,16 @@ def expand(
     spec: Spec, checkpoints: OrbaxCheckpoints | MemoryCheckpoints | None = None
 ) -> list[Cell]:
     """Every cell of the study, checkpoint-major (each checkpoint's cells together; within it,
-    the grid's order). ``checkpoints``: the resolved checkpoints (entry point already called)."""
+    the grid's order).
+
+    Args:
+      spec: the study's ``Spec``.
+      checkpoints: the resolved checkpoints (entry point already called); None resolves the
+        spec's.
+
+    Returns:
+      The ``Cell`` s, one per checkpoint × grid point.
+    """
     if checkpoints is None:
         checkpoints = resolve_checkpoints(spec)
     points = spec.grid_points()

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from jaxslt.study.entry_points import call_entry_point
+from jaxslt.types import PyTree
 
 __all__ = [
     "Checkpoints",
@@ -27,14 +28,18 @@ __all__ = [
     "check_trees",
 ]
 
-PyTree = Any
-
 
 @dataclasses.dataclass(frozen=True)
 class OrbaxCheckpoints:
     """An orbax checkpoint directory (``jaxslt.checkpoints``), optionally some of its steps and
-    one item of multi-item checkpoints. ``directory`` is kept as written (it names the cell);
-    ``root`` is the folder relative paths are taken from."""
+    one item of multi-item checkpoints.
+
+    Attributes:
+      directory: the directory, kept as written (it names the cell).
+      steps: the steps to use; None: all of them.
+      item: which pytree item of multi-item checkpoints (as in ``load_checkpoint``).
+      root: the folder relative paths are taken from.
+    """
 
     directory: str
     steps: tuple[int, ...] | None = None
@@ -71,7 +76,11 @@ class OrbaxCheckpoints:
 
 @dataclasses.dataclass(frozen=True)
 class MemoryCheckpoints:
-    """Checkpoints held in memory: ``trees`` maps step → pytree."""
+    """Checkpoints held in memory, identified by a hash of their content.
+
+    Attributes:
+      trees: step → pytree.
+    """
 
     trees: Mapping[int, PyTree]
 
@@ -88,8 +97,14 @@ class MemoryCheckpoints:
 
 @dataclasses.dataclass(frozen=True)
 class EntryPointCheckpoints:
-    """Checkpoints made by an importable function ``"module:function"`` (called with ``kwargs``)
-    that returns a Mapping step → pytree; identified by content like ``MemoryCheckpoints``."""
+    """Checkpoints made by an importable function that returns a Mapping step → pytree;
+    identified by content like ``MemoryCheckpoints``.
+
+    Attributes:
+      entry_point: ``"module:function"``.
+      kwargs: the keyword arguments it is called with.
+      root: the folder the module is imported from (the spec's).
+    """
 
     entry_point: str
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)

@@ -37,10 +37,10 @@ from jaxslt.study.execution import (
 )
 from jaxslt.study.spec import Spec
 from jaxslt.study.store import CellOutcome
+from jaxslt.types import PyTree
 
 __all__ = ["RayBackend"]
 
-PyTree = Any
 
 # Per worker process: the last orbax checkpoint loaded, and whether the cache dir is set. (The
 # problem is memoised by load_problem: the same loss_fn object across tasks, so estimate_llc's

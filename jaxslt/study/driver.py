@@ -33,9 +33,19 @@ __all__ = ["RunSummary", "order_cells", "run"]
 
 
 class RunSummary(NamedTuple):
-    """What ``run`` did: ``total`` cells in the grid, ``skipped`` already finished before this
-    run, ``ran`` finished now (``failed`` of them failed), ``remaining`` still to do (when
-    ``max_cells`` stopped early), wall time ``elapsed_s``."""
+    """What ``run`` did.
+
+    Attributes:
+      name: the study's name.
+      store: the store's path.
+      total: cells in the grid.
+      skipped: cells already finished before this run.
+      ran: cells finished now.
+      failed: how many of those failed.
+      remaining: cells still to do (when ``max_cells`` stopped early).
+      elapsed_s: wall time, in seconds.
+      errors: the failed cells' errors.
+    """
 
     name: str
     store: pathlib.Path
@@ -77,7 +87,11 @@ def run(
 ) -> RunSummary:
     """Run every cell of ``spec`` (a ``Spec`` or a TOML path) that is not finished yet.
 
+    The problem entry point is called here first in either case (memoised), to check every
+    data slice the grid names before any cell runs.
+
     Args:
+      spec: a ``Spec`` or the path of a TOML spec.
       address: None runs locally in this process; otherwise a Ray address (``"auto"``,
         ``"ray://host:10001"``, ``"local"`` to start a local cluster) and each cell is a Ray
         task. If Ray is already initialized in this process, that connection is used.
@@ -88,10 +102,13 @@ def run(
         next to the store; False: leave JAX's setting alone). Set for this process (local) or
         in every worker (Ray) unless a cache folder is already configured there.
 
-    The problem entry point is called here first in either case (memoised), to check every
-    data slice the grid names before any cell runs. Returns a ``RunSummary``. Raises
-    ValueError/TypeError for a bad spec or data slice before any cell runs, RuntimeError if
-    another run holds the store.
+    Returns:
+      A ``RunSummary``.
+
+    Raises:
+      ValueError: a bad spec or data slice, before any cell runs.
+      TypeError: a spec value of the wrong type, before any cell runs.
+      RuntimeError: another run holds the store.
     """
     if max_cells is not None and (
         isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 0

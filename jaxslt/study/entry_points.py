@@ -17,6 +17,8 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
+from jaxslt.types import PyTree
+
 __all__ = [
     "FULL_DATA",
     "EntryPointError",
@@ -28,7 +30,6 @@ __all__ = [
     "spec_folder_importable",
 ]
 
-PyTree = Any
 
 FULL_DATA = "full"  # the data slice name of the problem's own data set
 
@@ -36,10 +37,13 @@ FULL_DATA = "full"  # the data slice name of the problem's own data set
 class StudyProblem(NamedTuple):
     """What a problem entry point returns (a plain ``(loss_fn, data)`` tuple also works).
 
-    ``loss_fn(params, batch)`` is the scalar mean loss, ``data`` the data set (leading axis n),
-    ``slices`` optional named other data sets for data-refined LLCs (grid axis ``data``), and
-    ``like`` an optional (abstract) pytree that orbax checkpoints are restored into (needed
-    when the checkpoint is a tuple, an NNX ``State`` or a dataclass rather than nested dicts).
+    Attributes:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, the mean loss.
+      data: the data set (leading axis n).
+      slices: optional named other data sets for data-refined LLCs (grid axis ``data``).
+      like: an optional (abstract) pytree that orbax checkpoints are restored into (needed
+        when the checkpoint is a tuple, an NNX ``State`` or a dataclass rather than nested
+        dicts).
     """
 
     loss_fn: Callable[[PyTree, PyTree], Any]

@@ -32,6 +32,7 @@ from jaxslt.study.cells import Cell
 from jaxslt.study.entry_points import StudyProblem, as_problem, call_entry_point
 from jaxslt.study.spec import Spec
 from jaxslt.study.store import CellOutcome, Store
+from jaxslt.types import PyTree
 
 __all__ = [
     "Backend",
@@ -47,8 +48,6 @@ __all__ = [
     "result_values",
     "worker_name",
 ]
-
-PyTree = Any
 
 
 @functools.cache
@@ -147,7 +146,17 @@ def execute_cell(
     """Run one cell: ``estimate_llc(problem.loss_fn, params, data slice, key=key(seed),
     **settings)``. An exception becomes a ``failed`` outcome carrying its message: one cell's
     failure (every chain diverged, a bad restriction) is a result to store, not a reason to stop
-    a study of hundreds of cells."""
+    a study of hundreds of cells.
+
+    Args:
+      problem: the study's ``StudyProblem``.
+      params: the checkpoint's pytree (w*).
+      cell: the ``Cell`` to run.
+      load_seconds: the seconds it took to load ``params``, recorded with the outcome.
+
+    Returns:
+      The ``CellOutcome``, "done" or "failed".
+    """
     import jax
 
     from jaxslt.estimator import estimate_llc

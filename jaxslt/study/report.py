@@ -49,8 +49,21 @@ if TYPE_CHECKING:
 
 
 class StudyStatus(NamedTuple):
-    """Counts over the spec's cells; ``interrupted``: rows left ``running`` by a run that is
-    no longer alive (they rerun next time); ``eta_s`` None when nothing finished yet."""
+    """Counts over the spec's cells.
+
+    Attributes:
+      name: the study's name.
+      total: the spec's cells.
+      done: finished cells.
+      running: cells running now (0 when no run is active).
+      failed: cells stored as failed.
+      pending: cells not started yet.
+      interrupted: rows left ``running`` by a run that is no longer alive (they rerun next
+        time).
+      eta_s: the estimated seconds left; None when nothing finished yet or no run is active.
+      active: a run is writing to the store now.
+      damaged: done cells whose trace sidecar is missing or truncated.
+    """
 
     name: str
     total: int
@@ -134,7 +147,14 @@ def _stored_cells(spec: Spec, rows: list[dict[str, Any]]) -> list[dict[str, Any]
 
 
 def status(spec: Spec | str | pathlib.Path) -> StudyStatus:
-    """Where the study stands (reads the store; starts nothing)."""
+    """Where the study stands (reads the store; starts nothing).
+
+    Args:
+      spec: a ``Spec`` or the path of a TOML spec.
+
+    Returns:
+      The ``StudyStatus``.
+    """
     spec = as_spec(spec)
     store = _store(spec)
     rows, active, broken = [], False, {}
@@ -173,9 +193,14 @@ def status(spec: Spec | str | pathlib.Path) -> StudyStatus:
 def load_results(source: Spec | str | pathlib.Path, *, traces: bool = False) -> pd.DataFrame:
     """The stored cells as a pandas DataFrame (see the module docstring for the columns).
 
-    ``source``: a ``Spec`` or a TOML spec path (only that spec's cells), or a store file
-    (``.sqlite``: every row in it). ``traces=True`` adds a ``loss_trace`` column holding each
-    finished cell's (chains, draws) array from its sidecar.
+    Args:
+      source: a ``Spec`` or a TOML spec path (only that spec's cells), or a store file
+        (``.sqlite``: every row in it).
+      traces: add a ``loss_trace`` column holding each finished cell's (chains, draws) array
+        from its sidecar.
+
+    Returns:
+      One row per stored cell.
     """
     import pandas as pd
 
@@ -229,7 +254,15 @@ def _sortable(column):
 
 
 def to_csv(source: Spec | str | pathlib.Path, path: str | pathlib.Path) -> pathlib.Path:
-    """Write ``load_results(source)`` to ``path`` as CSV; returns the path."""
+    """Write ``load_results(source)`` to ``path`` as CSV.
+
+    Args:
+      source: as for ``load_results``.
+      path: the CSV file (folders created).
+
+    Returns:
+      The path written.
+    """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     load_results(source).to_csv(path, index=False)
@@ -237,9 +270,15 @@ def to_csv(source: Spec | str | pathlib.Path, path: str | pathlib.Path) -> pathl
 
 
 class StudyReport(NamedTuple):
-    """``status``, ``table`` (the finished cells, a DataFrame), ``figures`` (data slice →
-    Figure of LLC vs checkpoint), ``summary`` (readable text: status, compact table, failed
-    cells' errors) and the files written (empty without ``out``)."""
+    """What ``report`` found and wrote.
+
+    Attributes:
+      status: the ``StudyStatus``.
+      table: the finished cells, a DataFrame.
+      figures: data slice → Figure of LLC vs checkpoint.
+      summary: readable text: status, compact table, failed cells' errors.
+      files: the files written (empty without ``out``).
+    """
 
     status: StudyStatus
     table: Any
@@ -263,7 +302,20 @@ def plot_llc_vs_checkpoint(
     and data), mean over seeds ± (std across seeds, or the cell's across-chain std with one
     seed). ``table``: ``load_results``'s; ``data``: the slice (may be left out when the finished
     cells have only one). Returns the figure; with ``path`` (png/pdf/svg) it is also written
-    there, as every ``jaxslt.plots`` function does."""
+    there, as every ``jaxslt.plots`` function does.
+
+    Args:
+      table: ``load_results``'s DataFrame.
+      spec: the study's ``Spec`` (its grid names the settings).
+      data: the slice (may be left out when the finished cells have only one).
+      path: write the figure there too (png, pdf or svg by suffix; folders created).
+
+    Returns:
+      The ``matplotlib.figure.Figure``.
+
+    Raises:
+      ValueError: no such slice, or several and ``data`` not given.
+    """
     from matplotlib.figure import Figure
 
     from jaxslt.plots.common import output_path, save_figure
@@ -312,7 +364,15 @@ def report(
 ) -> StudyReport:
     """Status, the table of finished cells and the LLC-vs-checkpoint figures (one per data
     slice, ``plot_llc_vs_checkpoint``); with ``out``, also write ``results.csv`` (every stored
-    cell of the spec), ``llc_vs_checkpoint[_<slice>].png`` and ``summary.txt`` there."""
+    cell of the spec), ``llc_vs_checkpoint[_<slice>].png`` and ``summary.txt`` there.
+
+    Args:
+      spec: a ``Spec`` or the path of a TOML spec.
+      out: a folder to write the files to; None writes nothing.
+
+    Returns:
+      The ``StudyReport``.
+    """
     spec = as_spec(spec)
     state = status(spec)
     table = load_results(spec)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import pathlib
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from jaxslt.study.cells import Cell
 from jaxslt.study.checkpoints import MemoryCheckpoints, OrbaxCheckpoints
@@ -24,10 +23,9 @@ from jaxslt.study.execution import (
     failed_outcome,
     worker_name,
 )
+from jaxslt.types import PyTree
 
 __all__ = ["LocalBackend"]
-
-PyTree = Any
 
 
 class LocalBackend:

@@ -79,9 +79,25 @@ class Spec:
         Spec(problem="mypkg.llc:problem", checkpoints={0: params0, 100: params100},
              grid={"step_size": [1e-4, 3e-4], "seed": [0, 1]}, store="study.sqlite")
 
-    ``checkpoints``: an orbax directory (str or Path), a Mapping step → pytree, a sequence of
-    pytrees (steps 0, 1, ...), or an ``OrbaxCheckpoints`` / ``EntryPointCheckpoints``.
-    ``problem``: ``"module:function"`` or a named function, called with ``problem_kwargs``.
+    Attributes:
+      problem: ``"module:function"`` or a named function, called with ``problem_kwargs``, that
+        returns a ``StudyProblem`` (or a ``(loss_fn, data)`` tuple).
+      checkpoints: an orbax directory (str or Path), a Mapping step → pytree, a sequence of
+        pytrees (steps 0, 1, ...), or an ``OrbaxCheckpoints`` / ``EntryPointCheckpoints``.
+      store: the SQLite results file; a relative path is inside ``root``.
+      settings: fixed ``estimate_llc`` settings, for every cell.
+      grid: setting → list of values; every combination is a cell (``seed`` and ``data``
+        included).
+      problem_kwargs: keyword arguments of the problem entry point.
+      name: the study's name.
+      root: the spec's folder: relative paths and entry points are taken from it.
+      max_retries: how often Ray reruns a cell whose worker process died
+        (``ray.remote(max_retries=)``).
+      num_cpus: CPUs Ray reserves per cell.
+
+    Raises:
+      ValueError: a bad value (the message names the table and key).
+      TypeError: a value of the wrong type.
     """
 
     problem: str | Callable
@@ -221,8 +237,18 @@ def _describe(point: Mapping[str, Any], spec: Spec) -> str:
 
 
 def load_spec(path: str | pathlib.Path) -> Spec:
-    """Read a study spec from a TOML file (see the module docstring); ValueError names the
-    table and key of anything wrong."""
+    """Read a study spec from a TOML file (see the module docstring).
+
+    Args:
+      path: the TOML file; relative paths in it are taken from its folder.
+
+    Returns:
+      The checked ``Spec`` (named after the file unless it names itself).
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: invalid TOML, or anything wrong in it (naming the table and key).
+    """
     path = pathlib.Path(path)
     try:
         text = path.read_text()
@@ -242,7 +268,20 @@ def spec_from_dict(
     default_name: str = "study",
     source: str = "spec",
 ) -> Spec:
-    """A ``Spec`` from the parsed TOML tables (what ``load_spec`` does after parsing)."""
+    """A ``Spec`` from the parsed TOML tables (what ``load_spec`` does after parsing).
+
+    Args:
+      doc: the parsed tables.
+      root: the folder relative paths are taken from.
+      default_name: the study's name when ``doc`` names none.
+      source: where ``doc`` came from, for the messages.
+
+    Returns:
+      The checked ``Spec``.
+
+    Raises:
+      ValueError: an unknown table or anything wrong in one (naming the table and key).
+    """
     for table, value in doc.items():
         if table not in _TABLES:
             raise ValueError(f"{source}: unknown table [{table}]; the tables are {list(_TABLES)}")

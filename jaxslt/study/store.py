@@ -155,8 +155,22 @@ def _guarded(method: Callable) -> Callable:
 
 
 class CellOutcome(NamedTuple):
-    """What running one cell produced, ready to store: ``status`` "done" or "failed",
-    ``values`` the result columns, ``traces`` the arrays of the sidecar (done cells)."""
+    """What running one cell produced, ready to store.
+
+    Attributes:
+      cell: the ``Cell``.
+      status: "done" or "failed".
+      values: the result columns (estimate, diagnostics, warnings).
+      traces: the arrays of the sidecar (done cells); None for failed ones.
+      error: the failure's message (failed cells); else None.
+      started_at: when the cell started (Unix time).
+      finished_at: when it finished (Unix time).
+      load_seconds: seconds spent loading its checkpoint.
+      run_seconds: seconds spent running it.
+      worker: the process that ran it, ``host:pid``.
+      versions: the library versions it ran with.
+      transient: a failure that may not repeat (out of memory, a lost worker).
+    """
 
     cell: Cell
     status: str
@@ -241,7 +255,19 @@ def _fsync_dir(path: pathlib.Path) -> None:
 
 class Store:
     """A study's results store at ``path`` (SQLite) with sidecars in ``path.with_suffix(
-    ".traces")``. Open it with ``Store(path)``; only the run holding ``writer()`` writes."""
+    ".traces")``. Open it with ``Store(path)``; only the run holding ``writer()`` writes.
+
+    Args:
+      path: the SQLite file.
+      create: create the store if missing and open it for writing; False opens an existing
+        store read-only (status, report, load_results: nothing is written, so a store on
+        read-only media can be read).
+
+    Raises:
+      FileNotFoundError: ``create=False`` and the store does not exist yet.
+      StoreError: not SQLite, corrupted, or on read-only media.
+      RuntimeError: a store written by a newer jaxslt (a newer schema).
+    """
 
     def __init__(self, path: str | pathlib.Path, *, create: bool = True) -> None:
         """``create=False`` opens an existing store read-only (status, report, load_results:
