@@ -161,6 +161,7 @@ def _drift(live: Mapping[str, Any], frozen: Mapping[str, Any]) -> list[str]:
             same = value is None and table == config.DEFAULT_LOCALIZATION
             value = f"{value!r} (DEFAULT_LOCALIZATION = {config.DEFAULT_LOCALIZATION!r})"
         elif key in fields:
+
             def made(v, key=key):  # both through SamplingConfig: its normal form of the value
                 return getattr(config.SamplingConfig(**{key: settings.hashable(v)}), key)
 
