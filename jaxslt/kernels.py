@@ -569,6 +569,9 @@ _CAPABILITIES: dict[str, SamplerCapabilities] = {
     "blackjax_sgnht": SamplerCapabilities(),
 }
 _BUILTIN = frozenset(_FACTORIES)
+_RETIRED: dict[str, tuple[Callable[..., SamplingKernel], SamplerCapabilities]] = {}
+"""Unregistered names and their last entry: registering one again with another entry must
+clear the compiled programs cached under the name."""
 
 SAMPLERS: Mapping[str, Callable[..., SamplingKernel]] = MappingProxyType(_FACTORIES)
 """The registered samplers, name -> factory ``(loss_fn, posterior, **options) ->
@@ -590,9 +593,10 @@ def register_sampler(
     apply, e.g. ``SamplerCapabilities(sgld_transition=True)`` for an SGLD variant whose steps
     the MALA acceptance check should judge. A name already registered (a built-in one
     included) raises unless ``overwrite=True`` or it is the same registration again; built-in
-    names can be overwritten but not unregistered. Replacing an entry (or
-    ``unregister_sampler``) clears JAX's compilation caches (``jax.clear_caches``), since
-    compiled estimators are cached under the sampler's name: the next runs recompile.
+    names can be overwritten but not unregistered. Compiled estimators are cached under the
+    sampler's name, so giving a name that was ever registered a different factory or
+    capabilities clears JAX's compilation caches (``jax.clear_caches``): the next runs
+    recompile. Registering a new name, the same entry again, or unregistering clears nothing.
 
     Args:
       name: the name ``sampler=`` will take.
@@ -639,10 +643,14 @@ def register_sampler(
         raise ValueError(
             f"sampler {name!r} is {kind}; pass overwrite=True to replace it, or choose another name"
         )
-    replacing = name in _FACTORIES
+    if name in _FACTORIES:
+        before = (_FACTORIES[name], _CAPABILITIES[name])
+    else:
+        before = _RETIRED.pop(name, None)
     _FACTORIES[name] = factory
     _CAPABILITIES[name] = capabilities
-    if replacing:  # programs compiled for the old entry are cached under the same static name
+    # programs compiled for an earlier entry of this name are cached under the same static name
+    if before is not None and before != (factory, capabilities):
         jax.clear_caches()
 
 
@@ -652,8 +660,10 @@ def unregister_sampler(name: str) -> None:
         raise ValueError(f"sampler {name!r} is built in and cannot be unregistered")
     if name not in _FACTORIES:
         raise KeyError(f"no sampler {name!r} is registered")
-    del _FACTORIES[name], _CAPABILITIES[name]
-    jax.clear_caches()  # as in register_sampler: no compiled program may outlive its entry
+    # programs compiled for it stay cached but unreachable (an unknown name is refused before
+    # anything compiles) until the name is registered again, with another entry: then
+    # register_sampler clears the caches
+    _RETIRED[name] = (_FACTORIES.pop(name), _CAPABILITIES.pop(name))
 
 
 def _check_capabilities(capabilities: Any, factory: Callable) -> None:

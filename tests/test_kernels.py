@@ -385,6 +385,21 @@ def test_replacing_a_registered_sampler_drops_programs_compiled_for_the_old_one(
     assert traced
 
 
+def test_a_name_registered_again_after_unregistering_compiles_afresh(register):
+    register("again", _my_sgld)
+    _run("again")
+    unregister_sampler("again")
+    traced = []
+
+    def other(loss_fn, posterior):
+        traced.append(True)
+        return _my_sgld(loss_fn, posterior)
+
+    register("again", other)  # not an overwrite, but the old program is cached under "again"
+    _run("again")
+    assert traced
+
+
 def test_a_registered_sampler_adapts_during_burnin_and_declares_its_noise_gain(register):
     options_seen = []
 
