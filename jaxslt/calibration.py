@@ -12,8 +12,9 @@ bias bound ≤ 5% of λ̂, stiffness ≤ ½).
 Recommendation rule (``Calibration.recommended``, explained in ``Calibration.explanation``):
 
 1. a cell is *healthy* when no chain diverged, the MALA acceptance of its SGLD steps is ≥ 0.8,
-   its diagnostics raise no issue about R-hat, drift (still rising/falling), a non-minimum,
-   the Monte-Carlo error or the float resolution (the issue codes in ``_DISQUALIFYING``),
+   its diagnostics raise no issue about R-hat, drift (still rising/falling), a non-minimum
+   or the float resolution (the issue codes in ``_DISQUALIFYING``; ESS and the Monte-Carlo
+   error are low by design in short runs and enter through the standard errors),
    its stiffness at w* is ε·(nβ·h_max + γ) ≤ ``MAX_MARGIN`` = ½, and its bias
    bound (``jaxslt.curvature``: discretisation plus minibatch noise on the quadratic model of
    the loss where the chains went) is ≤ 5% of λ̂ — half the limit at which the final run's own
@@ -34,7 +35,9 @@ Recommendation rule (``Calibration.recommended``, explained in ``Calibration.exp
    max(2·√(se² + se₀²), 5%·|λ̂₀|) ("flat in ε"): the fastest-mixing step without visible bias
    (with a single healthy step, that step, and a caution);
 5. burn-in: at least 5/(ε·γ) steps (flat directions relax in ~1/(εγ) steps; docs/method.md §4);
-   draws: at least twice the calibration's burn-in.
+   draws: at least twice the calibration's burn-in, and enough that the final run's
+   Monte-Carlo SE (scaled from the chosen cell's as 1/√draws) is ≤ 5% of λ̂ — half the limit at
+   which its diagnostics warn (at most ``MAX_DRAWS_FACTOR`` × the calibration's draws).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ from jaxslt.diagnostics import (
     DIVERGED,
     FLOAT_RESOLUTION,
     MALA_LOW,
-    MC_ERROR,
+    MC_ERROR_LIMIT,
     NOT_MINIMUM,
     RHAT,
     TREND_FALLING,
@@ -75,6 +78,7 @@ from jaxslt.types import PyTree
 
 __all__ = [
     "MAX_CALIBRATION_BURNIN",
+    "MAX_DRAWS_FACTOR",
     "MAX_MARGIN",
     "MIN_RELAXATIONS",
     "PILOT_GRID",
@@ -88,10 +92,14 @@ __all__ = [
 MAX_MARGIN = HEALTHY_SHARE * STIFFNESS_LIMIT  # ε·(nβ·h_max + γ) at w*; see the module docstring
 MIN_RELAXATIONS = 3.0  # burn-in·ε·γ of a healthy cell: flat directions within e⁻³ of equilibrium
 MAX_CALIBRATION_BURNIN = 20_000  # the most calibration raises its burn-in to, to reach that
-# diagnostics issues (their codes) that disqualify a cell: ESS is low by design in short
-# calibration runs, and the step check is the margin and bias rule of ``recommend``
+MAX_DRAWS_FACTOR = 20  # the recommended draws are at most this many times the calibration's
+# diagnostics issues (their codes) that disqualify a cell. Not ESS nor the Monte-Carlo error:
+# short calibration runs are noisy by design (with one chain, every cell of a regular model
+# was refused for a 12% MC error); their error enters the rule through the SEs, and the draws
+# recommended are sized for the final run (``recommend``). Not the step check either: that is
+# the margin and bias rule of ``recommend``.
 _DISQUALIFYING = frozenset(
-    {DIVERGED, NOT_MINIMUM, MALA_LOW, TREND_RISING, TREND_FALLING, RHAT, MC_ERROR, FLOAT_RESOLUTION}
+    {DIVERGED, NOT_MINIMUM, MALA_LOW, TREND_RISING, TREND_FALLING, RHAT, FLOAT_RESOLUTION}
 )
 
 
@@ -352,6 +360,17 @@ def run_grid(loss_fn, params, data, key, eps, gam, nbs, *, config, cell_batch_si
     return jax.lax.map(cell, (eps, gam, nbs), batch_size=cell_batch_size or eps.shape[0])
 
 
+def _recommended_draws(row, num_draws: int, num_burnin: int) -> int:
+    """Draws per chain for the final run: at least twice the calibration's burn-in, and enough
+    that its Monte-Carlo SE, scaled from the chosen cell's (SE ∝ 1/√draws at the same number
+    of chains), is ≤ half the diagnostics' limit (MC_ERROR_LIMIT·|λ̂|); at most
+    ``MAX_DRAWS_FACTOR`` × the calibration's draws."""
+    target = 0.5 * MC_ERROR_LIMIT * abs(row.llc_mean)
+    needed = num_draws * (row.llc_se / target) ** 2 if target > 0 else math.inf
+    needed = min(needed, MAX_DRAWS_FACTOR * num_draws) if math.isfinite(needed) else num_draws
+    return int(max(num_draws, 2 * num_burnin, math.ceil(needed)))
+
+
 def recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) -> Calibration:
     """The recommendation rule of this module's docstring applied to the grid's ``results``
     (batched over cells with settings ``eps``, ``gam``, ``nbs``), each cell judged by
@@ -458,7 +477,7 @@ def recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) ->
     recommended = dict(
         step_size=float(row.step_size), localization=float(row.localization),
         nbeta=float(row.nbeta), num_burnin=int(min(burnin, 100 * num_burnin)),
-        num_draws=int(max(num_draws, 2 * num_burnin)),
+        num_draws=_recommended_draws(row, num_draws, num_burnin),
     )  # fmt: skip
     how = (
         "the largest healthy ε that agrees with the ε → 0 extrapolation"

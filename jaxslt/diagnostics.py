@@ -58,6 +58,7 @@ __all__ = [
     "FLOAT_RESOLUTION",
     "MALA_LOW",
     "MC_ERROR",
+    "MC_ERROR_LIMIT",
     "NOT_MINIMUM",
     "RHAT",
     "STEP_SIZE",
@@ -387,6 +388,10 @@ def _healthy_mean(values: Any, healthy: np.ndarray) -> float:
     return float(values.mean()) if values.size else math.nan
 
 
+MC_ERROR_LIMIT = 0.1
+"""The Monte-Carlo standard error of λ̂, relative to |λ̂|, above which ``diagnose`` warns."""
+
+
 def diagnose(
     result: Any,
     *,
@@ -396,7 +401,7 @@ def diagnose(
     max_trend: float = 0.05,
     trend_z: float = 3.0,
     max_frac_below_init: float = 0.5,
-    max_rel_se: float = 0.1,
+    max_rel_se: float = MC_ERROR_LIMIT,
 ) -> Diagnostics:
     """Check an ``LLCResult`` and say, per failed check, what is likely wrong and what to change.
 
