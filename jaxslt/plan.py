@@ -68,15 +68,18 @@ class Plan(NamedTuple):
             groups = config.num_chains // min(config.chain_batch_size, config.num_chains)
         return config.total_steps * groups
 
+    @property
+    def traced(self) -> dict[str, Any]:
+        """The traced arguments of the compiled core: ε, nβ, γ and the restriction."""
+        return dict(step_size=self.step_size, nbeta=self.nbeta, localization=self.localization,
+                    restrict=self.restrict)  # fmt: skip
+
     def sample(
         self, loss_fn: Callable, params: PyTree, data: PyTree, key: jax.Array, progress_every=0
     ) -> LLCResult:
         """The compiled core on this plan (``params`` already placed)."""
-        return sample_llc_jit(
-            loss_fn, params, data, key, step_size=self.step_size, nbeta=self.nbeta,
-            localization=self.localization, restrict=self.restrict,
-            config=dataclasses.replace(self.config, progress_every=progress_every),
-        )  # fmt: skip
+        config = dataclasses.replace(self.config, progress_every=progress_every)
+        return sample_llc_jit(loss_fn, params, data, key, config=config, **self.traced)
 
 
 def resolve(
@@ -102,7 +105,7 @@ def resolve(
     if restrict is not None:
         restrict = make_restriction(params, restrict)
     validation.check_observables(config.observables, config.observable_draws)
-    validation.check_sampler(
+    options = validation.check_sampler(  # "auto" changes neither sampler nor batch size
         config.sampler, config.sampler_options, batch_size=config.batch_size, n=n
     )
     validation.check_optional_settings(nbeta=nbeta, localization=localization)  # before "auto"
@@ -133,9 +136,6 @@ def resolve(
         config.param_specs, params, config.mesh, restricted=restrict is not None
     )
     sampler = config.sampler
-    options = validation.check_sampler(
-        sampler, config.sampler_options, batch_size=config.batch_size, n=n
-    )
     capabilities = sampler_capabilities(sampler)
     if capabilities.adapts_during_burnin and config.num_burnin > 0:
         options = {capabilities.adapts_during_burnin: config.num_burnin, **options}

@@ -177,12 +177,8 @@ def llc_trajectory(
         ]  # fmt: skip
     else:
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *trees)  # stays on device
-        scalars = dict(
-            step_size=plan.step_size, nbeta=plan.nbeta, localization=plan.localization,
-            restrict=plan.restrict,
-        )  # fmt: skip
         batched = _mapped(
-            loss_fn, stacked, data, key, scalars, config=plan.config,
+            loss_fn, stacked, data, key, plan.traced, config=plan.config,
             batch_size=len(trees) if checkpoint_batch_size is None
             else min(checkpoint_batch_size, len(trees)),
         )  # fmt: skip
