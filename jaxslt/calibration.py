@@ -55,7 +55,7 @@ import numpy as np
 
 from jaxslt import validation
 from jaxslt.config import SamplingConfig
-from jaxslt.core import DEFAULT_BATCH_SIZE, LLCResult, sample_llc
+from jaxslt.core import DEFAULT_BATCH_SIZE, LLCResult, geometry_at, sample_llc, with_geometry
 from jaxslt.curvature import (
     HEALTHY_SHARE,
     MAX_RELATIVE_BIAS,
@@ -73,6 +73,7 @@ from jaxslt.diagnostics import (
     TREND_FALLING,
     TREND_RISING,
 )
+from jaxslt.kernels import sampler_capabilities
 from jaxslt.posterior import default_nbeta
 from jaxslt.types import PyTree
 
@@ -222,6 +223,7 @@ def calibrate(
     num_burnin: int = 1000,
     batch_size: int | None = None,
     sampler: str = "sgld",
+    sampler_options: dict[str, Any] | None = None,
     cell_batch_size: int | None = None,
 ) -> Calibration:
     """Run short chains on a grid and recommend ``step_size``, ``localization`` (and ``nbeta``
@@ -243,8 +245,12 @@ def calibrate(
       num_chains: chains per cell.
       num_draws: kept draws per chain.
       num_burnin: burn-in steps per chain.
-      batch_size: minibatch size; ``None`` means min(n, 256).
+      batch_size: minibatch size; ``None`` means min(n, 256), or n for a full-batch sampler
+        (``SamplerCapabilities.full_batch``, e.g. ``"mala"``), as in ``estimate_llc``.
       sampler: a sampler name, as for ``estimate_llc``.
+      sampler_options: the sampler's keyword arguments, as for ``estimate_llc`` (an option
+        that adapts during burn-in, rmsprop_sgld's ``adapt_steps``, defaults to each run's
+        burn-in there too).
       cell_batch_size: how many cells are live at once (mapped in groups); ``None``: all.
 
     Returns:
@@ -273,10 +279,24 @@ def calibrate(
     n = validation.check_data(data)
     validation.check_params(params)
     validation.check_key(key)
-    validation.check_sampler(sampler, None, batch_size=batch_size, n=n)  # before any compile
+    options = validation.check_sampler(  # before any compile
+        sampler, sampler_options, batch_size=batch_size, n=n
+    )
     if cell_batch_size is not None:
         validation.check_positive_int("cell_batch_size", cell_batch_size, "cells run at once")
+    capabilities = sampler_capabilities(sampler)
+    if capabilities.full_batch:  # the chains the final run makes: exact density, no minibatch
+        batch_size = n
     batch_size = min(n, DEFAULT_BATCH_SIZE) if batch_size is None else batch_size
+
+    def sampling(burnin: int, draws: int) -> SamplingConfig:
+        adapting = capabilities.adapts_during_burnin  # as estimate_llc sets it
+        return SamplingConfig(
+            num_chains=num_chains, num_draws=draws, num_burnin=burnin, batch_size=batch_size,
+            sampler=sampler,
+            sampler_options={adapting: burnin, **options} if adapting and burnin else options,
+        )  # fmt: skip
+
     nbetas = (
         [default_nbeta(n)]
         if nbetas is None
@@ -297,14 +317,19 @@ def calibrate(
     validation.check_curvature(h_max)
     pilots: list[str] = []
     if step_sizes is None:
-        pilot = functools.partial(
-            run_grid, loss_fn, params, data, jax.random.fold_in(key, 3),
-            config=SamplingConfig(
-                num_chains=num_chains, num_draws=max(1, num_draws // 4),
-                num_burnin=max(1, num_burnin // 4), batch_size=batch_size, sampler=sampler,
-            ),
-            cell_batch_size=None,
-        )  # fmt: skip
+        pilot_key, pilot_config = (
+            jax.random.fold_in(key, 3),
+            sampling(max(1, num_burnin // 4), max(1, num_draws // 4)),
+        )
+        at_pilot = geometry_at(loss_fn, params, data, pilot_key, batch_size=batch_size)
+
+        def pilot(*cells):  # the curvature at w* is the same for every try: measured once
+            results = run_grid(
+                loss_fn, params, data, pilot_key, *cells, config=pilot_config,
+                cell_batch_size=None,
+            )  # fmt: skip
+            return with_geometry(results, at_pilot)
+
         scale, pilots = _pilot_step(pilot, diagnose, h_max, max(nbetas), min(localizations))
         step_sizes = list(scale * PILOT_GRID)
         # burn-in long enough that at the largest γ the steps from 0.4× the pilot's scale cover
@@ -327,11 +352,10 @@ def calibrate(
     results = run_grid(
         loss_fn, params, data, key, jnp.asarray(eps, dtype), jnp.asarray(gam, dtype),
         jnp.asarray(nbs, dtype), cell_batch_size=cell_batch_size,
-        config=SamplingConfig(
-            num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
-            batch_size=batch_size, sampler=sampler,
-        ),
+        config=sampling(num_burnin, num_draws),
     )  # fmt: skip
+    # the curvature at w* is the same for every cell (same w*, key and batch): measured once
+    results = with_geometry(results, geometry_at(loss_fn, params, data, key, batch_size=batch_size))
     validation.check_init_loss(results.init_loss[0])  # the loss's fault, not the grid's
     calibration = recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws)
     if pilots:
@@ -347,8 +371,9 @@ def calibrate(
 def run_grid(loss_fn, params, data, key, eps, gam, nbs, *, config, cell_batch_size):
     """``sample_llc`` with ``config`` (a ``SamplingConfig``) for every cell (ε, γ, nβ) of the
     grid, in one compiled program: cells mapped in groups of ``cell_batch_size`` (all at once
-    by default), all on the same ``key`` (common random numbers); with the step check's
-    ``LocalGeometry`` per cell."""
+    by default), all on the same ``key`` (common random numbers); with the chains' part of the
+    step check's ``LocalGeometry`` per cell (``calibrate`` joins the curvature at w*, the same
+    for every cell, with ``jaxslt.core.with_geometry``)."""
     config = dataclasses.replace(config, step_check=True)
 
     def cell(args):

@@ -63,7 +63,8 @@ class SamplingConfig:
         pairs.
       acceptance_checks: the MALA acceptance of SGLD transitions is measured at that many
         steps after burn-in.
-      step_check: measure the ``LocalGeometry`` at w* from which the diagnostics judge ε.
+      step_check: record the chains' part of the ``LocalGeometry`` from which the diagnostics
+        judge ε (``jaxslt.core.geometry_at`` measures the rest, at w*).
       progress_every: a host callback every that many steps; 0 = none.
       observables: accumulate per-example losses for the singular fluctuation, WAIC, WBIC.
       observable_draws: at that many kept draws per chain.

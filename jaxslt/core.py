@@ -9,6 +9,7 @@ shell is ``jaxslt.estimator.estimate_llc``; ``jaxslt.calibration`` maps it over 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from jaxslt.chains import Accumulator, data_size, run_chains
 from jaxslt.config import DEFAULT_LOCALIZATION, DEFAULTS, SamplingConfig
-from jaxslt.curvature import local_geometry
+from jaxslt.curvature import LocalGeometry, local_geometry
 from jaxslt.kernels import make_kernel, sgld_checks, state_position
 from jaxslt.observables import init_moments, per_example_losses, update_moments
 from jaxslt.observables import observables as pool
@@ -33,9 +34,11 @@ __all__ = [
     "LLCResult",
     "computed_in",
     "flag_exploded",
+    "geometry_at",
     "restricted_loss",
     "sample_llc",
     "sample_llc_jit",
+    "with_geometry",
 ]
 
 DEFAULT_BATCH_SIZE = 256
@@ -72,8 +75,10 @@ class LLCResult(NamedTuple):
       diagnostics: the ``jaxslt.Diagnostics`` of the run (``estimate_llc``); None from
         ``sample_llc``.
       calibration: the ``jaxslt.Calibration`` of ``step_size="auto"``; else None.
-      geometry: a ``jaxslt.curvature.LocalGeometry`` of the loss at w* with ``step_check``
-        (h_max, tr ∇²L, minibatch gradient noise); else None.
+      geometry: a ``jaxslt.curvature.LocalGeometry`` with ``step_check``: ``estimate_llc``
+        measures the loss at w* (h_max, tr ∇²L, minibatch gradient noise) when it diagnoses;
+        ``sample_llc`` records only the chains' part (``trace_h_draws``, ``noise_gain``; the
+        rest NaN until ``with_geometry(result, geometry_at(...))``); else None.
     """
 
     llc_mean: jax.Array
@@ -162,10 +167,10 @@ def sample_llc(
       localization: γ ≥ 0, the strength of the pull towards w*.
       config: every static setting (``jaxslt.config.SamplingConfig``; one static argument).
         ``chain_batch_size="auto"`` runs all chains at once here (``estimate_llc`` resolves it
-        from free memory); ``step_check`` also measures the loss's ``LocalGeometry`` at w*
-        (``result.geometry``: a few dozen Hessian-vector products and minibatch gradients, on a
-        key folded from ``key`` so the chains' numbers do not change), from which ``diagnose``
-        judges ε.
+        from free memory); ``step_check`` also records the chains' part of the step check's
+        ``LocalGeometry`` (``result.geometry``), which ``with_geometry(result, geometry_at(...))``
+        completes with the curvature at w* (a separate program, so it compiles once per loss
+        and shapes, not per config), from which ``diagnose`` judges ε.
       restrict: a ``jaxslt.Restriction`` (``jaxslt.make_restriction(params, selection)``; a
         pytree whose index arrays may be traced) or glob pattern(s) when not jitted: sample
         only those weights, the others frozen at w* (the chains carry only the sampled part).
@@ -279,11 +284,8 @@ def sample_llc(
         accept_rate=trace.accept_rate,
         mala_accept=mala_accept,
         observables=None if accumulate is None else pool(trace.accumulated, healthy, nbeta),
-        geometry=local_geometry(
-            loss_fn, params, data, jax.random.fold_in(key, 7), batch_size=batch_size,
-            sample_size=4 * batch_size,
-        )._replace(
-            trace_h_draws=trace_h_draws,
+        geometry=LocalGeometry(
+            h_max=jnp.nan, trace_h=jnp.nan, grad_noise=jnp.nan, trace_h_draws=trace_h_draws,
             noise_gain=1.0 if capabilities.noise_gain is None
             else capabilities.noise_gain(dict(sampler_options)),
         ) if config.step_check else None,
@@ -294,6 +296,53 @@ def sample_llc(
 sample_llc_jit = jax.jit(sample_llc, static_argnums=(0,), static_argnames=("config",))
 """``sample_llc`` compiled: ``loss_fn`` and ``config`` static, everything else traced (one
 compile per loss function, config and array shapes)."""
+
+
+@functools.partial(
+    jax.jit, static_argnums=(0,), static_argnames=("batch_size", "compute_dtype")
+)  # fmt: skip
+def geometry_at(
+    loss_fn: Callable[[PyTree, PyTree], jax.Array],
+    params: PyTree,
+    data: PyTree,
+    key: jax.Array,
+    *,
+    batch_size: int | None,
+    compute_dtype: Any = None,
+    restrict: Restriction | None = None,
+) -> LocalGeometry:
+    """The at-w* part of the step check (``LocalGeometry``'s h_max, tr ∇²L and tr Cov(∇L_B))
+    for ``sample_llc`` on the same arguments: the same loss (``compute_dtype``, ``restrict``),
+    minibatch size and ``key``. A program of its own, compiled once per loss function, shapes
+    and batch size (not per sampling config); ``with_geometry`` joins it to a result.
+
+    Measured with ``jaxslt.curvature.local_geometry`` on a key folded from ``key``, so no chain
+    number depends on it (a few dozen Hessian-vector products and minibatch gradients on
+    4 × batch_size examples). Inside the sampling program it took most of the compile time of
+    the extras: 13 of 26 s on the 2-layer in-context transformer of ``examples/``.
+    """
+    n = data_size(data)
+    if compute_dtype is not None:
+        loss_fn = computed_in(loss_fn, compute_dtype)
+    if restrict is not None:
+        loss_fn, params = restricted_loss(loss_fn, params, restrict)
+    batch_size = min(n, DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
+    return local_geometry(
+        loss_fn, params, data, jax.random.fold_in(key, 7), batch_size=batch_size,
+        sample_size=4 * batch_size,
+    )  # fmt: skip
+
+
+def with_geometry(result: LLCResult, at: LocalGeometry) -> LLCResult:
+    """``result`` whose step-check geometry (the chains' part, from ``sample_llc`` with
+    ``step_check``) is completed by ``at`` (``geometry_at``); fields are broadcast to the
+    result's leading axes when it is batched (calibration cells)."""
+    chains = result.geometry
+    shape = jnp.shape(chains.trace_h_draws)
+    h_max, trace_h, grad_noise = (jnp.broadcast_to(x, shape) for x in at[:3])
+    geometry = chains._replace(h_max=h_max, trace_h=trace_h, grad_noise=grad_noise)
+    return result._replace(geometry=geometry)
+
 
 EXPLODED_FACTOR = 10.0
 

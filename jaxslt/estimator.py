@@ -175,8 +175,9 @@ def estimate_llc(
         restrict=restrict,
     )  # fmt: skip
     result = stages.run(
-        loss_fn, params, data, key, plan, progress=progress, label=f"LLC ({num_chains} chains)"
-    )
+        loss_fn, params, data, key, plan, progress=progress, label=f"LLC ({num_chains} chains)",
+        measure=diagnostics,
+    )  # fmt: skip
     validation.check_estimate(loss_fn, params, data, result)  # causes other than step_size
     stages.check_divergence(result, plan.step_size, raise_if_all=True)
     return stages.finish(result, plan, diagnostics)

@@ -30,7 +30,15 @@ import numpy as np
 from jaxslt import validation
 from jaxslt.calibration import Calibration, calibrate
 from jaxslt.config import DEFAULT_LOCALIZATION, SamplingConfig
-from jaxslt.core import DEFAULT_BATCH_SIZE, LLCResult, restricted_loss, sample_llc_jit
+from jaxslt.core import (
+    DEFAULT_BATCH_SIZE,
+    LLCResult,
+    geometry_at,
+    restricted_loss,
+    sample_llc_jit,
+    with_geometry,
+)
+from jaxslt.curvature import LocalGeometry
 from jaxslt.kernels import sampler_capabilities
 from jaxslt.memory import memory_chain_batch_size
 from jaxslt.posterior import default_nbeta
@@ -80,6 +88,17 @@ class Plan(NamedTuple):
         """The compiled core on this plan (``params`` already placed)."""
         config = dataclasses.replace(self.config, progress_every=progress_every)
         return sample_llc_jit(loss_fn, params, data, key, config=config, **self.traced)
+
+    def measure(
+        self, loss_fn: Callable, params: PyTree, data: PyTree, key: jax.Array
+    ) -> LocalGeometry:
+        """The step check's curvature at w* for this plan's loss, batch and key
+        (``jaxslt.core.geometry_at``: its own program, shared by every config)."""
+        config = self.config
+        return geometry_at(
+            loss_fn, params, data, key, batch_size=config.batch_size,
+            compute_dtype=config.compute_dtype, restrict=self.restrict,
+        )  # fmt: skip
 
 
 def resolve(
@@ -172,6 +191,7 @@ def _calibrate(loss_fn, params, data, key, config, *, nbeta, localization, restr
         cal_loss, cal_params, data, key=jax.random.fold_in(key, 1),
         num_chains=config.num_chains, batch_size=config.batch_size,
         sampler=sampler if isinstance(sampler, str) else "sgld",
+        sampler_options=config.options if isinstance(sampler, str) else None,
         **({} if localization is None else {"localizations": [localization]}),
         **({} if nbeta is None else {"nbetas": [nbeta]}),
     )  # fmt: skip
@@ -197,12 +217,17 @@ def run(
     *,
     progress: bool | None,
     label: str,
+    measure: bool = True,
 ) -> LLCResult:
     """Place w* on the plan's mesh and run the compiled core, with a progress bar when asked;
-    blocks until the result is ready."""
+    with ``measure`` (the run will be diagnosed) complete the step check's geometry
+    (``Plan.measure``). Blocks until the result is ready."""
     params = place_params(params, plan.config.mesh, plan.config.param_specs)
     with progress_steps(progress, plan.total_steps, label) as every:
-        return jax.block_until_ready(plan.sample(loss_fn, params, data, key, every))
+        result = plan.sample(loss_fn, params, data, key, every)
+    if measure and result.geometry is not None:
+        result = with_geometry(result, plan.measure(loss_fn, params, data, key))
+    return jax.block_until_ready(result)
 
 
 @contextlib.contextmanager

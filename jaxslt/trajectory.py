@@ -23,7 +23,7 @@ import pandas as pd
 from jaxslt import plan as stages
 from jaxslt import validation
 from jaxslt.config import ESTIMATE_SETTINGS, split_settings
-from jaxslt.core import LLCResult, sample_llc
+from jaxslt.core import LLCResult, sample_llc, with_geometry
 from jaxslt.types import PyTree
 
 __all__ = ["llc_trajectory"]
@@ -172,7 +172,7 @@ def llc_trajectory(
     if checkpoint_batch_size == 1:
         results = [
             stages.run(loss_fn, params, data, key, plan, progress=progress,
-                       label=f"LLC at step {step} ({i + 1}/{len(trees)})")
+                       label=f"LLC at step {step} ({i + 1}/{len(trees)})", measure=diagnostics)
             for i, (step, params) in enumerate(zip(steps, trees, strict=True))
         ]  # fmt: skip
     else:
@@ -183,6 +183,11 @@ def llc_trajectory(
             else min(checkpoint_batch_size, len(trees)),
         )  # fmt: skip
         results = [jax.tree.map(lambda x, i=i: x[i], batched) for i in range(len(trees))]
+        if diagnostics:  # the curvature at each w*: one small program, compiled once
+            results = [
+                with_geometry(result, plan.measure(loss_fn, params, data, key))
+                for result, params in zip(results, trees, strict=True)
+            ]
     rows, finished = [], []
     for step, result in zip(steps, results, strict=True):
         validation.check_init_loss(result.init_loss, f"the checkpoint at step {step}")

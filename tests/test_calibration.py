@@ -126,6 +126,55 @@ def test_cells_can_run_in_groups(calibration):
     assert jnp.shape(grouped.results.llc_mean) == (12,)
 
 
+class _Captured(Exception):
+    """Raised by a stand-in for ``run_grid`` once it has seen the config it would compile."""
+
+
+@pytest.mark.parametrize(
+    "sampler, options, batch_size, expected_batch, expected_options",
+    [
+        # full-batch samplers calibrate on the full batch, as estimate_llc runs them (it used
+        # minibatches of min(n, 256): MALA's Metropolis test on a minibatch)
+        ("mala", None, None, 300, ()),
+        ("sgld", None, None, 256, ()),
+        # the preconditioner adapts during each run's burn-in, as in estimate_llc (it used to
+        # adapt through the kept draws)
+        ("rmsprop_sgld", None, 64, 64, (("adapt_steps", 40),)),
+        ("rmsprop_sgld", {"adapt_steps": 7}, 64, 64, (("adapt_steps", 7),)),
+        ("sghmc", {"friction": 0.2}, 64, 64, (("friction", 0.2),)),
+    ],
+)
+def test_calibration_runs_the_sampler_as_estimate_llc_would(
+    monkeypatch, sampler, options, batch_size, expected_batch, expected_options
+):
+    seen = []
+
+    def capture(*args, config, cell_batch_size):
+        seen.append(config)
+        raise _Captured
+
+    monkeypatch.setattr(cal_module, "run_grid", capture)
+    p = jaxslt.problems.regular_linear_gaussian(2, key=jax.random.key(0), num_examples=300)
+    with pytest.raises(_Captured):
+        jaxslt.calibrate(
+            p.loss_fn, p.params, p.data, key=jax.random.key(1), step_sizes=[1e-4],
+            localizations=[10.0], num_burnin=40, num_draws=80, batch_size=batch_size,
+            sampler=sampler, sampler_options=options,
+        )  # fmt: skip
+    (config,) = seen
+    assert (config.batch_size, config.sampler, config.sampler_options) == (
+        expected_batch, sampler, expected_options,
+    )  # fmt: skip
+
+
+def test_calibration_rejects_a_minibatch_for_a_full_batch_sampler():
+    p = jaxslt.problems.regular_linear_gaussian(2, key=jax.random.key(0), num_examples=300)
+    with pytest.raises(ValueError, match="full-batch"):
+        jaxslt.calibrate(
+            p.loss_fn, p.params, p.data, key=jax.random.key(1), sampler="mala", batch_size=64
+        )
+
+
 def test_auto_works_with_one_chain():
     """The within-chain SE (nβ·sd/√ESS) is defined for one chain; the across-chain one was not,
     and auto raised "found no usable setting"."""

@@ -237,6 +237,22 @@ def test_second_call_reuses_the_compiled_program(traces):
     assert traces["sample_llc"] == before
 
 
+def test_the_step_check_curvature_compiles_once_per_loss_not_per_config(traces):
+    """The curvature at w* (``geometry_at``) is a program of its own: a new sampling config
+    recompiles the sampler, not it (inside the sampler it took half the compile time of the
+    in-context transformer); with diagnostics off it is not measured at all."""
+    kw = dict(step_size=1e-3, nbeta=100.0, localization=1.0, num_chains=2, num_burnin=3)
+    first = _estimate(num_draws=18, **kw)
+    before = traces["geometry_at"]
+    assert before == 1 and np.isfinite(float(first.geometry.h_max))
+    other = _estimate(num_draws=19, acceptance_checks=0, sampler="rmsprop_sgld", **kw)
+    assert traces["geometry_at"] == before and traces["sample_llc"] == 2
+    for name in ("h_max", "trace_h", "grad_noise"):  # same w*, key and batch: same curvature
+        assert float(getattr(other.geometry, name)) == float(getattr(first.geometry, name))
+    lazy = _estimate(num_draws=20, diagnostics=False, **kw)
+    assert traces["geometry_at"] == before and np.isnan(float(lazy.geometry.h_max))
+
+
 def test_result_is_a_pytree_with_a_readable_summary():
     result = _estimate(step_size=1e-3, nbeta=100.0, num_chains=3, num_draws=20, num_burnin=5)
     chex.assert_shape(result.llc_per_chain, (3,))
