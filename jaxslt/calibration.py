@@ -278,7 +278,7 @@ def calibrate(
 
     n = validation.check_data(data)
     validation.check_params(params)
-    validation.check_key(key)
+    key = validation.check_key(key)  # old-style keys share the typed key's program
     options = validation.check_sampler(  # before any compile
         sampler, sampler_options, batch_size=batch_size, n=n
     )

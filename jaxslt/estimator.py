@@ -159,6 +159,7 @@ def estimate_llc(
       >>> 0.3 < float(result.llc_mean) < 1.5
       True
     """
+    key = validation.check_key(key)  # old-style keys share the typed key's program
     validation.check_diagnostics(
         diagnostics, num_draws=num_draws, num_chains=num_chains, progress=progress
     )

@@ -160,6 +160,7 @@ def llc_trajectory(
         )
     steps, trees = _checkpoint_list(checkpoints, steps)
     validation.check_checkpoints(steps, trees)  # every one, not only the last
+    key = validation.check_key(key)  # old-style keys share the typed key's program
     config, traced = split_settings(settings)
     validation.check_diagnostics(
         diagnostics, num_draws=config.num_draws, num_chains=config.num_chains, progress=progress

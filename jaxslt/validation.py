@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from jaxslt.chains import typed_key
 from jaxslt.kernels import SAMPLERS, sampler_capabilities
 from jaxslt.sharding import flat_param_specs
 from jaxslt.types import PyTree
@@ -172,12 +173,15 @@ def check_params(params: PyTree) -> None:
         )
 
 
-def check_key(key: Any) -> None:
+def check_key(key: Any) -> jax.Array:
+    """Check that ``key`` is one PRNG key; return it as a typed key (``chains.typed_key``): an
+    old-style ``PRNGKey`` gives the same numbers either way, and so shares the compiled
+    programs of ``jax.random.key`` instead of compiling its own."""
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape == ():
-            return
+            return key
     elif isinstance(key, (jax.Array, np.ndarray)) and key.shape == (2,) and key.dtype == np.uint32:
-        return
+        return typed_key(jnp.asarray(key))
     raise TypeError(
         f"key must be one PRNG key, e.g. jax.random.key(0); got {type(key).__name__} "
         f"with shape {np.shape(key)}"

@@ -45,6 +45,16 @@ def test_estimate_llc_old_and_new_keys_agree(chain_batch_size):
     _same(results[0].mala_accept, results[1].mala_accept)
 
 
+def test_an_old_style_key_reuses_the_typed_keys_program(traces):
+    """Both spellings of a seed give the same numbers, so the shell wraps an old-style key
+    before anything compiles: switching spelling costs no second compile."""
+    loss, params, data = _regression()
+    jaxslt.estimate_llc(loss, params, data, key=jax.random.key(3), num_chains=2, **KW)
+    before = traces["sample_llc"]
+    jaxslt.estimate_llc(loss, params, data, key=jax.random.PRNGKey(4), num_chains=2, **KW)
+    assert traces["sample_llc"] == before
+
+
 def test_mesh_old_and_new_keys_agree():
     loss, params, data = _regression()
     mesh = jax.make_mesh((1, 1), ("chain", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
