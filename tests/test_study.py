@@ -488,6 +488,32 @@ def test_report_table_figure_and_files(finished, tmp_path):
         study.plot_llc_vs_checkpoint(table, spec, data="half")
 
 
+def test_llc_vs_checkpoint_is_readable_on_an_uneven_curve(tmp_path):
+    """One early outlier (λ̂ = −250 at step 0) no longer squashes the other points into a line,
+    steps across four decades get a log axis, and cells that failed their diagnostics are
+    ringed (the study plot used to do none of these)."""
+    from types import SimpleNamespace
+
+    steps = [0, 10, 100, 1000, 10_000]
+    table = pd.DataFrame({
+        "status": "done", "data": "full", "seed": 0, "step_size": 1e-4, "step": steps,
+        "llc_mean": [-250.0, 5.0, 7.0, 9.0, 10.0], "llc_std": 0.5,
+        "diagnostics_ok": [0, 1, 1, None, 1],
+    })  # fmt: skip
+    spec = SimpleNamespace(name="uneven", grid={"step_size": [1e-4], "seed": [0]})
+    fig = study.plot_llc_vs_checkpoint(table, spec, path=tmp_path / "uneven.png")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "symlog"
+    lo, hi = ax.get_ylim()
+    assert -250 < lo < 4.5 and 10.5 < hi < 40  # the others fill the axis
+    arrows = [a for a in ax.texts if a.get_text()]
+    assert [a.get_text() for a in arrows] == ["-250 (failed)"]
+    rings = [ln for ln in ax.lines if ln.get_marker() == "o" and ln.get_markersize() == 11]
+    assert len(rings) == 1 and rings[0].get_xdata().tolist() == [0.0]  # None: not diagnosed
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "failed diagnostics (1 point(s))" in labels
+
+
 def test_cli_study_commands(finished, tmp_path, capsys):
     spec_path, _ = finished
     assert cli.main(["study", "run", str(spec_path)]) == 0

@@ -22,7 +22,13 @@ from jaxslt.plots.common import (
     set_step_axis,
 )
 
-__all__ = ["TRAJECTORY_FIGSIZE", "plot_trajectory", "robust_limits"]
+__all__ = [
+    "TRAJECTORY_FIGSIZE",
+    "draw_outliers",
+    "plot_trajectory",
+    "ring_failed",
+    "robust_limits",
+]
 
 TRAJECTORY_FIGSIZE = (9.0, 5.0)
 _FAILED_COLOR = "tab:red"
@@ -50,6 +56,49 @@ def robust_limits(values: np.ndarray, *, reach: float = 1.5) -> tuple[float, flo
     if spread > 0:
         lo, hi = max(lo, q10 - reach * spread), min(hi, q90 + reach * spread)
     return padded_limits([lo, hi])
+
+
+def ring_failed(ax: Any, steps: np.ndarray, values: np.ndarray) -> Line2D:
+    """Ring the points (``steps``, ``values``) in red on ``ax`` (checkpoints or cells that
+    failed their diagnostics); returns the legend handle."""
+    style = dict(ls="none", marker="o", ms=11, mfc="none", mec=_FAILED_COLOR, mew=1.6)
+    ax.plot(steps, values, zorder=6, **style)
+    return Line2D([], [], **style)
+
+
+def draw_outliers(
+    ax: Any,
+    steps: np.ndarray,
+    values: np.ndarray,
+    limits: tuple[float, float],
+    ok: np.ndarray,
+) -> int:
+    """Set ``limits`` as ``ax``'s y limits and draw every finite value beyond them as a red arrow
+    at the edge, its value written for at most four (the first, the most extreme each way, the
+    last; "(failed)" where ``ok`` is False), so that one outlier such as λ̂ = −250 at step 0
+    does not squash the rest into a line. Returns how many values are beyond the limits."""
+    lo, hi = limits
+    ax.set_ylim(lo, hi)
+    outside = np.flatnonzero(np.isfinite(values) & ((values < lo) | (values > hi)))
+    # every outlier gets an arrow at the edge; values are written for at most four, so that a
+    # run of them stays legible
+    named = set(outside[:1]) | set(outside[-1:])
+    if outside.size:
+        named |= {
+            int(outside[np.argmin(values[outside])]), int(outside[np.argmax(values[outside])])
+        }  # fmt: skip
+    for i in outside:
+        top = values[i] > hi
+        value = format_number(values[i], 3) + ("" if ok[i] else " (failed)")
+        lift = 14 + 11 * (sorted(named).index(i) % 2 if i in named else 0)  # stagger
+        ax.annotate(
+            value if i in named else "", (steps[i], hi if top else lo),
+            xytext=(0, -lift if top else lift), textcoords="offset points", ha="center",
+            va="center", fontsize=8, color=_FAILED_COLOR,
+            arrowprops={"arrowstyle": "->", "color": _FAILED_COLOR, "lw": 1.2},
+            annotation_clip=False,
+        )  # fmt: skip
+    return int(outside.size)
 
 
 def plot_trajectory(
@@ -124,12 +173,7 @@ def plot_trajectory(
     labels.append(r"$\hat\lambda$ ± llc_std (spread of the chains)")
     failed = ~ok & finite
     if failed.any():
-        ax.plot(
-            s[failed], y[failed], ls="none", marker="o", ms=11, mfc="none",
-            mec=_FAILED_COLOR, mew=1.6, zorder=6,
-        )  # fmt: skip
-        handles.append(Line2D([], [], ls="none", marker="o", ms=11, mfc="none",
-                              mec=_FAILED_COLOR, mew=1.6))  # fmt: skip
+        handles.append(ring_failed(ax, s[failed], y[failed]))
         labels.append(f"failed diagnostics ({int(failed.sum())} of {s.size}; see warnings)")
     if stages is not None:
         for b in stages.boundaries[1:-1]:
@@ -141,31 +185,9 @@ def plot_trajectory(
 
     band = [y] if std is None else [y, y - std, y + std]
     lim = robust_limits(np.concatenate([b[finite] for b in band])) if ylim is None else ylim
-    if lim is not None:
-        lo, hi = lim
-        ax.set_ylim(lo, hi)
-        outside = np.flatnonzero(finite & ((y < lo) | (y > hi)))
-        # every outlier gets an arrow at the edge; values are written for at most four (the
-        # first, the most extreme each way, the last), so that a run of them stays legible
-        named = set(outside[:1]) | set(outside[-1:])
-        if outside.size:
-            named |= {int(outside[np.argmin(y[outside])]), int(outside[np.argmax(y[outside])])}
-        for i in outside:
-            top = y[i] > hi
-            edge = hi if top else lo
-            value = format_number(y[i], 3) + ("" if ok[i] else " (failed)")
-            text = value if i in named else ""
-            lift = 14 + 11 * (sorted(named).index(i) % 2 if i in named else 0)  # stagger
-            ax.annotate(
-                text, (s[i], edge), xytext=(0, -lift if top else lift),
-                textcoords="offset points", ha="center", va="center", fontsize=8,
-                color=_FAILED_COLOR,
-                arrowprops={"arrowstyle": "->", "color": _FAILED_COLOR, "lw": 1.2},
-                annotation_clip=False,
-            )  # fmt: skip
-        if outside.size:
-            handles.append(Line2D([], [], color=_FAILED_COLOR, marker=r"$\uparrow$", ls="none"))
-            labels.append(f"{outside.size} point(s) beyond the axis (arrows; values of up to 4)")
+    if lim is not None and (beyond := draw_outliers(ax, s, y, lim, ok)):
+        handles.append(Line2D([], [], color=_FAILED_COLOR, marker=r"$\uparrow$", ls="none"))
+        labels.append(f"{beyond} point(s) beyond the axis (arrows; values of up to 4)")
 
     if w is not None and np.isfinite(w).any():
         ax_loss = ax.twinx()

@@ -291,6 +291,11 @@ def _setting_label(row, keys: list[str]) -> str:
     return ", ".join(f"{k}={row[k]}" for k in keys) if keys else "LLC"
 
 
+OUTLIER_REACH = 3.0
+"""``plot_llc_vs_checkpoint``: a mean further than this many interquartile ranges beyond the
+quartiles of all the plotted means is drawn as an arrow at the axis' edge."""
+
+
 def plot_llc_vs_checkpoint(
     table: Any,
     spec: Spec,
@@ -300,9 +305,11 @@ def plot_llc_vs_checkpoint(
 ) -> Figure:
     """λ̂ vs checkpoint step of one data slice: a line per setting (grid values other than seed
     and data), mean over seeds ± (std across seeds, or the cell's across-chain std with one
-    seed). ``table``: ``load_results``'s; ``data``: the slice (may be left out when the finished
-    cells have only one). Returns the figure; with ``path`` (png/pdf/svg) it is also written
-    there, as every ``jaxslt.plots`` function does.
+    seed). As ``jaxslt.plots.plot_trajectory`` draws a trajectory: the step axis is logarithmic
+    when the steps span more than two decades, points whose cells failed their diagnostics are
+    ringed in red, and the y limits are robust (one outlier is an arrow at the edge). Returns
+    the figure; with ``path`` (png/pdf/svg) it is also written there, as every
+    ``jaxslt.plots`` function does.
 
     Args:
       table: ``load_results``'s DataFrame.
@@ -317,8 +324,11 @@ def plot_llc_vs_checkpoint(
       ValueError: no such slice, or several and ``data`` not given.
     """
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
-    from jaxslt.plots.common import output_path, save_figure
+    from jaxslt.plots.common import output_path, padded_limits, save_figure, set_step_axis
+    from jaxslt.plots.trajectory import draw_outliers, ring_failed
+    from jaxslt.stages import axis_scale
 
     keys = [k for k in spec.grid if k not in ("seed", "data")]
     done = table[table["status"] == "done"]
@@ -335,25 +345,68 @@ def plot_llc_vs_checkpoint(
     part = done[done["data"] == data]
     fig = Figure(figsize=(8.0, 5.0), layout="constrained")
     ax = fig.add_subplot()
+    all_steps = np.asarray(sorted(part["step"].unique()), dtype=float)
+    scale = axis_scale(all_steps) if all_steps.size > 1 else "linear"
+    set_step_axis(ax, all_steps, scale)
     seeds = part["seed"].nunique()
     groups = part.groupby(keys, sort=False, dropna=False) if keys else [((), part)]
+    curves, failed_points, extra = [], [], []
     for _, rows in groups:
-        by_step = rows.groupby("step")["llc_mean"]
+        by_step = rows.groupby("step")
         steps = np.asarray(sorted(by_step.groups))
-        mean = by_step.mean().loc[steps].to_numpy()
+        mean = by_step["llc_mean"].mean().loc[steps].to_numpy()
         if seeds > 1:
-            err = by_step.std(ddof=1).loc[steps].to_numpy()
+            err = by_step["llc_mean"].std(ddof=1).loc[steps].to_numpy()
         else:
-            err = rows.groupby("step")["llc_std"].mean().loc[steps].to_numpy()
+            err = by_step["llc_std"].mean().loc[steps].to_numpy()
+        # a point is failed when any of its cells failed its diagnostics (None: not diagnosed)
+        ok = by_step["diagnostics_ok"].apply(lambda v: not (v == 0).any())
+        ok = ok.loc[steps].to_numpy()
         ax.errorbar(steps, mean, yerr=np.nan_to_num(err), marker="o", capsize=3,
                     label=_setting_label(rows.iloc[0], keys))  # fmt: skip
-    ax.set_xlabel("checkpoint step")
+        curves.append((steps.astype(float), mean, np.nan_to_num(err), ok))
+        failed_points += [(x, y) for x, y, good in zip(steps, mean, ok, strict=True) if not good]
+    if failed_points:
+        handle = ring_failed(ax, *np.asarray(failed_points, dtype=float).T)
+        extra.append((handle, f"failed diagnostics ({len(failed_points)} point(s))"))
+    # robust limits over every setting's means: one early outlier (e.g. λ̂ = −250 at step 0)
+    # is an arrow at the edge instead of squashing the other points into a line
+    means = np.concatenate([m for _, m, _, _ in curves])
+    means = means[np.isfinite(means)]
+    limits = None
+    if means.size:  # quartiles, not deciles: a study has few checkpoints per setting
+        q25, q75 = np.percentile(means, [25.0, 75.0])
+        reach = OUTLIER_REACH * (q75 - q25)
+        limits = (means.min(), means.max())
+        if reach > 0:
+            limits = (max(limits[0], q25 - reach), min(limits[1], q75 + reach))
+    if limits is not None:  # then the error bars of the points inside are shown whole
+        inside = [(m, e) for _, m, e, _ in curves]
+        band = np.concatenate(
+            [np.concatenate([m - e, m + e])[np.tile((m >= limits[0]) & (m <= limits[1]), 2)]
+             for m, e in inside]
+        )  # fmt: skip
+        band = band[np.isfinite(band)]
+        if band.size:
+            limits = padded_limits([min(limits[0], band.min()), max(limits[1], band.max())])
+    beyond = 0
+    if limits is not None:  # every setting's points in one call: labels at one step stagger
+        points = [np.concatenate(parts) for parts in zip(*curves, strict=True)]
+        beyond = draw_outliers(ax, points[0], points[1], limits, points[3])
+    if beyond:
+        arrow = Line2D([], [], color="tab:red", marker=r"$\uparrow$", ls="none")
+        extra.append((arrow, f"{beyond} point(s) beyond the axis (arrows)"))
+    ax.set_xlabel("checkpoint step" + (" (log scale)" if scale == "log" else ""))
     ax.set_ylabel("estimated LLC λ̂")
     spread = "std across seeds" if seeds > 1 else "std across chains"
     ax.set_title(f"{spec.name}: LLC vs checkpoint (data {data!r}; bars: {spread})")
     ax.grid(alpha=0.3)
-    if keys or data == slices[0]:  # without settings, the one "LLC" entry on the first slice
-        ax.legend(fontsize="small")
+    if keys or data == slices[0] or extra:  # without settings, "LLC" on the first slice
+        handles, labels = ax.get_legend_handles_labels()
+        for handle, label in extra:
+            handles.append(handle)
+            labels.append(label)
+        ax.legend(handles, labels, fontsize="small")
     if out is not None:
         save_figure(fig, out)
     return fig
