@@ -296,6 +296,24 @@ def test_rerun_executes_nothing_and_changes_nothing(finished):
         assert conn.execute("PRAGMA user_version").fetchone()[0] == study.SCHEMA_VERSION
 
 
+def test_the_summary_names_the_cells_that_failed_their_diagnostics(finished):
+    """Warnings say where they come from: each cell that ran but failed its diagnostics is
+    named by step and grid values with its first warning (30 draws: they all fail here)."""
+    spec_path, summary = finished
+    table = study.load_results(spec_path)
+    flagged = table[table["diagnostics_ok"] == 0]
+    assert len(summary.flagged) == len(flagged) > 0
+    expected = {
+        f"step {r.step} (step_size={r.step_size}, seed={r.seed}): {json.loads(r.warnings)[0]}"
+        for r in flagged.itertuples()
+    }
+    assert set(summary.flagged) == expected
+    text = str(summary)
+    assert f"{len(flagged)} cell(s) failed their diagnostics" in text
+    shown = min(len(flagged), study.driver.FLAGGED_SHOWN)
+    assert sum(line.startswith("    step ") for line in text.splitlines()) == shown
+
+
 def test_rows_match_their_sidecar_traces_and_a_direct_call(finished, checkpoints):
     """λ̂_c = nβ·(mean_t L(w_t) − L_n(w*)) from the sidecar reproduces the row; the row equals
     a plain estimate_llc call with the cell's settings (bit for bit: same program, same key)."""

@@ -29,7 +29,10 @@ from jaxslt.study.runner import LocalBackend
 from jaxslt.study.spec import Spec, as_spec
 from jaxslt.study.store import Store
 
-__all__ = ["RunSummary", "order_cells", "run"]
+__all__ = ["FLAGGED_SHOWN", "RunSummary", "order_cells", "run"]
+
+FLAGGED_SHOWN = 5
+"""How many cells that failed their diagnostics ``RunSummary`` names when printed."""
 
 
 class RunSummary(NamedTuple):
@@ -45,6 +48,9 @@ class RunSummary(NamedTuple):
       remaining: cells still to do (when ``max_cells`` stopped early).
       elapsed_s: wall time, in seconds.
       errors: the failed cells' errors.
+      flagged: the cells run now that finished but failed their diagnostics, each as
+        "step S (grid values): its first warning" (all of its warnings are stored in the
+        ``warnings`` column of ``load_results``).
     """
 
     name: str
@@ -56,6 +62,7 @@ class RunSummary(NamedTuple):
     remaining: int
     elapsed_s: float
     errors: tuple[str, ...] = ()
+    flagged: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         text = (
@@ -63,7 +70,16 @@ class RunSummary(NamedTuple):
             f"({self.failed} failed), {self.skipped} already finished, {self.remaining} "
             f"remaining, of {self.total}; store {self.store}"
         )
-        return "\n".join([text, *(f"  failed: {e}" for e in self.errors[:10])])
+        lines = [text, *(f"  failed: {e}" for e in self.errors[:10])]
+        if self.flagged:
+            lines.append(
+                f"  {len(self.flagged)} cell(s) failed their diagnostics (the warnings column of "
+                "load_results has every warning):"
+            )
+            lines += [f"    {f}" for f in self.flagged[:FLAGGED_SHOWN]]
+            if len(self.flagged) > FLAGGED_SHOWN:
+                lines.append(f"    ... and {len(self.flagged) - FLAGGED_SHOWN} more")
+        return "\n".join(lines)
 
 
 def order_cells(cells: Sequence[Cell]) -> list[Cell]:
@@ -168,4 +184,17 @@ def run(
             + (" (transient: not stored as failed, the next run retries it)" if o.transient else "")
             for o in failed
         ),
+        tuple(
+            f"step {o.cell.step} ({_grid_values(o.cell, spec)}): {o.values['warnings'][0]}"
+            for o in outcomes
+            if o.status == "done"
+            and o.values.get("diagnostics_ok") == 0
+            and o.values.get("warnings")
+        ),
     )
+
+
+def _grid_values(cell: Cell, spec: Spec) -> str:
+    """The cell's values of the spec's grid, e.g. "step_size=0.0001, seed=1"."""
+    values = {"seed": cell.seed, "data": cell.data, **cell.settings}
+    return ", ".join(f"{k}={values.get(k)}" for k in spec.grid)
