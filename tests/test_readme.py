@@ -50,6 +50,9 @@ def test_python_blocks_run_in_order(tmp_path, monkeypatch):
     assert float(result.llc_mean) > 0 and not result.diverged.any()
     assert (tmp_path / "stages.png").exists()
     assert (tmp_path / "dln-memory.sqlite").exists()
+    # the study example runs clean too: every cell passes its diagnostics
+    table = namespace["table"]
+    assert table["diagnostics_ok"].all(), table[["step", "step_size", "seed", "warnings"]]
 
 
 def test_every_python_block_of_the_docs_is_run():
