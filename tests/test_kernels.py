@@ -265,7 +265,6 @@ BUILTIN_CAPABILITIES = {
     "sgnht": SamplerCapabilities(),
     "mala": SamplerCapabilities(full_batch=True),
     "blackjax_sgld": SamplerCapabilities(sgld_transition=True),
-    "blackjax_sghmc": SamplerCapabilities(),
     "blackjax_sgnht": SamplerCapabilities(),
 }
 
@@ -283,8 +282,17 @@ def test_sghmc_declares_its_noise_gain_from_its_friction():
     assert caps.noise_gain({"friction": 0.25}) == pytest.approx(4.0)
 
 
+def test_blackjax_sghmc_declares_its_minibatch_heating():
+    """blackjax.sghmc's momentum noise is √(2αh) per step against the gradient noise's h·c:
+    1/α times SGLD's share (it declared none, so its step check ignored the heating)."""
+    caps = sampler_capabilities("blackjax_sghmc")
+    assert caps._replace(noise_gain=None) == SamplerCapabilities()
+    assert caps.noise_gain({}) == pytest.approx(100.0)  # blackjax's default alpha = 0.01
+    assert caps.noise_gain({"alpha": 0.2, "num_integration_steps": 3}) == pytest.approx(5.0)
+
+
 def test_every_builtin_sampler_declares_its_capabilities_here():
-    assert set(SAMPLERS) >= {*BUILTIN_CAPABILITIES, "sghmc"}
+    assert set(SAMPLERS) >= {*BUILTIN_CAPABILITIES, "sghmc", "blackjax_sghmc"}
     assert sampler_capabilities(lambda loss_fn, posterior: None) == SamplerCapabilities()
     with pytest.raises(ValueError, match=r"sampler='nuts' is unknown"):
         sampler_capabilities("nuts")
