@@ -198,13 +198,12 @@ def sample_llc(
     eval_batch_size, compute_dtype = config.eval_batch_size, config.compute_dtype
     chain_batch_size = None if config.chain_batch_size == "auto" else config.chain_batch_size
     n = data_size(data)
-    if compute_dtype is not None:
-        loss_fn = computed_in(loss_fn, compute_dtype)
-    if restrict is not None:
-        loss_fn, params = restricted_loss(loss_fn, params, make_restriction(params, restrict))
+    loss_fn, params, batch_size = _sampled_problem(
+        loss_fn, params, n, batch_size=config.batch_size, compute_dtype=compute_dtype,
+        restrict=restrict,
+    )  # fmt: skip
     specs = param_partition_specs(params, mesh, config.param_specs)
     params = shard_params(params, mesh, specs)  # w*, hence the localizer, split like the chains
-    batch_size = min(n, DEFAULT_BATCH_SIZE if config.batch_size is None else config.batch_size)
     nbeta = default_nbeta(n) if nbeta is None else nbeta
     init_loss = full_data_loss(loss_fn, params, data, eval_batch_size or batch_size)
     posterior = localized_posterior(loss_fn, params, nbeta=nbeta, localization=localization)
@@ -293,6 +292,17 @@ def sample_llc(
     return replicate(result, mesh)
 
 
+def _sampled_problem(loss_fn, params, n, *, batch_size, compute_dtype, restrict):
+    """What the chains (and the step check) see: the loss computed in ``compute_dtype`` and
+    restricted to the sampled part, that part of w*, and the minibatch size (None:
+    min(n, ``DEFAULT_BATCH_SIZE``))."""
+    if compute_dtype is not None:
+        loss_fn = computed_in(loss_fn, compute_dtype)
+    if restrict is not None:
+        loss_fn, params = restricted_loss(loss_fn, params, make_restriction(params, restrict))
+    return loss_fn, params, min(n, DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
+
+
 sample_llc_jit = jax.jit(sample_llc, static_argnums=(0,), static_argnames=("config",))
 """``sample_llc`` compiled: ``loss_fn`` and ``config`` static, everything else traced (one
 compile per loss function, config and array shapes)."""
@@ -321,12 +331,10 @@ def geometry_at(
     4 × batch_size examples). Inside the sampling program it took most of the compile time of
     the extras: 13 of 26 s on the 2-layer in-context transformer of ``examples/``.
     """
-    n = data_size(data)
-    if compute_dtype is not None:
-        loss_fn = computed_in(loss_fn, compute_dtype)
-    if restrict is not None:
-        loss_fn, params = restricted_loss(loss_fn, params, restrict)
-    batch_size = min(n, DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
+    loss_fn, params, batch_size = _sampled_problem(
+        loss_fn, params, data_size(data), batch_size=batch_size, compute_dtype=compute_dtype,
+        restrict=restrict,
+    )  # fmt: skip
     return local_geometry(
         loss_fn, params, data, jax.random.fold_in(key, 7), batch_size=batch_size,
         sample_size=4 * batch_size,

@@ -114,10 +114,11 @@ def resolve(
     restrict: Any = None,
 ) -> Plan:
     """Validate everything (before anything compiles), resolve defaults and ``"auto"``; the
-    arguments are ``estimate_llc``'s (``config`` holds its static settings)."""
+    arguments are ``estimate_llc``'s (``config`` holds its static settings; ``key`` is already
+    checked and typed by ``validation.check_key``, so that an old-style key compiles nothing
+    of its own)."""
     n = validation.check_data(data)
     validation.check_params(params)
-    validation.check_key(key)
     config = dataclasses.replace(
         config, compute_dtype=validation.check_compute_dtype(config.compute_dtype)
     )

@@ -369,26 +369,15 @@ def plot_llc_vs_checkpoint(
     if failed_points:
         handle = ring_failed(ax, *np.asarray(failed_points, dtype=float).T)
         extra.append((handle, f"failed diagnostics ({len(failed_points)} point(s))"))
-    # robust limits over every setting's means: one early outlier (e.g. λ̂ = −250 at step 0)
-    # is an arrow at the edge instead of squashing the other points into a line
+    # robust limits: a mean beyond OUTLIER_REACH interquartile ranges of the quartiles (e.g.
+    # λ̂ = −250 at step 0) is an arrow at the edge; the axis fits the other points' error bars
     means = np.concatenate([m for _, m, _, _ in curves])
-    means = means[np.isfinite(means)]
-    limits = None
-    if means.size:  # quartiles, not deciles: a study has few checkpoints per setting
-        q25, q75 = np.percentile(means, [25.0, 75.0])
-        reach = OUTLIER_REACH * (q75 - q25)
-        limits = (means.min(), means.max())
-        if reach > 0:
-            limits = (max(limits[0], q25 - reach), min(limits[1], q75 + reach))
-    if limits is not None:  # then the error bars of the points inside are shown whole
-        inside = [(m, e) for _, m, e, _ in curves]
-        band = np.concatenate(
-            [np.concatenate([m - e, m + e])[np.tile((m >= limits[0]) & (m <= limits[1]), 2)]
-             for m, e in inside]
-        )  # fmt: skip
-        band = band[np.isfinite(band)]
-        if band.size:
-            limits = padded_limits([min(limits[0], band.min()), max(limits[1], band.max())])
+    q25, q75 = np.nanpercentile(means, [25.0, 75.0]) if np.isfinite(means).any() else (0, 0)
+    reach = OUTLIER_REACH * (q75 - q25) if q75 > q25 else np.inf
+    lo, hi = q25 - reach, q75 + reach
+    inside = [((m >= lo) & (m <= hi), m, e) for _, m, e, _ in curves]
+    band = [np.concatenate([m - e, m + e])[np.tile(keep, 2)] for keep, m, e in inside]
+    limits = padded_limits(band)
     beyond = 0
     if limits is not None:  # every setting's points in one call: labels at one step stagger
         points = [np.concatenate(parts) for parts in zip(*curves, strict=True)]
