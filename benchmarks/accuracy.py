@@ -34,7 +34,7 @@ from _common import write_result
 
 import jaxslt
 from jaxslt import gibbs, problems
-from jaxslt.calibration import max_hessian_eigenvalue
+from jaxslt.curvature import max_hessian_eigenvalue
 
 N = 100_000
 # sampler → (c, options): ε = c/(nβ h_max + γ), or c/√(nβ h_max) for rmsprop_sgld

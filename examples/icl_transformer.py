@@ -22,7 +22,7 @@ with penalty σ²) is the best any model can do.
 
 SGLD settings, one rule for every checkpoint so that the curve is one measurement: γ = 100,
 nβ = n / log n, ε = margin / (nβ·h_max + γ) with h_max the largest Hessian eigenvalue of L_n at
-the final checkpoint (power iteration, ``jaxslt.calibration.max_hessian_eigenvalue``) and
+the final checkpoint (power iteration, ``jaxslt.curvature.max_hessian_eigenvalue``) and
 margin = 0.3: SGLD is stable for ε·(nβ·h_max + γ) < 4; at 0.3 the stiffest direction's variance
 is inflated by 1/(1 − 0.3/4) ≈ 8% while the chains equilibrate within a few hundred steps.
 ``jaxslt.calibrate``'s stricter 0.1 needs ~3× longer chains: in a trial on a checkpoint trained
@@ -61,8 +61,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 import jaxslt
-from jaxslt.calibration import max_hessian_eigenvalue
 from jaxslt.checkpoints import checkpoint_steps, load_checkpoints, save_checkpoint
+from jaxslt.curvature import max_hessian_eigenvalue
 from jaxslt.plots import plot_stages, save_figure
 from jaxslt.stages import detect_stages
 

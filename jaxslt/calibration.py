@@ -1,9 +1,14 @@
 """Choosing ε, γ (and nβ) by a documented procedure instead of by eye.
 
 ``calibrate`` runs short chains on a grid of step_size × localization (× nbeta) — every cell in
-one compiled program, cells vmapped (or mapped in groups of ``cell_batch_size``), all cells
-sharing the key (common random numbers, so differences between cells are not noise) — and
-diagnoses each cell. The default step sizes come from pilot chains: the curvature at w* alone
+one compiled program, ``estimate_llc``'s own (cells one at a time, so the final run of the same
+length compiles nothing and no compile depends on the number of cells; or ``cell_batch_size``
+cells vmapped at once), all cells sharing the key (common random numbers, so differences
+between cells are not noise; a cell is exactly the ``estimate_llc`` run of its settings on that
+key) — and diagnoses each cell. The derived grid does not run the cells whose burn-in is short
+of ``MIN_RELAXATIONS`` relaxation times (the rule would refuse them unseen).
+
+The default step sizes come from pilot chains: the curvature at w* alone
 misleads at singular points (a normal crossing or a deep linear network at 0 has h_max ≈ 0
 there), so a short pilot at γ_min measures tr ∇²L where the chains go and its λ̂, and the grid
 is ``PILOT_GRID`` (0.1× to 3×) times the pilot's healthy step (``curvature.healthy_step``:
@@ -55,13 +60,19 @@ import numpy as np
 
 from jaxslt import validation
 from jaxslt.config import SamplingConfig
-from jaxslt.core import DEFAULT_BATCH_SIZE, LLCResult, geometry_at, sample_llc, with_geometry
+from jaxslt.core import (
+    DEFAULT_BATCH_SIZE,
+    LLCResult,
+    geometry_at,
+    sample_llc,
+    sample_llc_jit,
+    with_geometry,
+)
 from jaxslt.curvature import (
     HEALTHY_SHARE,
     MAX_RELATIVE_BIAS,
     STIFFNESS_LIMIT,
     healthy_step,
-    max_hessian_eigenvalue,
 )
 from jaxslt.diagnostics import (
     DIVERGED,
@@ -74,6 +85,7 @@ from jaxslt.diagnostics import (
     TREND_RISING,
 )
 from jaxslt.kernels import sampler_capabilities
+from jaxslt.memory import memory_chain_batch_size
 from jaxslt.posterior import default_nbeta
 from jaxslt.types import PyTree
 
@@ -112,7 +124,8 @@ class Calibration:
       table: a pandas DataFrame, one row per cell: its settings (``step_size``,
         ``localization``, ``nbeta``), estimate (``llc_mean``, ``llc_std``, ``llc_se``), checks
         (``mala_accept``, ``rhat``, ``ess``, ``trend``, ``diverged``, ``margin``,
-        ``bias_bound``, ``issues``), verdict ``ok`` and ``selected``.
+        ``bias_bound``, ``issues``), verdict ``ok``, ``ran`` (False: refused unseen, its
+        burn-in too short to judge it) and ``selected``.
       recommended: keyword arguments for ``estimate_llc`` (``step_size``, ``localization``,
         ``nbeta``, ``num_burnin``, ``num_draws``); empty when no cell is healthy.
       explanation: the reasons, one line per step of the rule.
@@ -187,10 +200,7 @@ def _pilot_step(pilot, diagnose, h_max, nbeta, gamma, max_tries=6) -> tuple[floa
     eps = 0.1 / (nbeta * h_max + gamma) if nbeta * h_max + gamma > 0 else 1e-3
     log = []
     for _ in range(max_tries):
-        arr = functools.partial(jnp.asarray, dtype=jnp.float32)
-        cell = jax.tree.map(
-            lambda x: np.asarray(x[0]), pilot(arr([eps]), arr([gamma]), arr([nbeta]))
-        )
+        cell = jax.tree.map(lambda x: np.asarray(x[0]), pilot(eps, gamma, nbeta))
         if np.asarray(cell.diverged).any():
             log.append(f"pilot at ε = {eps:.3g} diverged")
             eps /= 10
@@ -229,8 +239,8 @@ def calibrate(
     """Run short chains on a grid and recommend ``step_size``, ``localization`` (and ``nbeta``
     when several are given) for ``estimate_llc`` by the rule in this module's docstring.
 
-    The whole grid of step_size × localization × nbeta cells runs as one compiled program,
-    every cell on the same key (common random numbers).
+    Every cell of the step_size × localization × nbeta grid runs in one compiled program, on
+    the same key (common random numbers).
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar`` mean loss, as for ``estimate_llc``.
@@ -251,7 +261,9 @@ def calibrate(
       sampler_options: the sampler's keyword arguments, as for ``estimate_llc`` (an option
         that adapts during burn-in, rmsprop_sgld's ``adapt_steps``, defaults to each run's
         burn-in there too).
-      cell_batch_size: how many cells are live at once (mapped in groups); ``None``: all.
+      cell_batch_size: how many cells run at once, vmapped (faster for small models on an
+        accelerator, at that many times the memory); ``None``: one at a time, in
+        ``estimate_llc``'s own program.
 
     Returns:
       A ``Calibration``: ``recommended`` (pass it as ``estimate_llc(..., **recommended)``;
@@ -290,11 +302,40 @@ def calibrate(
     batch_size = min(n, DEFAULT_BATCH_SIZE) if batch_size is None else batch_size
 
     def sampling(burnin: int, draws: int) -> SamplingConfig:
-        adapting = capabilities.adapts_during_burnin  # as estimate_llc sets it
-        return SamplingConfig(
+        """The config estimate_llc resolves for these settings (sampler options, step check,
+        chain groups), so that its final run of the same length reuses a cell's program."""
+        adapting = capabilities.adapts_during_burnin
+        config = SamplingConfig(
             num_chains=num_chains, num_draws=draws, num_burnin=burnin, batch_size=batch_size,
-            sampler=sampler,
+            sampler=sampler, step_check=True,
             sampler_options={adapting: burnin, **options} if adapting and burnin else options,
+        )  # fmt: skip
+        checks = config.acceptance_checks > 0 and capabilities.sgld_transition
+        return dataclasses.replace(
+            config,
+            chain_batch_size=memory_chain_batch_size(loss_fn, params, data, config, checks=checks),
+        )
+
+    dtype = validation.setting_dtype(params)
+
+    def run_cells(config, cell_key, eps, gam, nbs, group) -> LLCResult:
+        """Cells (ε, γ, nβ) on ``cell_key``, batched over cells: one at a time in
+        estimate_llc's own program (``group`` 1), or ``group`` at once, vmapped (padded to
+        whole groups, so no compile depends on the number of cells)."""
+        if group == 1:
+            return _in_groups(
+                lambda i: _batched(sample_llc_jit(
+                    loss_fn, params, data, cell_key, config=config, restrict=None,
+                    **validation.cast_settings(
+                        params, step_size=eps[i[0]], nbeta=nbs[i[0]], localization=gam[i[0]]
+                    ),
+                )), np.arange(len(eps)), 1,
+            )  # fmt: skip
+        return _in_groups(
+            lambda i: run_grid(
+                loss_fn, params, data, cell_key, jnp.asarray(eps[i], dtype),
+                jnp.asarray(gam[i], dtype), jnp.asarray(nbs[i], dtype), config=config,
+            ), np.arange(len(eps)), group,
         )  # fmt: skip
 
     nbetas = (
@@ -312,23 +353,22 @@ def calibrate(
             nbeta=nbetas[0], localization=gamma, eval_batch_size=None,
         )  # fmt: skip
     validation.check_loss_fn(loss_fn, params, data, batch_size)
-    curvature_batch = jax.tree.map(lambda x: x[: min(n, 4 * batch_size)], data)
-    h_max = float(max_hessian_eigenvalue(loss_fn, params, curvature_batch, key=key))
+    # the curvature at w* is the same for every cell and for the pilot (same w*, batch and
+    # key): measured once, by the program estimate_llc's own step check uses (h_max included)
+    at = geometry_at(loss_fn, params, data, key, batch_size=batch_size)
+    h_max = float(at.h_max)
     validation.check_curvature(h_max)
     pilots: list[str] = []
-    if step_sizes is None:
+    derived = step_sizes is None
+    if derived:
         pilot_key, pilot_config = (
             jax.random.fold_in(key, 3),
             sampling(max(1, num_burnin // 4), max(1, num_draws // 4)),
         )
-        at_pilot = geometry_at(loss_fn, params, data, pilot_key, batch_size=batch_size)
 
-        def pilot(*cells):  # the curvature at w* is the same for every try: measured once
-            results = run_grid(
-                loss_fn, params, data, pilot_key, *cells, config=pilot_config,
-                cell_batch_size=None,
-            )  # fmt: skip
-            return with_geometry(results, at_pilot)
+        def pilot(eps, gamma, nbeta):
+            cell = run_cells(pilot_config, pilot_key, *np.array([[eps], [gamma], [nbeta]]), 1)
+            return with_geometry(cell, at)
 
         scale, pilots = _pilot_step(pilot, diagnose, h_max, max(nbetas), min(localizations))
         step_sizes = list(scale * PILOT_GRID)
@@ -348,16 +388,21 @@ def calibrate(
     eps, gam, nbs = _cells_grid(step_sizes, localizations, nbetas)
     for e, g, b in zip(eps, gam, nbs, strict=True):  # each cell representable in the chains' dtype
         validation.cast_settings(params, step_size=e, nbeta=b, localization=g)
-    dtype = validation.setting_dtype(params)
-    results = run_grid(
-        loss_fn, params, data, key, jnp.asarray(eps, dtype), jnp.asarray(gam, dtype),
-        jnp.asarray(nbs, dtype), cell_batch_size=cell_batch_size,
-        config=sampling(num_burnin, num_draws),
-    )  # fmt: skip
-    # the curvature at w* is the same for every cell (same w*, key and batch): measured once
-    results = with_geometry(results, geometry_at(loss_fn, params, data, key, batch_size=batch_size))
+    # the derived grid skips the cells the rule would refuse before seeing them (burn-in short
+    # of MIN_RELAXATIONS relaxation times): on the README demo's DLN 11 of its 18 cells; an
+    # explicit grid runs every cell (its λ̂ may interest the user)
+    ran = eps * gam * num_burnin >= MIN_RELAXATIONS if derived else np.ones(len(eps), bool)
+    if not ran.any():  # nothing could qualify: run them all, so the table shows what they do
+        ran[:] = True
+    results = run_cells(
+        sampling(num_burnin, num_draws), key, eps[ran], gam[ran], nbs[ran], cell_batch_size or 1
+    )
+    results = with_geometry(results, at)
     validation.check_init_loss(results.init_loss[0])  # the loss's fault, not the grid's
-    calibration = recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws)
+    calibration = recommend(
+        _scatter_cells(results, ran), eps, gam, nbs, diagnose, h_max, num_burnin, num_draws,
+        ran=ran,
+    )  # fmt: skip
     if pilots:
         calibration.explanation = "\n".join(
             ["Default step grid: " + "; ".join(pilots) + ".", calibration.explanation]
@@ -365,24 +410,60 @@ def calibrate(
     return calibration
 
 
-@functools.partial(
-    jax.jit, static_argnums=(0,), static_argnames=("config", "cell_batch_size")
-)  # fmt: skip
-def run_grid(loss_fn, params, data, key, eps, gam, nbs, *, config, cell_batch_size):
-    """``sample_llc`` with ``config`` (a ``SamplingConfig``) for every cell (ε, γ, nβ) of the
-    grid, in one compiled program: cells mapped in groups of ``cell_batch_size`` (all at once
-    by default), all on the same ``key`` (common random numbers); with the chains' part of the
-    step check's ``LocalGeometry`` per cell (``calibrate`` joins the curvature at w*, the same
-    for every cell, with ``jaxslt.core.with_geometry``)."""
-    config = dataclasses.replace(config, step_check=True)
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("config",))
+def run_grid(loss_fn, params, data, key, eps, gam, nbs, *, config):
+    """``sample_llc`` with ``config`` (a ``SamplingConfig``) for every cell (ε, γ, nβ) given,
+    vmapped in one compiled program, all on the same ``key`` (common random numbers); with the
+    chains' part of the step check's ``LocalGeometry`` per cell (``calibrate`` joins the
+    curvature at w*, the same for every cell, with ``jaxslt.core.with_geometry``)."""
 
-    def cell(args):
-        e, g, b = args
+    def cell(e, g, b):
         return sample_llc(
             loss_fn, params, data, key, step_size=e, nbeta=b, localization=g, config=config
         )
 
-    return jax.lax.map(cell, (eps, gam, nbs), batch_size=cell_batch_size or eps.shape[0])
+    return jax.vmap(cell)(eps, gam, nbs)
+
+
+def _batched(result: LLCResult) -> LLCResult:
+    return jax.tree.map(lambda x: x[None], result)
+
+
+def _in_groups(run: Callable, cells: np.ndarray, size: int) -> LLCResult:
+    """``run(cells)`` for ``cells`` in groups of exactly ``size`` (the last padded with copies of
+    its last cell, whose results are dropped), concatenated in order."""
+    padded = np.concatenate([cells, np.repeat(cells[-1:], -len(cells) % size)])
+    parts = [run(padded[i : i + size]) for i in range(0, len(padded), size)]
+    joined = parts[0] if len(parts) == 1 else jax.tree.map(lambda *x: jnp.concatenate(x), *parts)
+    return jax.tree.map(lambda x: x[: len(cells)], joined)
+
+
+def _unrun_row(eps, gamma, nbeta, h_max, relaxations) -> dict[str, Any]:
+    """The table row of a cell refused before it ran (its burn-in is too short to judge it)."""
+    nan = math.nan
+    return dict(
+        step_size=float(eps), localization=float(gamma), nbeta=float(nbeta), llc_mean=nan,
+        llc_std=nan, llc_se=nan, mala_accept=nan, rhat=nan, ess=nan, trend=nan, diverged=0,
+        ok=False, ran=False, margin=float(eps * (nbeta * h_max + gamma)), bias_bound=nan,
+        issues=f"not run: its burn-in would be {relaxations:.2g} relaxation times 1/(εγ), short "
+        f"of {MIN_RELAXATIONS:g}",
+    )  # fmt: skip
+
+
+def _scatter_cells(results: LLCResult, ran: np.ndarray) -> LLCResult:
+    """``results`` of the cells that ran, spread over the whole grid: a cell that did not run
+    holds NaN (integers: -1, flags: False), so ``Calibration.results[i]`` is row i's."""
+    if ran.all():
+        return results
+
+    def spread(x):
+        x = np.asarray(x)
+        fill = np.nan if x.dtype.kind == "f" else (False if x.dtype.kind == "b" else -1)
+        full = np.full((ran.size, *x.shape[1:]), fill, x.dtype)
+        full[ran] = x
+        return full
+
+    return jax.tree.map(spread, results)
 
 
 def _recommended_draws(row, num_draws: int, num_burnin: int) -> int:
@@ -396,16 +477,23 @@ def _recommended_draws(row, num_draws: int, num_burnin: int) -> int:
     return int(max(num_draws, 2 * num_burnin, math.ceil(needed)))
 
 
-def recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) -> Calibration:
+def recommend(
+    results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws, *, ran=None
+) -> Calibration:
     """The recommendation rule of this module's docstring applied to the grid's ``results``
     (batched over cells with settings ``eps``, ``gam``, ``nbs``), each cell judged by
-    ``diagnose``; returns the ``Calibration`` (table, recommended settings, explanation,
+    ``diagnose``; ``ran`` (default: all) marks the cells that ran, the others are refused
+    unseen. Returns the ``Calibration`` (table, recommended settings, explanation,
     ε → 0 extrapolations, cautions). Pure host-side bookkeeping, unit-tested on synthetic
     tables."""
     import pandas as pd
 
     rows = []
     for i in range(len(eps)):
+        relaxations = float(eps[i] * gam[i] * num_burnin)
+        if ran is not None and not ran[i]:
+            rows.append(_unrun_row(eps[i], gam[i], nbs[i], h_max, relaxations))
+            continue
         cell = jax.tree.map(lambda x, i=i: np.asarray(x[i]), results)
         diag = diagnose(cell)
         bad = [issue.message for issue in diag.issues if issue.code in _DISQUALIFYING]
@@ -418,7 +506,6 @@ def recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) ->
         # directions measured chains that had not yet spread: neither its λ̂ nor the curvature
         # its chains saw predicts the long run (measured: a DLN cell at γ = 1 passed at a 5%
         # bias bound, and the recommended 100,000-step run then showed 23%)
-        relaxations = float(eps[i] * gam[i] * num_burnin)
         if relaxations < MIN_RELAXATIONS:
             bad.append(
                 f"burn-in {num_burnin} is {relaxations:.2g} relaxation times 1/(εγ), short of "
@@ -443,7 +530,7 @@ def recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) ->
                 llc_mean=float(cell.llc_mean), llc_std=float(cell.llc_std), llc_se=se,
                 mala_accept=accept, rhat=diag.rhat, ess=diag.ess_bulk, trend=diag.trend,
                 diverged=int(cell.diverged.sum()),
-                ok=not bad and margin <= MAX_MARGIN and not biased and math.isfinite(se),
+                ok=not bad and margin <= MAX_MARGIN and not biased and math.isfinite(se), ran=True,
                 margin=margin, bias_bound=diag.bias_bound, issues="; ".join(bad),
             )
         )  # fmt: skip
@@ -458,7 +545,16 @@ def recommend(results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws) ->
         for gamma in sorted(set(gam)):
             sub = table[(table.localization == gamma) & (table.nbeta == nbeta) & table.ok]
             if sub.empty:
-                notes.append(f"γ = {gamma:g}: no healthy cell.")
+                at = table[(table.localization == gamma) & (table.nbeta == nbeta)]
+                if not at.ran.any() and gamma > 0:  # refused unseen: say what would do
+                    needed = math.ceil(MIN_RELAXATIONS / (at.step_size.max() * gamma))
+                    notes.append(
+                        f"γ = {gamma:g}: not run, the burn-in ({num_burnin} steps) is short of "
+                        f"{MIN_RELAXATIONS:g} relaxation times 1/(εγ) at every step of the grid "
+                        f"(num_burnin ≥ {needed} would let it be judged)."
+                    )
+                else:
+                    notes.append(f"γ = {gamma:g}: no healthy cell.")
                 continue
             if sub.step_size.nunique() < 2:
                 best = sub.step_size.idxmax()

@@ -308,9 +308,6 @@ sample_llc_jit = jax.jit(sample_llc, static_argnums=(0,), static_argnames=("conf
 compile per loss function, config and array shapes)."""
 
 
-@functools.partial(
-    jax.jit, static_argnums=(0,), static_argnames=("batch_size", "compute_dtype")
-)  # fmt: skip
 def geometry_at(
     loss_fn: Callable[[PyTree, PyTree], jax.Array],
     params: PyTree,
@@ -331,6 +328,12 @@ def geometry_at(
     4 × batch_size examples). Inside the sampling program it took most of the compile time of
     the extras: 13 of 26 s on the 2-layer in-context transformer of ``examples/``.
     """
+    # every argument spelled out, so that callers that leave a default out share the program
+    return _geometry_at(loss_fn, params, data, key, batch_size, compute_dtype, restrict)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _geometry_at(loss_fn, params, data, key, batch_size, compute_dtype, restrict):
     loss_fn, params, batch_size = _sampled_problem(
         loss_fn, params, data_size(data), batch_size=batch_size, compute_dtype=compute_dtype,
         restrict=restrict,

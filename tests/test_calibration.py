@@ -36,24 +36,6 @@ def calibration():
     )
 
 
-def test_power_iteration_finds_the_largest_hessian_eigenvalue():
-    h = cal_module.max_hessian_eigenvalue(
-        quadratic_loss, quadratic_params(), dummy_data(), key=jax.random.key(1)
-    )
-    assert float(h) == pytest.approx(HESSIAN.max(), rel=1e-4)
-
-
-def test_power_iteration_on_a_vanishing_hessian_returns_zero():
-    def quartic(params, batch):
-        del batch
-        return jnp.sum(params["w"] ** 4)
-
-    h = cal_module.max_hessian_eigenvalue(
-        quartic, {"w": jnp.zeros(3)}, dummy_data(), key=jax.random.key(1)
-    )
-    assert float(h) == 0.0
-
-
 def test_weighted_extrapolation_recovers_a_line():
     eps = np.array([1e-4, 3e-4, 1e-3])
     lam0, se0 = cal_module.extrapolate(eps, 2.0 + 300.0 * eps, np.array([0.1, 0.1, 0.2]))
@@ -76,6 +58,11 @@ def test_grid_table_and_recommendation_follow_the_rule(calibration):
     assert (ok.step_size * ok.localization * 1000 >= cal_module.MIN_RELAXATIONS).all()
     short = table[table.step_size * table.localization * 1000 < cal_module.MIN_RELAXATIONS]
     assert len(short) and not short.ok.any()
+    # the derived grid does not run them (refused unseen: 2/3 of the README demo's grid time)
+    assert not short.ran.any() and short.llc_mean.isna().all()
+    assert table.drop(short.index).ran.all() and table.drop(short.index).llc_mean.notna().all()
+    assert np.isnan(np.asarray(calibration.results.llc_mean)[short.index]).all()
+    assert (np.asarray(calibration.results.divergence_step)[short.index] == -1).all()
     rec = calibration.recommended
     assert table.selected.sum() == 1
     row = table[table.selected].iloc[0]
@@ -87,9 +74,35 @@ def test_grid_table_and_recommendation_follow_the_rule(calibration):
 
 
 def test_the_grid_compiles_once(calibration, traces):
-    before = traces["run_grid"]
-    jaxslt.calibrate(quadratic_loss, quadratic_params(), dummy_data(), key=jax.random.key(5), **KW)
-    assert traces["run_grid"] == before
+    """Another key moves the pilot's scale, and with it how many cells can run: no compile
+    depends on that count (cells run one at a time, in one program)."""
+    before = traces["sample_llc"]
+    other = jaxslt.calibrate(
+        quadratic_loss, quadratic_params(), dummy_data(), key=jax.random.key(5), **KW
+    )
+    assert traces["sample_llc"] == before and traces["run_grid"] == 0
+    assert other.table.ran.sum() != calibration.table.ran.sum()  # the count did move
+
+
+def test_a_cell_is_the_estimate_llc_run_of_its_settings_and_shares_its_program(traces):
+    """A calibration cell is estimate_llc's own program on the calibration's key: the final run
+    of the same length compiles nothing, and on that key it returns the cell's numbers."""
+    p = jaxslt.problems.regular_linear_gaussian(2, key=jax.random.key(0), num_examples=300)
+    kw = dict(num_chains=2, num_burnin=40, num_draws=80, batch_size=64)
+    cal = jaxslt.calibrate(
+        p.loss_fn, p.params, p.data, key=jax.random.key(1), step_sizes=[1e-4, 2e-4],
+        localizations=[10.0], **kw,
+    )  # fmt: skip
+    compiled = traces["sample_llc"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jaxslt.LLCWarning)  # a deliberately short run
+        r = jaxslt.estimate_llc(
+            p.loss_fn, p.params, p.data, key=jax.random.key(1), step_size=2e-4,
+            localization=10.0, progress=False, **kw,
+        )  # fmt: skip
+    assert traces["sample_llc"] == compiled
+    np.testing.assert_array_equal(r.loss_trace, np.asarray(cal.results.loss_trace)[1])
+    assert float(r.llc_mean) == cal.table.llc_mean[1]
 
 
 def test_step_size_auto_uses_and_reports_the_calibration():
@@ -127,7 +140,7 @@ def test_cells_can_run_in_groups(calibration):
 
 
 class _Captured(Exception):
-    """Raised by a stand-in for ``run_grid`` once it has seen the config it would compile."""
+    """Raised by a stand-in for the compiled core once it has seen the config it would compile."""
 
 
 @pytest.mark.parametrize(
@@ -149,11 +162,11 @@ def test_calibration_runs_the_sampler_as_estimate_llc_would(
 ):
     seen = []
 
-    def capture(*args, config, cell_batch_size):
+    def capture(*args, config, **kwargs):
         seen.append(config)
         raise _Captured
 
-    monkeypatch.setattr(cal_module, "run_grid", capture)
+    monkeypatch.setattr(cal_module, "sample_llc_jit", capture)
     p = jaxslt.problems.regular_linear_gaussian(2, key=jax.random.key(0), num_examples=300)
     with pytest.raises(_Captured):
         jaxslt.calibrate(
@@ -266,7 +279,7 @@ def _stub_diagnose(wording):
     return diagnose
 
 
-def _recommend(cells, h_max=0.0, num_burnin=40_000, num_draws=1000, wording=WORDING.get):
+def _recommend(cells, h_max=0.0, num_burnin=40_000, num_draws=1000, wording=WORDING.get, ran=None):
     """cells: dicts with eps, gamma, mean and optionally nbeta, code (of a diagnostics issue),
     diverged (chains); ``wording(code)`` is the message of the stub's issue."""
     col = lambda name, default: np.array([c.get(name, default) for c in cells])  # noqa: E731
@@ -278,7 +291,7 @@ def _recommend(cells, h_max=0.0, num_burnin=40_000, num_draws=1000, wording=WORD
                      np.broadcast_to(spread, (len(cells), 4, 2)))  # fmt: skip
     return cal_module.recommend(
         results, col("eps", 0.0), col("gamma", 0.0), nbeta, _stub_diagnose(wording), h_max,
-        num_burnin, num_draws,
+        num_burnin, num_draws, ran=ran,
     )  # fmt: skip
 
 
@@ -346,6 +359,17 @@ def test_recommend_needs_three_relaxation_times_of_burn_in():
     assert list(cal.table.ok) == [False, False, False, True]
     assert "not equilibrated" in cal.table.issues[0]
     assert _chosen(cal) == (8e-4, 1.0)
+
+
+def test_recommend_says_what_burn_in_would_judge_a_localization_it_did_not_run():
+    cells = _line(1.0, 0.0) + _line(10.0, 0.0)
+    ran = np.array([False] * 4 + [True] * 4)  # γ = 1 refused unseen
+    cal = _recommend(cells, num_burnin=1_000, ran=ran)
+    assert list(cal.table.ran) == list(ran) and not cal.table.ok[:4].any()
+    assert "not run: its burn-in would be 0.8 relaxation times" in cal.table.issues[3]
+    # 3 relaxation times at the largest step, 8e-4 at γ = 1: 3 / 8e-4 = 3750 steps
+    assert "γ = 1: not run" in cal.explanation and "num_burnin ≥ 3750" in cal.explanation
+    assert _chosen(cal) == (8e-4, 10.0)
 
 
 def test_recommend_takes_the_smallest_healthy_gamma_and_says_when_epsilon_is_unchecked():

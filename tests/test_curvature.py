@@ -18,6 +18,24 @@ from jaxslt import curvature
 from jaxslt.core import flag_exploded
 
 
+def test_power_iteration_finds_the_largest_hessian_eigenvalue():
+    h = curvature.max_hessian_eigenvalue(
+        quadratic_loss, quadratic_params(), dummy_data(), key=jax.random.key(1)
+    )
+    assert float(h) == pytest.approx(HESSIAN.max(), rel=1e-4)
+
+
+def test_power_iteration_on_a_vanishing_hessian_returns_zero():
+    def quartic(params, batch):
+        del batch
+        return jnp.sum(params["w"] ** 4)
+
+    h = curvature.max_hessian_eigenvalue(
+        quartic, {"w": jnp.zeros(3)}, dummy_data(), key=jax.random.key(1)
+    )
+    assert float(h) == 0.0
+
+
 def test_geometry_of_a_quadratic_is_exact():
     g = curvature.local_geometry(
         quadratic_loss, quadratic_params(), dummy_data(), jax.random.key(0), batch_size=64

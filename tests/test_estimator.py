@@ -243,15 +243,15 @@ def test_the_step_check_curvature_compiles_once_per_loss_not_per_config(traces):
     in-context transformer); with diagnostics off it is not measured at all."""
     kw = dict(step_size=1e-3, nbeta=100.0, localization=1.0, num_chains=2, num_burnin=3)
     first = _estimate(num_draws=18, **kw)
-    before = traces["geometry_at"]  # 1, or 0 when an earlier test compiled it for this loss
+    before = traces["_geometry_at"]  # 1, or 0 when an earlier test compiled it for this loss
     assert before <= 1 and np.isfinite(float(first.geometry.h_max))
     sampler_traces = traces["sample_llc"]
     other = _estimate(num_draws=19, acceptance_checks=0, sampler="rmsprop_sgld", **kw)
-    assert traces["geometry_at"] == before and traces["sample_llc"] == sampler_traces + 1
+    assert traces["_geometry_at"] == before and traces["sample_llc"] == sampler_traces + 1
     for name in ("h_max", "trace_h", "grad_noise"):  # same w*, key and batch: same curvature
         assert float(getattr(other.geometry, name)) == float(getattr(first.geometry, name))
     lazy = _estimate(num_draws=20, diagnostics=False, **kw)
-    assert traces["geometry_at"] == before and np.isnan(float(lazy.geometry.h_max))
+    assert traces["_geometry_at"] == before and np.isnan(float(lazy.geometry.h_max))
 
 
 def test_result_is_a_pytree_with_a_readable_summary():
