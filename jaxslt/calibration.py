@@ -8,11 +8,11 @@ between cells are not noise; a cell is exactly the ``estimate_llc`` run of its s
 key) — and diagnoses each cell. The derived grid does not run the cells whose burn-in is short
 of ``MIN_RELAXATIONS`` relaxation times (the rule would refuse them unseen).
 
-The default step sizes come from pilot chains: the curvature at w* alone
-misleads at singular points (a normal crossing or a deep linear network at 0 has h_max ≈ 0
-there), so a short pilot at γ_min measures tr ∇²L where the chains go and its λ̂, and the grid
-is ``PILOT_GRID`` (0.1× to 3×) times the pilot's healthy step (``curvature.healthy_step``:
-bias bound ≤ 5% of λ̂, stiffness ≤ ½).
+The default step sizes come from pilot chains: the curvature at w* alone misleads at singular
+points (a normal crossing or a deep linear network at 0 has h_max ≈ 0 there), so a pilot at
+γ_min, as long as a cell, measures tr ∇²L where the chains go and its λ̂, and the grid is
+``PILOT_GRID`` (0.1× to 3×) times the pilot's healthy step (``curvature.healthy_step``: bias
+bound ≤ 5% of λ̂, stiffness ≤ ½).
 
 Recommendation rule (``Calibration.recommended``, explained in ``Calibration.explanation``):
 
@@ -361,10 +361,9 @@ def calibrate(
     pilots: list[str] = []
     derived = step_sizes is None
     if derived:
-        pilot_key, pilot_config = (
-            jax.random.fold_in(key, 3),
-            sampling(max(1, num_burnin // 4), max(1, num_draws // 4)),
-        )
+        # the pilot is a cell of the grid's own length: one program for both (and for the
+        # final run of that length); on small models a compile costs more than the longer run
+        pilot_key, pilot_config = jax.random.fold_in(key, 3), sampling(num_burnin, num_draws)
 
         def pilot(eps, gamma, nbeta):
             cell = run_cells(pilot_config, pilot_key, *np.array([[eps], [gamma], [nbeta]]), 1)

@@ -118,10 +118,10 @@ def test_step_size_auto_uses_and_reports_the_calibration():
     assert "chosen by jaxslt.calibrate" in result.summary()
 
 
-def test_auto_compiles_one_curvature_program_and_shares_the_grids_sampler(traces):
+def test_auto_compiles_one_curvature_program_and_one_sampler(traces):
     """step_size="auto" compiles the curvature at w* once (the pilot, the grid and the final
-    run share it; it was compiled three times, plus an eager power iteration) and two samplers,
-    the pilot's and the grid's, which the final run reuses when its length is the grid's."""
+    run share it; it was compiled three times, plus an eager power iteration) and one sampler,
+    which the pilot, the grid and a final run of the grid's length share (it compiled three)."""
     loss = lambda p, b: quadratic_loss(p, b) * 1.0  # noqa: E731 (a fresh loss: no cache)
     result = jaxslt.estimate_llc(
         loss, quadratic_params(), dummy_data(), key=jax.random.key(2), step_size="auto",
@@ -131,7 +131,7 @@ def test_auto_compiles_one_curvature_program_and_shares_the_grids_sampler(traces
     # here the recommended length is the calibration's (1000 + 2000 steps): no third sampler
     assert result.loss_trace.shape[-1] == cells.loss_trace.shape[-1] == 2000
     assert result.burnin_loss_trace.shape[-1] == cells.burnin_loss_trace.shape[-1] == 1000
-    assert traces["_geometry_at"] == 1 and traces["sample_llc"] == 2
+    assert traces["_geometry_at"] == 1 and traces["sample_llc"] == 1
     assert traces["run_grid"] == 0
 
 
