@@ -25,6 +25,7 @@ import argparse
 import math
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -45,7 +46,7 @@ SAMPLERS = {
     "sghmc": (0.02, {"friction": 0.1}),
     "mala": (0.5, {}),
 }
-DEFAULT_SAMPLERS = "sgld,rmsprop_sgld,sgnht"
+DEFAULT_SAMPLERS = "auto,sgld,rmsprop_sgld,sgnht"
 
 
 def step_size(name, stiffness, gamma):
@@ -66,6 +67,20 @@ DLNS = [  # (widths, rank): 2 to 5 layers, ranks 0 and > 0, 1e2 to 1e5 parameter
 CROSSINGS = [((1, 1), 1e4), ((1, 2), 1e4), ((2, 2), 1e4)]
 
 
+def run_auto(problem, *, nbeta, key):
+    """The user's path: ``step_size="auto"`` with defaults (the "auto" column); warnings are
+    counted by its diagnostics and calibration cautions, not printed."""
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = jaxslt.estimate_llc(
+            problem.loss_fn, problem.params, problem.data, key=key, step_size="auto",
+            nbeta=nbeta, progress=False,
+        )  # fmt: skip
+    cautions = sum(issubclass(c.category, jaxslt.LLCWarning) for c in caught)
+    return result, float(result.step_size), time.perf_counter() - start, cautions
+
+
 def run_sampler(problem, name, *, stiffness, gamma, nbeta, steps, key):
     eps = step_size(name, stiffness, gamma)
     options = SAMPLERS[name][1]
@@ -78,7 +93,7 @@ def run_sampler(problem, name, *, stiffness, gamma, nbeta, steps, key):
     return result, eps, time.perf_counter() - start
 
 
-def row(kind, label, params, truth, target, name, result, eps, steps, wall):
+def row(kind, label, params, truth, target, name, result, eps, steps, wall, warned=None):
     est, std = float(result.llc_mean), float(result.llc_std)
     lam = float(truth.llc)
     rel = est / lam - 1
@@ -86,8 +101,10 @@ def row(kind, label, params, truth, target, name, result, eps, steps, wall):
     return dict(
         kind=kind, problem=label, params=params, truth=lam, m=truth.multiplicity, target=target,
         sampler=name, eps=eps, estimate=est, std=std, rel=rel, rel_target=rel_t,
-        chain_steps=4 * steps, wall=wall,
-        flags="ok" if result.diagnostics.ok else f"{len(result.diagnostics.warnings)} warning(s)",
+        chain_steps=4 * steps, wall=wall, gamma=float(result.localization),
+        flags=f"{warned} warning(s)" if warned else (
+            "ok" if result.diagnostics.ok else f"{len(result.diagnostics.warnings)} warning(s)"
+        ),
     )  # fmt: skip
 
 
@@ -105,20 +122,27 @@ def dln_rows(widths, rank, steps, samplers, gamma=1.0):
                                       localization=gamma)  # fmt: skip
         h_max = float(max_hessian_eigenvalue(p.loss_fn, probe, batch, key=jax.random.key(3)))
     start = time.perf_counter()
-    with jax.enable_x64(True):  # the exact reference in float64 (float32 Gibbs can blow up)
-        exact = gibbs.gibbs_llc_from_statistics(
-            tuple(jnp.asarray(np.asarray(w), jnp.float64) for w in p.params),
-            gibbs.dln_statistics(*(jnp.asarray(np.asarray(a), jnp.float64) for a in p.data)),
-            key=jax.random.key(2), nbeta=nbeta, localization=gamma, num_chains=4,
-            num_sweeps=4000, num_burnin=2000,
-        )  # fmt: skip
+
+    def gibbs_target(localization):
+        with jax.enable_x64(True):  # the exact reference in float64 (float32 Gibbs can blow up)
+            return gibbs.gibbs_llc_from_statistics(
+                tuple(jnp.asarray(np.asarray(w), jnp.float64) for w in p.params),
+                gibbs.dln_statistics(*(jnp.asarray(np.asarray(a), jnp.float64) for a in p.data)),
+                key=jax.random.key(2), nbeta=nbeta, localization=localization, num_chains=4,
+                num_sweeps=4000, num_burnin=2000,
+            )  # fmt: skip
+
+    exact = gibbs_target(gamma)
     target = float(exact.llc_mean)
     label = f"DLN {'-'.join(map(str, widths))} r={rank}"
     print(f"{label}: {params} params, λ = {float(p.truth.llc):g}, Gibbs target "
           f"{target:.4g} ± {float(exact.llc_std) / 2:.2g} ({time.perf_counter() - start:.0f} s)",
           flush=True)  # fmt: skip
     out = []
-    for name in samplers:
+    if "auto" in samplers:
+        out.append(auto_row("DLN", label, params, p, nbeta,
+                            lambda g: float(gibbs_target(g).llc_mean)))  # fmt: skip
+    for name in (s for s in samplers if s != "auto"):
         result, eps, wall = run_sampler(
             p, name, stiffness=nbeta * h_max, gamma=gamma, nbeta=nbeta, steps=steps,
             key=jax.random.key(1),
@@ -130,11 +154,36 @@ def dln_rows(widths, rank, steps, samplers, gamma=1.0):
     return out
 
 
+def auto_row(kind, label, params, p, nbeta, target_at):
+    """The "auto" column: its estimate against the exact target at the γ it chose."""
+    result, eps, wall, warned = run_auto(p, nbeta=nbeta, key=jax.random.key(1))
+    target = target_at(float(result.localization))
+    steps = result.loss_trace.shape[-1] + result.burnin_loss_trace.shape[-1]
+    out = row(kind, label, params, p.truth, target, "auto", result, eps, steps, wall, warned)
+    print(
+        f"  auto (γ = {out['gamma']:g}): {out['estimate']:.4g} ± {out['std']:.2g} "
+        f"({out['rel_target']:+.1%} vs its target {target:.4g}, {wall:.0f} s)",
+        flush=True,
+    )
+    return out
+
+
 def crossing_rows(k, t, steps, samplers):
     p = problems.normal_crossing(k, t=t, localization=1.0)
     label = f"normal crossing k={k} t={t:g}"
     out = []
-    for name in [*samplers, "mala"]:
+    if "auto" in samplers:
+        out.append(
+            auto_row(
+                "crossing",
+                label,
+                len(k),
+                p,
+                t,
+                lambda g: problems.normal_crossing_target(k, t=t, localization=g),
+            )
+        )
+    for name in [*(s for s in samplers if s != "auto"), "mala"]:
         result, eps, wall = run_sampler(
             p, name, stiffness=t, gamma=p.localization, nbeta=t, steps=steps,
             key=jax.random.key(1),
@@ -148,16 +197,17 @@ def markdown(rows, header):
     lines = [
         header,
         "",
-        "| problem | params | λ (m) | exact target | sampler | ε | estimate ± std | rel. err "
-        "vs λ | vs target | diagnostics | chain-steps | wall (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| problem | params | λ (m) | exact target | sampler | ε | γ | estimate ± std | rel. "
+        "err vs λ | vs target | diagnostics | chain-steps | wall (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         target = f"{r['target']:.4g}" if r["target"] else "–"
         vs_t = f"{r['rel_target']:+.1%}" if r["target"] else "–"
         lines.append(
             f"| {r['problem']} | {r['params']:,} | {r['truth']:g} ({r['m']}) | {target} | "
-            f"{r['sampler']} | {r['eps']:.3g} | {r['estimate']:.4g} ± {r['std']:.2g} | "
+            f"{r['sampler']} | {r['eps']:.3g} | {r['gamma']:g} | {r['estimate']:.4g} ± "
+            f"{r['std']:.2g} | "
             f"{r['rel']:+.1%} | {vs_t} | {r['flags']} | {r['chain_steps']:,} | {r['wall']:.0f} |"
         )
     return lines
@@ -167,7 +217,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small models, 10k steps")
     parser.add_argument("--steps", type=int, default=None, help="steps per chain (50k; quick 10k)")
-    parser.add_argument("--samplers", default=DEFAULT_SAMPLERS)
+    parser.add_argument(
+        "--samplers", default=DEFAULT_SAMPLERS,
+        help='comma-separated; "auto" is the user\'s path (step_size="auto", defaults), '
+        "compared with the exact target at the γ it chose",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     samplers = args.samplers.split(",")
