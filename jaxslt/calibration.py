@@ -159,15 +159,29 @@ def extrapolate(eps: np.ndarray, est: np.ndarray, se: np.ndarray) -> tuple[float
     return float(coef[0]), float(np.sqrt(cov[0, 0]))
 
 
-def _check_flat_in_gamma(table, estimates: dict, gammas: list, cautions: list[str]) -> None:
+def _check_flat_in_gamma(
+    table, estimates: dict, gammas: list, cautions: list[str], num_burnin: int
+) -> None:
     """Is λ̂ flat in γ at the chosen (smallest healthy) γ? A larger γ confines the degenerate
     directions more and lowers λ̂ (docs/method.md §6); if the next healthy γ gives a clearly
-    lower value, the localizer still shapes the estimate at the chosen one too."""
+    lower value, the localizer still shapes the estimate at the chosen one too. With one
+    healthy γ, the caution names the burn-in that would let the next smaller γ be judged at
+    the chosen step."""
     if len(gammas) < 2:
+        smaller = sorted(g for g in set(table.localization) if 0 < g < gammas[0])
+        how = "try smaller localizations with a longer burn-in"
+        if smaller:
+            g, step = smaller[-1], table.step_size[estimates[gammas[0]][0]]
+            needed = math.ceil(MIN_RELAXATIONS / (step * g))
+            if needed > num_burnin:
+                how = (
+                    f"γ = {g:g} needs calibrate(..., num_burnin ≥ {needed}) to be judged: "
+                    f"{MIN_RELAXATIONS:g} relaxation times 1/(εγ) at the step chosen here, more "
+                    "if its healthy steps are smaller"
+                )
         cautions.append(
             f"only γ = {gammas[0]:g} had healthy cells, so whether λ̂ still moves with γ is "
-            "unknown; the localizer may pull λ̂ down (try smaller localizations with a longer "
-            "burn-in)"
+            f"unknown; the localizer may pull λ̂ down ({how})"
         )
         return
     (g0, (i0, _)), (g1, (i1, _)) = (
@@ -583,7 +597,7 @@ def recommend(
                     "not check that λ̂ is flat in ε; a longer calibration (num_burnin, "
                     "num_draws) or a finer step grid would"
                 )
-            _check_flat_in_gamma(table, estimates, gammas, cautions)
+            _check_flat_in_gamma(table, estimates, gammas, cautions, num_burnin)
             break
     if chosen is None:
         notes.append(

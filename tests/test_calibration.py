@@ -387,6 +387,10 @@ def test_recommend_says_what_burn_in_would_judge_a_localization_it_did_not_run()
     # 3 relaxation times at the largest step, 8e-4 at γ = 1: 3 / 8e-4 = 3750 steps
     assert "γ = 1: not run" in cal.explanation and "num_burnin ≥ 3750" in cal.explanation
     assert _chosen(cal) == (8e-4, 10.0)
+    # only γ = 10 was healthy: the caution says how to judge γ = 1, in a call the user can make
+    (caution,) = cal.cautions
+    assert "only γ = 10 had healthy cells" in caution
+    assert "γ = 1 needs calibrate(..., num_burnin ≥ 3750) to be judged" in caution
 
 
 def test_recommend_takes_the_smallest_healthy_gamma_and_says_when_epsilon_is_unchecked():
