@@ -28,7 +28,7 @@ Recommendation rule (``Calibration.recommended``, explained in ``Calibration.exp
    had not spread yet, and neither their λ̂ nor their curvature predicts the long run; small γ
    then needs a longer calibration, ``num_burnin``; with the default step grid, calibration
    raises its burn-in, up to ``MAX_CALIBRATION_BURNIN``, so that the largest γ can qualify at
-   the grid's three largest steps, from 0.76× the pilot's scale);
+   the pilot's step scale);
 2. for each γ, the healthy estimates are extrapolated linearly to ε → 0 (weighted least squares
    in ε with within-chain standard errors nβ·sd/√ESS, defined for one chain too; discretisation
    bias is O(ε)), giving λ̂₀ ± se₀;
@@ -385,11 +385,10 @@ def calibrate(
 
         scale, pilots = _pilot_step(pilot, diagnose, h_max, max(nbetas), min(localizations))
         step_sizes = list(scale * PILOT_GRID)
-        # burn-in long enough that at the largest γ the three largest steps (from 0.76× the
-        # pilot's scale) cover MIN_RELAXATIONS relaxation times, so at least that γ can be
-        # judged and extrapolated (capped); a raise compiles a second sampler program
+        # burn-in long enough that at the largest γ the steps from 0.4× the pilot's scale cover
+        # MIN_RELAXATIONS relaxation times, so at least that γ can be judged (capped)
         needed = math.ceil(
-            MIN_RELAXATIONS / (PILOT_GRID[-3] * scale * max(max(localizations), 1e-12))
+            MIN_RELAXATIONS / (PILOT_GRID[2] * scale * max(max(localizations), 1e-12))
         )
         if needed > num_burnin:
             longer = min(needed, MAX_CALIBRATION_BURNIN)
