@@ -47,7 +47,6 @@ Recommendation rule (``Calibration.recommended``, explained in ``Calibration.exp
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -61,9 +60,9 @@ import numpy as np
 from jaxslt import validation
 from jaxslt.config import SamplingConfig
 from jaxslt.core import (
-    DEFAULT_BATCH_SIZE,
     LLCResult,
     geometry_at,
+    run_config,
     sample_llc,
     sample_llc_jit,
     with_geometry,
@@ -84,8 +83,7 @@ from jaxslt.diagnostics import (
     TREND_FALLING,
     TREND_RISING,
 )
-from jaxslt.kernels import sampler_capabilities
-from jaxslt.memory import memory_chain_batch_size
+from jaxslt.memory import with_chain_groups
 from jaxslt.posterior import default_nbeta
 from jaxslt.types import PyTree
 
@@ -214,7 +212,7 @@ def _pilot_step(pilot, diagnose, h_max, nbeta, gamma, max_tries=6) -> tuple[floa
     eps = 0.1 / (nbeta * h_max + gamma) if nbeta * h_max + gamma > 0 else 1e-3
     log = []
     for _ in range(max_tries):
-        cell = jax.tree.map(lambda x: np.asarray(x[0]), pilot(eps, gamma, nbeta))
+        cell = jax.tree.map(np.asarray, pilot(eps, gamma, nbeta))
         if np.asarray(cell.diverged).any():
             log.append(f"pilot at ε = {eps:.3g} diverged")
             eps /= 10
@@ -310,46 +308,38 @@ def calibrate(
     )
     if cell_batch_size is not None:
         validation.check_positive_int("cell_batch_size", cell_batch_size, "cells run at once")
-    capabilities = sampler_capabilities(sampler)
-    if capabilities.full_batch:  # the chains the final run makes: exact density, no minibatch
-        batch_size = n
-    batch_size = min(n, DEFAULT_BATCH_SIZE) if batch_size is None else batch_size
+    # the batch size estimate_llc runs (n for a full-batch sampler, e.g. MALA: exact density)
+    batch_size = run_config(SamplingConfig(sampler=sampler, batch_size=batch_size), n).batch_size
 
     def sampling(burnin: int, draws: int) -> SamplingConfig:
-        """The config estimate_llc resolves for these settings (sampler options, step check,
-        chain groups), so that its final run of the same length reuses a cell's program."""
-        adapting = capabilities.adapts_during_burnin
+        """The config estimate_llc runs for these settings, so that its final run of the same
+        length reuses a cell's program."""
         config = SamplingConfig(
             num_chains=num_chains, num_draws=draws, num_burnin=burnin, batch_size=batch_size,
-            sampler=sampler, step_check=True,
-            sampler_options={adapting: burnin, **options} if adapting and burnin else options,
+            sampler=sampler, sampler_options=options,
         )  # fmt: skip
-        checks = config.acceptance_checks > 0 and capabilities.sgld_transition
-        return dataclasses.replace(
-            config,
-            chain_batch_size=memory_chain_batch_size(loss_fn, params, data, config, checks=checks),
-        )
+        return with_chain_groups(loss_fn, params, data, run_config(config, n))
 
     dtype = validation.setting_dtype(params)
 
+    def run_cell(config, cell_key, eps, gamma, nbeta) -> LLCResult:
+        """One cell, in estimate_llc's own program (the same key for every cell)."""
+        return sample_llc_jit(
+            loss_fn, params, data, cell_key, config=config, restrict=None,
+            **validation.cast_settings(params, step_size=eps, nbeta=nbeta, localization=gamma),
+        )  # fmt: skip
+
     def run_cells(config, cell_key, eps, gam, nbs, group) -> LLCResult:
-        """Cells (ε, γ, nβ) on ``cell_key``, batched over cells: one at a time in
-        estimate_llc's own program (``group`` 1), or ``group`` at once, vmapped (padded to
-        whole groups, so no compile depends on the number of cells)."""
+        """Cells batched over cells: one at a time (``group`` 1), or ``group`` at once, vmapped
+        (padded to whole groups, so no compile depends on the number of cells)."""
         if group == 1:
-            return _in_groups(
-                lambda i: _batched(sample_llc_jit(
-                    loss_fn, params, data, cell_key, config=config, restrict=None,
-                    **validation.cast_settings(
-                        params, step_size=eps[i[0]], nbeta=nbs[i[0]], localization=gam[i[0]]
-                    ),
-                )), np.arange(len(eps)), 1,
-            )  # fmt: skip
+            cells = [run_cell(config, cell_key, *c) for c in zip(eps, gam, nbs, strict=True)]
+            return jax.tree.map(lambda *x: jnp.stack(x), *cells)
         return _in_groups(
             lambda i: run_grid(
                 loss_fn, params, data, cell_key, jnp.asarray(eps[i], dtype),
                 jnp.asarray(gam[i], dtype), jnp.asarray(nbs[i], dtype), config=config,
-            ), np.arange(len(eps)), group,
+            ), len(eps), group,
         )  # fmt: skip
 
     nbetas = (
@@ -380,8 +370,7 @@ def calibrate(
         pilot_key, pilot_config = jax.random.fold_in(key, 3), sampling(num_burnin, num_draws)
 
         def pilot(eps, gamma, nbeta):
-            cell = run_cells(pilot_config, pilot_key, *np.array([[eps], [gamma], [nbeta]]), 1)
-            return with_geometry(cell, at)
+            return with_geometry(run_cell(pilot_config, pilot_key, eps, gamma, nbeta), at)
 
         scale, pilots = _pilot_step(pilot, diagnose, h_max, max(nbetas), min(localizations))
         step_sizes = list(scale * PILOT_GRID)
@@ -438,17 +427,14 @@ def run_grid(loss_fn, params, data, key, eps, gam, nbs, *, config):
     return jax.vmap(cell)(eps, gam, nbs)
 
 
-def _batched(result: LLCResult) -> LLCResult:
-    return jax.tree.map(lambda x: x[None], result)
-
-
-def _in_groups(run: Callable, cells: np.ndarray, size: int) -> LLCResult:
-    """``run(cells)`` for ``cells`` in groups of exactly ``size`` (the last padded with copies of
-    its last cell, whose results are dropped), concatenated in order."""
-    padded = np.concatenate([cells, np.repeat(cells[-1:], -len(cells) % size)])
+def _in_groups(run: Callable, count: int, size: int) -> LLCResult:
+    """``run(cells)`` for cells ``0 … count-1`` in groups of exactly ``size`` (the last padded
+    with copies of its last cell, whose results are dropped), concatenated in order."""
+    cells = np.arange(count)
+    padded = np.concatenate([cells, np.repeat(cells[-1:], -count % size)])
     parts = [run(padded[i : i + size]) for i in range(0, len(padded), size)]
     joined = parts[0] if len(parts) == 1 else jax.tree.map(lambda *x: jnp.concatenate(x), *parts)
-    return jax.tree.map(lambda x: x[: len(cells)], joined)
+    return jax.tree.map(lambda x: x[:count], joined)
 
 
 def _unrun_row(eps, gamma, nbeta, h_max, relaxations) -> dict[str, Any]:
@@ -466,8 +452,6 @@ def _unrun_row(eps, gamma, nbeta, h_max, relaxations) -> dict[str, Any]:
 def _scatter_cells(results: LLCResult, ran: np.ndarray) -> LLCResult:
     """``results`` of the cells that ran, spread over the whole grid: a cell that did not run
     holds NaN (integers: -1, flags: False), so ``Calibration.results[i]`` is row i's."""
-    if ran.all():
-        return results
 
     def spread(x):
         x = np.asarray(x)

@@ -9,6 +9,7 @@ shell is ``jaxslt.estimator.estimate_llc``; ``jaxslt.calibration`` maps it over 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -20,7 +21,7 @@ import numpy as np
 from jaxslt.chains import Accumulator, data_size, run_chains
 from jaxslt.config import DEFAULT_LOCALIZATION, DEFAULTS, SamplingConfig
 from jaxslt.curvature import LocalGeometry, local_geometry
-from jaxslt.kernels import make_kernel, sgld_checks, state_position
+from jaxslt.kernels import make_kernel, sampler_capabilities, sgld_checks, state_position
 from jaxslt.observables import init_moments, per_example_losses, update_moments
 from jaxslt.observables import observables as pool
 from jaxslt.posterior import default_nbeta, full_data_loss, localized_posterior, running_llc
@@ -36,6 +37,7 @@ __all__ = [
     "flag_exploded",
     "geometry_at",
     "restricted_loss",
+    "run_config",
     "sample_llc",
     "sample_llc_jit",
     "with_geometry",
@@ -290,6 +292,23 @@ def sample_llc(
         ) if config.step_check else None,
     )  # fmt: skip
     return replicate(result, mesh)
+
+
+def run_config(config: SamplingConfig, n: int) -> SamplingConfig:
+    """``config`` as ``estimate_llc`` runs it on n examples (``calibrate`` too, so that its
+    cells are ``estimate_llc``'s own program): the sampler's burn-in-adapting option
+    (``SamplerCapabilities.adapts_during_burnin``) defaulted to ``num_burnin``; the batch size
+    n for a full-batch sampler, ``None`` → min(n, ``DEFAULT_BATCH_SIZE``); the step check on.
+    Chain groups are resolved by ``jaxslt.memory.with_chain_groups``."""
+    capabilities = sampler_capabilities(config.sampler)
+    options, adapting = config.options, capabilities.adapts_during_burnin
+    if adapting and config.num_burnin > 0:
+        options = {adapting: config.num_burnin, **options}
+    batch_size = n if capabilities.full_batch else config.batch_size
+    return dataclasses.replace(
+        config, sampler_options=options, step_check=True,
+        batch_size=min(n, DEFAULT_BATCH_SIZE) if batch_size is None else batch_size,
+    )  # fmt: skip
 
 
 def _sampled_problem(loss_fn, params, n, *, batch_size, compute_dtype, restrict):

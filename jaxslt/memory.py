@@ -10,6 +10,7 @@ checks the model against XLA's compiled memory.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import NamedTuple
@@ -21,7 +22,7 @@ import numpy as np
 from jaxslt.chains import data_size
 from jaxslt.config import SamplingConfig
 from jaxslt.core import restricted_loss
-from jaxslt.kernels import make_kernel
+from jaxslt.kernels import make_kernel, sampler_capabilities
 from jaxslt.posterior import localized_posterior
 from jaxslt.restriction import Restriction
 from jaxslt.types import PyTree
@@ -32,6 +33,7 @@ __all__ = [
     "available_memory",
     "chain_memory",
     "memory_chain_batch_size",
+    "with_chain_groups",
 ]
 
 
@@ -146,4 +148,25 @@ def memory_chain_batch_size(
         fixed_bytes=memory.params // model + memory.data,
         available=None if not free or None in free else min(free),
         chain_axis=shape.get("chain", 1),
+    )
+
+
+def with_chain_groups(
+    loss_fn: Callable,
+    params: PyTree,
+    data: PyTree,
+    config: SamplingConfig,
+    *,
+    restrict: Restriction | None = None,
+) -> SamplingConfig:
+    """``config`` with ``chain_batch_size="auto"`` resolved by ``memory_chain_batch_size``
+    (acceptance checks counted when the sampler's steps get them); any other value kept."""
+    if config.chain_batch_size != "auto":
+        return config
+    checks = config.acceptance_checks > 0 and sampler_capabilities(config.sampler).sgld_transition
+    return dataclasses.replace(
+        config,
+        chain_batch_size=memory_chain_batch_size(
+            loss_fn, params, data, config, restrict=restrict, checks=checks
+        ),
     )

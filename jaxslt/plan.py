@@ -31,16 +31,15 @@ from jaxslt import validation
 from jaxslt.calibration import Calibration, calibrate
 from jaxslt.config import DEFAULT_LOCALIZATION, SamplingConfig
 from jaxslt.core import (
-    DEFAULT_BATCH_SIZE,
     LLCResult,
     geometry_at,
     restricted_loss,
+    run_config,
     sample_llc_jit,
     with_geometry,
 )
 from jaxslt.curvature import LocalGeometry
-from jaxslt.kernels import sampler_capabilities
-from jaxslt.memory import memory_chain_batch_size
+from jaxslt.memory import with_chain_groups
 from jaxslt.posterior import default_nbeta
 from jaxslt.progress import progress_bar
 from jaxslt.restriction import Restriction, make_restriction
@@ -147,33 +146,19 @@ def resolve(
         num_chains=config.num_chains, acceptance_checks=config.acceptance_checks,
         chain_batch_size=config.chain_batch_size,
     )  # fmt: skip
-    auto_groups = config.chain_batch_size == "auto"
     validation.check_mesh(
-        config.mesh, config.num_chains, None if auto_groups else config.chain_batch_size,
+        config.mesh, config.num_chains,
+        None if config.chain_batch_size == "auto" else config.chain_batch_size,
         config.param_specs,
     )  # fmt: skip
     param_specs = validation.check_param_specs(
         config.param_specs, params, config.mesh, restricted=restrict is not None
     )
-    sampler = config.sampler
-    capabilities = sampler_capabilities(sampler)
-    if capabilities.adapts_during_burnin and config.num_burnin > 0:
-        options = {capabilities.adapts_during_burnin: config.num_burnin, **options}
-    batch_size = n if capabilities.full_batch else config.batch_size
-    batch_size = min(n, DEFAULT_BATCH_SIZE) if batch_size is None else batch_size
-    validation.check_loss_fn(loss_fn, params, data, batch_size)
-    config = dataclasses.replace(
-        config, batch_size=batch_size, sampler_options=options, param_specs=param_specs,
-        step_check=True,
-    )  # fmt: skip
-    if auto_groups:
-        checks = config.acceptance_checks > 0 and capabilities.sgld_transition
-        config = dataclasses.replace(
-            config,
-            chain_batch_size=memory_chain_batch_size(
-                loss_fn, params, data, config, restrict=restrict, checks=checks
-            ),
-        )
+    config = run_config(
+        dataclasses.replace(config, sampler_options=options, param_specs=param_specs), n
+    )
+    validation.check_loss_fn(loss_fn, params, data, config.batch_size)
+    config = with_chain_groups(loss_fn, params, data, config, restrict=restrict)
     scalars = validation.cast_settings(  # in the chains' dtype, checked there
         params, step_size=step_size, localization=localization,
         nbeta=default_nbeta(n) if nbeta is None else nbeta,

@@ -563,3 +563,21 @@ def test_acceptance_checks_cost_at_most_three_parameter_copies_per_chain():
     per_chain_unchecked = temp_bytes(2, 0) - temp_bytes(1, 0)
     assert per_chain_unchecked == pytest.approx(2 * param_bytes, rel=0.1)  # state + gradient
     assert per_chain < per_chain_unchecked + 3 * param_bytes
+
+
+def test_run_config_completes_a_config_as_estimate_llc_runs_it():
+    """One place decides how a config runs (estimate_llc's plan and calibrate's cells both use
+    it): the burn-in-adapting option, the batch size, the step check."""
+    from jaxslt.core import run_config
+
+    rms = run_config(SamplingConfig(sampler="rmsprop_sgld", num_burnin=40), 1000)
+    assert rms.sampler_options == (("adapt_steps", 40),) and rms.batch_size == 256
+    kept = SamplingConfig(sampler="rmsprop_sgld", sampler_options={"adapt_steps": 7})
+    assert run_config(kept, 1000).sampler_options == (("adapt_steps", 7),)
+    no_burnin = SamplingConfig(sampler="rmsprop_sgld", num_burnin=0)
+    assert run_config(no_burnin, 1000).sampler_options == ()
+    assert run_config(SamplingConfig(sampler="mala", batch_size=None), 300).batch_size == 300
+    assert run_config(SamplingConfig(batch_size=None), 100).batch_size == 100
+    assert run_config(SamplingConfig(batch_size=64), 1000).batch_size == 64
+    unchecked = SamplingConfig(step_check=False)
+    assert run_config(unchecked, 1000).step_check
