@@ -28,17 +28,21 @@ transformers"). ``detect_stages`` finds them in a noisy curve y_t at steps s_t a
    checkpoints are sparser than that: (N − 1)·``min_stage`` ≤ 1). (b) Knees, by binary
    segmentation: a stretch is split at the knee of the best continuous two-piece line when
    that lowers the generalised χ² = (y − fit)ᵀ Σ⁻¹ (y − fit) (Prais–Winsten whitening) by more
-   than ``significance``²; on stretches with at most 40 candidates the best pair of knees
+   than ``significance``²; on stretches with at most 100 candidates the best pair of knees
    (rise–flat–rise needs both at once) wins when it beats the line by 2·``significance``² and
-   the single knee by ``significance``². (c) The stage model is the continuous
-   piecewise-linear GLS fit with knots at the boundaries; each knot moves to the checkpoint
-   within max(2h, the largest spacing) that minimises its χ² (coordinate descent).
+   the single knee by ``significance``² (without the pair, a single knee splits such a step
+   first and ``min_stage`` then holds the next knee off the true corner). (c) The stage
+   model is the continuous piecewise-linear GLS fit with knots at the boundaries; each knot
+   moves to the checkpoint within max(2h, the largest spacing) that minimises its χ²
+   (coordinate descent).
 5. **Stages.** With c_k the stage model at knot k (the weighted least-squares fit with those
    knots, which follows the points; the GLS χ² only places them) and se(c_{k+1} − c_k) from its
    sandwich covariance under Σ, a piece is "flat" when |c_{k+1} − c_k| ≤ ``significance``·se
    + min(``flat``·R·Δx/X, ``significance``·se) (a slow drift of at most ``flat`` times the
    mean slope is tolerated, never more than the significance threshold again), otherwise
-   "rising" or "falling".
+   "rising" or "falling". A "flat" piece between a rise and a fall that spans one checkpoint
+   interval, or less than ``min_stage``·X, is the apex of a peak (trough) sampled on both
+   sides, not a plateau: it takes the kind of its change's sign.
    Neighbouring pieces of the same kind are one stage; the stage model keeps every knot, so it
    follows the points. Critical points are read off the stage sequence: rising → falling is a
    peak, falling → rising a trough, a flat stage a plateau.
@@ -377,7 +381,7 @@ def _pair_chi2(x, y, noise: _Noise, lo, hi, pairs):
     return _gls(design, ys, noise.whitener(lo, hi))[2]
 
 
-PAIR_SEARCH_MAX = 40  # stretches with at most this many candidate knees also try knee pairs
+PAIR_SEARCH_MAX = 100  # stretches with at most this many candidate knees also try knee pairs
 
 
 def _knees(x, y, noise, lo, hi, min_len, threshold):
@@ -464,7 +468,7 @@ class _Pieces(NamedTuple):
     cov: np.ndarray  # covariance of the knot values
 
 
-def _pieces(x, y, noise, bounds, slope_tol, significance) -> _Pieces:
+def _pieces(x, y, noise, bounds, slope_tol, significance, apex_len=0.0) -> _Pieces:
     """The stage model: the weighted least-squares linear spline with knots at x[bounds]
     (hat-function basis B, so the coefficients are the knot values c = (BᵀWB)⁻¹BᵀWy, W = diag
     1/σ²), which follows the points; its covariance is the sandwich
@@ -486,6 +490,24 @@ def _pieces(x, y, noise, bounds, slope_tol, significance) -> _Pieces:
     noise_level = significance * se
     flat = np.abs(change) <= noise_level + np.minimum(slope_tol * np.diff(x[bounds]), noise_level)
     kinds = np.where(flat, "flat", np.where(change > 0, "rising", "falling"))
+    # a "flat" piece between a rise and a fall that spans one checkpoint interval, or less
+    # than the shortest stage (``apex_len``), is the top of a peak (or the bottom of a trough)
+    # sampled on both sides: checkpoints straddling a rounded apex differ by little whatever
+    # its shape, so they cannot show a plateau there
+    # (a run of flat pieces counts as one)
+    kinds = list(kinds)
+    for _, run in itertools.groupby(range(len(kinds)), key=lambda k: kinds[k]):
+        run = list(run)
+        a, b = run[0], run[-1] + 1  # the run spans knots a … b
+        if (
+            kinds[a] == "flat"
+            and 0 < a
+            and b < len(kinds)
+            and {kinds[a - 1], kinds[b]} == {"rising", "falling"}
+            and (bounds[b] - bounds[a] == 1 or x[bounds[b]] - x[bounds[a]] < apex_len)
+        ):
+            for k in run:
+                kinds[k] = "rising" if knots[b] > knots[a] else "falling"
     return _Pieces(list(bounds), knots, [str(k) for k in kinds], cov)
 
 
@@ -539,8 +561,11 @@ def _extrema(fit: _Smooth, significance: float) -> list[tuple[float, int]]:
     return found
 
 
-def _segment_curve(name, x, y, noise: _Noise, bandwidth, significance, flat, min_len) -> _Curve:
-    """Steps 3–5 of the module docstring for one curve."""
+def _segment_curve(
+    name, x, y, noise: _Noise, bandwidth, significance, flat, min_len, apex_len=0.0
+) -> _Curve:
+    """Steps 3–5 of the module docstring for one curve; ``apex_len``: the shortest plateau
+    between a rise and a fall (the nominal shortest stage, also when ``min_len`` is relaxed)."""
     fit = _smooth(x, y, noise.sigma, bandwidth, noise.rho)
     last = len(x) - 1
     # (a) significant extrema, the most significant first, kept min_len apart and from the ends
@@ -563,7 +588,7 @@ def _segment_curve(name, x, y, noise: _Noise, bandwidth, significance, flat, min
     spacing = float(np.max(np.diff(x))) if x.size > 1 else 0.0
     bounds = _descend(x, y, noise, bounds, min_len, max(2.0 * bandwidth, spacing))
     slope_tol = flat * float(np.ptp(fit.value)) / float(x[-1] - x[0])
-    model = _pieces(x, y, noise, bounds, slope_tol, significance)
+    model = _pieces(x, y, noise, bounds, slope_tol, significance, apex_len)
     keep = [
         0,
         *(k for k in range(1, len(bounds) - 1) if model.kinds[k - 1] != model.kinds[k]),
@@ -628,11 +653,15 @@ def _curve(
         # Student-t quantile, larger than the normal one for few checkpoints
         sigma = np.full_like(y, max(estimate, floor))
         t_sig = float(student_t.isf(normal.sf(significance), dof))
-        curve = _segment_curve(name, x, y, _Noise(sigma, rho), bandwidth, t_sig, flat, min_len)
+        curve = _segment_curve(
+            name, x, y, _Noise(sigma, rho), bandwidth, t_sig, flat, min_len, min_len
+        )
     else:
         # a noise-free curve still needs finite weights 1/σ²: floor σ far below its values
         sigma = np.maximum(np.asarray(given, dtype=float), floor)
-        segment = functools.partial(_segment_curve, name, x, y, bandwidth=bandwidth, flat=flat)
+        segment = functools.partial(
+            _segment_curve, name, x, y, bandwidth=bandwidth, flat=flat, apex_len=min_len
+        )
         curve = segment(_Noise(sigma, rho), significance=significance, min_len=min_len)
 
         # goodness of fit: the stage model's χ² against the stated noise. When it exceeds the
