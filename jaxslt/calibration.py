@@ -103,6 +103,7 @@ __all__ = [
 MAX_MARGIN = HEALTHY_SHARE * STIFFNESS_LIMIT  # ε·(nβ·h_max + γ) at w*; see the module docstring
 MIN_RELAXATIONS = 3.0  # burn-in·ε·γ of a healthy cell: flat directions within e⁻³ of equilibrium
 MAX_CALIBRATION_BURNIN = 20_000  # the most calibration raises its burn-in to, to reach that
+GAMMA_PROBE = 3.0  # with one healthy γ, λ̂ is also measured at this multiple of it (flat in γ?)
 MAX_DRAWS_FACTOR = 20  # the recommended draws are at most this many times the calibration's
 # diagnostics issues (their codes) that disqualify a cell. Not ESS nor the Monte-Carlo error:
 # short calibration runs are noisy by design (with one chain, every cell of a regular model
@@ -123,7 +124,9 @@ class Calibration:
         ``localization``, ``nbeta``), estimate (``llc_mean``, ``llc_std``, ``llc_se``), checks
         (``mala_accept``, ``rhat``, ``ess``, ``trend``, ``diverged``, ``margin``,
         ``bias_bound``, ``issues``), verdict ``ok``, ``ran`` (False: refused unseen, its
-        burn-in too short to judge it) and ``selected``.
+        burn-in too short to judge it), ``selected`` and ``probe`` (True for the one cell
+        run beyond the grid: with a single healthy γ, ``GAMMA_PROBE``·γ at the chosen step, to
+        see whether λ̂ still moves with γ).
       recommended: keyword arguments for ``estimate_llc`` (``step_size``, ``localization``,
         ``nbeta``, ``num_burnin``, ``num_draws``); empty when no cell is healthy.
       explanation: the reasons, one line per step of the rule.
@@ -157,46 +160,73 @@ def extrapolate(eps: np.ndarray, est: np.ndarray, se: np.ndarray) -> tuple[float
     return float(coef[0]), float(np.sqrt(cov[0, 0]))
 
 
+def _paired_se(results, i: int, j: int) -> float:
+    """Standard error of λ̂_i − λ̂_j for two cells run on the same key: their chains share
+    every noise draw, so the difference is measured chain by chain (d = nβ_i·L_i − nβ_j·L_j
+    along each trace, SE = sd(d)/√ESS(d), ESS from ArviZ), far more precisely than the two
+    SEs combined as if independent."""
+    import arviz as az
+
+    traces, nbetas, diverged = (np.asarray(results.loss_trace, np.float64),
+                                np.asarray(results.nbeta, np.float64),
+                                np.asarray(results.diverged))  # fmt: skip
+    healthy = ~(diverged[i] | diverged[j])
+    d = nbetas[i] * traces[i][healthy] - nbetas[j] * traces[j][healthy]
+    if d.size < 4 or not np.std(d) > 0:
+        return 0.0
+    return float(np.std(d) / math.sqrt(max(float(az.ess(d, method="mean")), 1.0)))
+
+
 def _check_flat_in_gamma(
-    table, estimates: dict, gammas: list, cautions: list[str], num_burnin: int
+    table,
+    results,
+    estimates: dict,
+    gammas: list,
+    cautions: list[str],
+    num_burnin: int,
+    notes: list[str],
 ) -> None:
     """Is λ̂ flat in γ at the chosen (smallest healthy) γ? A larger γ confines the degenerate
     directions more and lowers λ̂ (docs/method.md §6); if the next healthy γ gives a clearly
-    lower value, the localizer still shapes the estimate at the chosen one too. With one
+    different value, the localizer still shapes the estimate at the chosen one too. When they
+    agree, and λ̂ moves with γ to first order (λ̂(γ) ≈ λ̂(0) − cγ), the localizer's pull at γ₀
+    is γ₀/(γ₁ − γ₀) times their difference: half of it for the probe γ₁ = 3γ₀. With one
     healthy γ, the caution names the burn-in that would let the next smaller γ be judged at
     the chosen step."""
+    g0 = gammas[0]
+    smaller = sorted(g for g in set(table.localization) if 0 < g < g0)
+    how = "try smaller localizations with a longer burn-in"
+    if smaller:
+        g, step = smaller[-1], table.step_size[estimates[g0][0]]
+        needed = math.ceil(MIN_RELAXATIONS / (step * g))
+        if needed > num_burnin:
+            how = (
+                f"γ = {g:g} needs calibrate(..., num_burnin ≥ {needed}) to be judged: "
+                f"{MIN_RELAXATIONS:g} relaxation times 1/(εγ) at the step chosen here, more "
+                "if its healthy steps are smaller"
+            )
     if len(gammas) < 2:
-        smaller = sorted(g for g in set(table.localization) if 0 < g < gammas[0])
-        how = "try smaller localizations with a longer burn-in"
-        if smaller:
-            g, step = smaller[-1], table.step_size[estimates[gammas[0]][0]]
-            needed = math.ceil(MIN_RELAXATIONS / (step * g))
-            if needed > num_burnin:
-                how = (
-                    f"γ = {g:g} needs calibrate(..., num_burnin ≥ {needed}) to be judged: "
-                    f"{MIN_RELAXATIONS:g} relaxation times 1/(εγ) at the step chosen here, more "
-                    "if its healthy steps are smaller"
-                )
         cautions.append(
-            f"only γ = {gammas[0]:g} had healthy cells, so whether λ̂ still moves with γ is "
+            f"only γ = {g0:g} had healthy cells, so whether λ̂ still moves with γ is "
             f"unknown; the localizer may pull λ̂ down ({how})"
         )
         return
-    (g0, (i0, _)), (g1, (i1, _)) = (
-        (gammas[0], estimates[gammas[0]]),
-        (
-            gammas[1],
-            estimates[gammas[1]],
-        ),
-    )
+    g1 = gammas[1]
+    i0, i1 = estimates[g0][0], estimates[g1][0]
     a, b = table.llc_mean[i0], table.llc_mean[i1]
-    tol = max(2 * math.hypot(table.llc_se[i0], table.llc_se[i1]), 0.05 * abs(a))
+    tol = max(2 * _paired_se(results, i0, i1), 0.05 * abs(a))
+    change = (b - a) / abs(a)
+    notes.append(
+        f"γ = {g1:g}: λ̂ = {b:.4g} against {a:.4g} at γ = {g0:g} ({change:+.1%}; "
+        f"{'within' if abs(a - b) <= tol else 'beyond'} the tolerance {tol:.2g} of flat in γ)."
+    )
     if abs(a - b) > tol:
+        pull = -change * g0 / (g1 - g0)  # λ̂(γ) ≈ λ̂(0) − cγ between g0 and g1
         cautions.append(
             f"λ̂ still moves with the localization: {a:.4g} at γ = {g0:g} against {b:.4g} at "
-            f"γ = {g1:g} ({(b - a) / abs(a):+.0%}); the localizer confines the chains, so the "
-            f"estimate at γ = {g0:g} is probably an underestimate of the unlocalized value "
-            "(try smaller localizations with a longer burn-in)"
+            f"γ = {g1:g} ({change:+.0%}), so the localizer puts λ̂ at γ = {g0:g} about "
+            f"{abs(pull):.0%} {'below' if pull > 0 else 'above'} its unlocalized value (first "
+            f"order in γ; more where λ̂ is convex in γ, as for a quadratic loss) ({how})"
         )
 
 
@@ -396,14 +426,17 @@ def calibrate(
     ran = eps * gam * num_burnin >= MIN_RELAXATIONS if derived else np.ones(len(eps), bool)
     if not ran.any():  # nothing could qualify: run them all, so the table shows what they do
         ran[:] = True
-    results = run_cells(
-        sampling(num_burnin, num_draws), key, eps[ran], gam[ran], nbs[ran], cell_batch_size or 1
-    )
+    config = sampling(num_burnin, num_draws)
+    results = run_cells(config, key, eps[ran], gam[ran], nbs[ran], cell_batch_size or 1)
     results = with_geometry(results, at)
     validation.check_init_loss(results.init_loss[0])  # the loss's fault, not the grid's
+
+    def probe(e, g, b):  # one more cell, in the grid's program
+        return with_geometry(run_cell(config, key, e, g, b), at)
+
     calibration = recommend(
         _scatter_cells(results, ran), eps, gam, nbs, diagnose, h_max, num_burnin, num_draws,
-        ran=ran,
+        ran=ran, probe=probe,
     )  # fmt: skip
     if pilots:
         calibration.explanation = "\n".join(
@@ -449,6 +482,46 @@ def _unrun_row(eps, gamma, nbeta, h_max, relaxations) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def _cell_row(cell, diagnose, eps, gamma, nbeta, h_max, num_burnin) -> dict[str, Any]:
+    """The table row of one cell that ran (host arrays): its estimate, checks and verdict."""
+    relaxations = float(eps * gamma * num_burnin)
+    diag = diagnose(cell)
+    bad = [issue.message for issue in diag.issues if issue.code in _DISQUALIFYING]
+    if cell.diverged.any() and DIVERGED not in diag.codes:
+        bad.append(f"{int(cell.diverged.sum())} chain(s) diverged")
+    margin = float(eps * (nbeta * h_max + gamma))
+    # the final run's own step check (diagnostics) must pass with room to spare
+    biased = not diag.bias_bound <= HEALTHY_SHARE * MAX_RELATIVE_BIAS * abs(diag.llc)
+    # a cell whose burn-in is short of MIN_RELAXATIONS relaxation times 1/(εγ) of the flat
+    # directions measured chains that had not yet spread: neither its λ̂ nor the curvature
+    # its chains saw predicts the long run (measured: a DLN cell at γ = 1 passed at a 5%
+    # bias bound, and the recommended 100,000-step run then showed 23%)
+    if relaxations < MIN_RELAXATIONS:
+        bad.append(
+            f"burn-in {num_burnin} is {relaxations:.2g} relaxation times 1/(εγ), short of "
+            f"{MIN_RELAXATIONS:g}: not equilibrated"
+        )
+    healthy = ~np.asarray(cell.diverged)
+    trace = np.asarray(cell.loss_trace, np.float64)[healthy]
+    # within-chain Monte-Carlo SE (defined for one chain too): nβ·sd/√ESS
+    se = (
+        float(cell.nbeta) * float(np.std(trace)) / math.sqrt(diag.ess_bulk)
+        if trace.size and diag.ess_bulk > 0
+        else math.nan
+    )
+    accept = (
+        float(np.nanmean(cell.mala_accept)) if not np.isnan(cell.mala_accept).all() else math.nan
+    )
+    return dict(
+        step_size=float(eps), localization=float(gamma), nbeta=float(nbeta),
+        llc_mean=float(cell.llc_mean), llc_std=float(cell.llc_std), llc_se=se,
+        mala_accept=accept, rhat=diag.rhat, ess=diag.ess_bulk, trend=diag.trend,
+        diverged=int(cell.diverged.sum()),
+        ok=not bad and margin <= MAX_MARGIN and not biased and math.isfinite(se), ran=True,
+        margin=margin, bias_bound=diag.bias_bound, issues="; ".join(bad),
+    )  # fmt: skip
+
+
 def _scatter_cells(results: LLCResult, ran: np.ndarray) -> LLCResult:
     """``results`` of the cells that ran, spread over the whole grid: a cell that did not run
     holds NaN (integers: -1, flags: False), so ``Calibration.results[i]`` is row i's."""
@@ -475,14 +548,16 @@ def _recommended_draws(row, num_draws: int, num_burnin: int) -> int:
 
 
 def recommend(
-    results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws, *, ran=None
+    results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws, *, ran=None, probe=None
 ) -> Calibration:
     """The recommendation rule of this module's docstring applied to the grid's ``results``
     (batched over cells with settings ``eps``, ``gam``, ``nbs``), each cell judged by
     ``diagnose``; ``ran`` (default: all) marks the cells that ran, the others are refused
-    unseen. Returns the ``Calibration`` (table, recommended settings, explanation,
-    ε → 0 extrapolations, cautions). Pure host-side bookkeeping, unit-tested on synthetic
-    tables."""
+    unseen. ``probe(ε, γ, nβ)`` runs one more cell (an ``LLCResult``): with it, when a single
+    γ is healthy, the cell at ``GAMMA_PROBE``·γ and the chosen step is run and judged too (its
+    row is appended to the table and its result to ``results``). Returns the ``Calibration``
+    (table, recommended settings, explanation, ε → 0 extrapolations, cautions). Host-side
+    bookkeeping apart from the probe, unit-tested on synthetic tables."""
     import pandas as pd
 
     rows = []
@@ -492,47 +567,10 @@ def recommend(
             rows.append(_unrun_row(eps[i], gam[i], nbs[i], h_max, relaxations))
             continue
         cell = jax.tree.map(lambda x, i=i: np.asarray(x[i]), results)
-        diag = diagnose(cell)
-        bad = [issue.message for issue in diag.issues if issue.code in _DISQUALIFYING]
-        if cell.diverged.any() and DIVERGED not in diag.codes:
-            bad.append(f"{int(cell.diverged.sum())} chain(s) diverged")
-        margin = float(eps[i] * (nbs[i] * h_max + gam[i]))
-        # the final run's own step check (diagnostics) must pass with room to spare
-        biased = not diag.bias_bound <= HEALTHY_SHARE * MAX_RELATIVE_BIAS * abs(diag.llc)
-        # a cell whose burn-in is short of MIN_RELAXATIONS relaxation times 1/(εγ) of the flat
-        # directions measured chains that had not yet spread: neither its λ̂ nor the curvature
-        # its chains saw predicts the long run (measured: a DLN cell at γ = 1 passed at a 5%
-        # bias bound, and the recommended 100,000-step run then showed 23%)
-        if relaxations < MIN_RELAXATIONS:
-            bad.append(
-                f"burn-in {num_burnin} is {relaxations:.2g} relaxation times 1/(εγ), short of "
-                f"{MIN_RELAXATIONS:g}: not equilibrated"
-            )
-        healthy = ~np.asarray(cell.diverged)
-        trace = np.asarray(cell.loss_trace, np.float64)[healthy]
-        # within-chain Monte-Carlo SE (defined for one chain too): nβ·sd/√ESS
-        se = (
-            float(cell.nbeta) * float(np.std(trace)) / math.sqrt(diag.ess_bulk)
-            if trace.size and diag.ess_bulk > 0
-            else math.nan
-        )
-        accept = (
-            float(np.nanmean(cell.mala_accept))
-            if not np.isnan(cell.mala_accept).all()
-            else math.nan
-        )
-        rows.append(
-            dict(
-                step_size=float(eps[i]), localization=float(gam[i]), nbeta=float(nbs[i]),
-                llc_mean=float(cell.llc_mean), llc_std=float(cell.llc_std), llc_se=se,
-                mala_accept=accept, rhat=diag.rhat, ess=diag.ess_bulk, trend=diag.trend,
-                diverged=int(cell.diverged.sum()),
-                ok=not bad and margin <= MAX_MARGIN and not biased and math.isfinite(se), ran=True,
-                margin=margin, bias_bound=diag.bias_bound, issues="; ".join(bad),
-            )
-        )  # fmt: skip
+        rows.append(_cell_row(cell, diagnose, eps[i], gam[i], nbs[i], h_max, num_burnin))
     table = pd.DataFrame(rows)
     table["selected"] = False
+    table["probe"] = False
     extrapolation: dict[float, tuple[float, float]] = {}
     notes = [f"h_max = {h_max:.4g} (power iteration on the Hessian of L at w*)."]
     cautions: list[str] = []
@@ -581,7 +619,29 @@ def recommend(
                     "not check that λ̂ is flat in ε; a longer calibration (num_burnin, "
                     "num_draws) or a finer step grid would"
                 )
-            _check_flat_in_gamma(table, estimates, gammas, cautions, num_burnin)
+            if len(gammas) == 1 and gammas[0] > 0 and probe is not None:
+                # one healthy γ: probe a larger one at the chosen step (it relaxes faster, so
+                # the calibration's burn-in covers it) to see whether λ̂ still moves with γ
+                row = table.loc[chosen]
+                g1 = GAMMA_PROBE * gammas[0]
+                cell = jax.tree.map(np.asarray, probe(row.step_size, g1, nbeta))
+                probed = _cell_row(cell, diagnose, row.step_size, g1, nbeta, h_max, num_burnin)
+                table.loc[len(table)] = probed | {"selected": False, "probe": True}
+                results = jax.tree.map(lambda x, c: np.concatenate([x, c[None]]), results, cell)
+                # usable to compare λ̂ with: no disqualifying issue and a stable step (its bias
+                # bound, the same ε's as the chosen cell's, is judged there)
+                if (
+                    not probed["issues"]
+                    and probed["margin"] <= MAX_MARGIN
+                    and math.isfinite(probed["llc_se"])
+                ):
+                    estimates[g1] = (len(table) - 1, False)
+                    gammas = sorted(estimates)
+                else:
+                    notes.append(
+                        f"γ = {g1:g} (probe at the chosen step): not usable ({probed['issues']})."
+                    )
+            _check_flat_in_gamma(table, results, estimates, gammas, cautions, num_burnin, notes)
             break
     if chosen is None:
         notes.append(

@@ -43,7 +43,7 @@ def test_weighted_extrapolation_recovers_a_line():
 
 
 def test_grid_table_and_recommendation_follow_the_rule(calibration):
-    table = calibration.table
+    table = calibration.table[~calibration.table.probe]
     assert len(table) == 12  # six default steps × two localizations
     assert {"step_size", "localization", "nbeta", "llc_mean", "llc_std", "mala_accept", "rhat",
             "diverged", "ok", "selected", "margin"} <= set(table.columns)  # fmt: skip
@@ -153,7 +153,7 @@ def test_cells_can_run_in_groups(calibration):
     np.testing.assert_allclose(
         grouped.table.llc_mean, calibration.table.llc_mean, rtol=1e-5, atol=1e-6
     )
-    assert jnp.shape(grouped.results.llc_mean) == (12,)
+    assert jnp.shape(grouped.results.llc_mean) == (13,)  # 12 cells and the γ probe
 
 
 class _Captured(Exception):
@@ -296,7 +296,9 @@ def _stub_diagnose(wording):
     return diagnose
 
 
-def _recommend(cells, h_max=0.0, num_burnin=40_000, num_draws=1000, wording=WORDING.get, ran=None):
+def _recommend(
+    cells, h_max=0.0, num_burnin=40_000, num_draws=1000, wording=WORDING.get, ran=None, probe=None
+):
     """cells: dicts with eps, gamma, mean and optionally nbeta, code (of a diagnostics issue),
     diverged (chains); ``wording(code)`` is the message of the stub's issue."""
     col = lambda name, default: np.array([c.get(name, default) for c in cells])  # noqa: E731
@@ -308,8 +310,21 @@ def _recommend(cells, h_max=0.0, num_burnin=40_000, num_draws=1000, wording=WORD
                      np.broadcast_to(spread, (len(cells), 4, 2)))  # fmt: skip
     return cal_module.recommend(
         results, col("eps", 0.0), col("gamma", 0.0), nbeta, _stub_diagnose(wording), h_max,
-        num_burnin, num_draws, ran=ran,
+        num_burnin, num_draws, ran=ran, probe=probe,
     )  # fmt: skip
+
+
+def _probe(mean, code="", calls=None):
+    """A stub of calibrate's probe: one cell like ``_recommend``'s, with λ̂ = ``mean``."""
+
+    def probe(eps, gamma, nbeta):
+        if calls is not None:
+            calls.append((eps, gamma, nbeta))
+        spread = np.broadcast_to(0.4 / nbeta * np.array([-1.0, 1.0]), (4, 2))
+        return _Cells(np.float64(mean), np.float64(0.04), np.zeros(4, bool), np.full(4, 0.95),
+                      np.array(code), np.float64(nbeta), spread)  # fmt: skip
+
+    return probe
 
 
 def _line(gamma, slope, lam0=2.0, steps=STEPS, **extra):
@@ -465,3 +480,56 @@ def test_recommend_burnin_is_five_relaxation_times(eps, num_burnin, burnin):
     cal = _recommend(_line(10.0, 0.0, steps=(eps / 2, eps)), num_burnin=num_burnin, num_draws=50)
     assert cal.recommended["num_burnin"] == burnin
     assert cal.recommended["num_draws"] == 2 * num_burnin
+
+
+def test_one_healthy_gamma_is_probed_at_three_times_it():
+    """With one healthy γ, the cell at GAMMA_PROBE·γ and the chosen step runs (one call, its row
+    and result appended, marked ``probe``). λ̂ 2% lower there is flat within the 5% tolerance:
+    no caution about γ. 20% lower: a caution that, to first order in γ, λ̂ at γ sits
+    20%·γ/(3γ − γ) = 10% below its unlocalized value. A probe that is not usable (R-hat)
+    leaves the caution that flatness in γ is unknown."""
+    cells = _line(10.0, 0.0)
+    calls = []
+    flat = _recommend(cells, probe=_probe(1.96, calls=calls))
+    assert calls == [(8e-4, 30.0, 100.0)] and _chosen(flat) == (8e-4, 10.0)
+    assert flat.table.probe.tolist() == [False] * 4 + [True]
+    assert flat.table.localization.iloc[-1] == 30.0 and flat.table.ok.iloc[-1]
+    assert np.asarray(flat.results.llc_mean).tolist() == [2.0] * 4 + [1.96]
+    assert flat.cautions == () and "γ = 30: λ̂ = 1.96 against 2 at γ = 10 (-2.0%; within" in (
+        flat.explanation
+    )
+    moving = _recommend(cells, probe=_probe(1.6))
+    assert _chosen(moving) == (8e-4, 10.0)
+    (caution,) = moving.cautions
+    assert "2 at γ = 10 against 1.6 at γ = 30 (-20%)" in caution
+    assert "about 10% below its unlocalized value" in caution
+    unusable = _recommend(cells, probe=_probe(1.6, code=RHAT))
+    assert not unusable.table.ok.iloc[-1] and unusable.table.probe.iloc[-1]
+    (caution,) = unusable.cautions
+    assert caution.startswith("only γ = 10 had healthy cells")
+    assert "γ = 30 (probe at the chosen step): not usable (R-hat" in unusable.explanation
+
+
+def test_two_healthy_gammas_need_no_probe():
+    calls = []
+    cal = _recommend(_line(1.0, 0.0) + _line(10.0, 0.0), probe=_probe(0.0, calls=calls))
+    assert calls == [] and not cal.table.probe.any() and cal.cautions == ()
+
+
+def test_probe_measures_how_the_quadratic_posterior_moves_with_gamma(calibration):
+    """The real pipeline on the quadratic loss (curvatures 0.5, 2, 8, nβ = n/log n): only
+    γ = 10 qualifies, so the probe runs at γ = 30, on the calibration's key. The exact
+    λ(γ) = ½Σ nβh/(nβh + γ) falls by 28.4% from γ = 10 to 30; the measured change, from two
+    cells sharing their noise, is within 0.08 of it (about 3 paired standard errors), and the
+    caution says so."""
+    table = calibration.table
+    probe = table[table.probe]
+    chosen = table[table.selected].iloc[0]
+    assert len(probe) == 1 and probe.localization.iloc[0] == 3 * chosen.localization
+    assert probe.step_size.iloc[0] == chosen.step_size
+    nbeta = calibration.recommended["nbeta"]
+    exact = [jaxslt.truth.quadratic_posterior(HESSIAN, nbeta=nbeta, localization=g)
+             for g in (chosen.localization, 3 * chosen.localization)]  # fmt: skip
+    measured = probe.llc_mean.iloc[0] / chosen.llc_mean - 1
+    assert measured == pytest.approx(exact[1] / exact[0] - 1, abs=0.08)
+    assert any("still moves with the localization" in c for c in calibration.cautions)
