@@ -222,11 +222,18 @@ def _check_flat_in_gamma(
     )
     if abs(a - b) > tol:
         pull = -change * g0 / (g1 - g0)  # λ̂(γ) ≈ λ̂(0) − cγ between g0 and g1
+        if pull > 0:
+            # a convex decreasing λ̂(γ) lies above its secant's extension: the pull is larger
+            size = (
+                f"if λ̂ is convex in γ, as for a quadratic loss, the localizer puts λ̂ at "
+                f"γ = {g0:g} at least {pull:.0%} below its unlocalized value (the secant's "
+                "extrapolation to γ = 0)"
+            )
+        else:
+            size = "a localizer alone lowers λ̂ as γ grows, so the chains may not be equilibrated"
         cautions.append(
             f"λ̂ still moves with the localization: {a:.4g} at γ = {g0:g} against {b:.4g} at "
-            f"γ = {g1:g} ({change:+.0%}), so the localizer puts λ̂ at γ = {g0:g} about "
-            f"{abs(pull):.0%} {'below' if pull > 0 else 'above'} its unlocalized value (first "
-            f"order in γ; more where λ̂ is convex in γ, as for a quadratic loss) ({how})"
+            f"γ = {g1:g} ({change:+.0%}); {size} ({how})"
         )
 
 

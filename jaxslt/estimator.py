@@ -175,10 +175,18 @@ def estimate_llc(
         loss_fn, params, data, key, step_size, config, nbeta=nbeta, localization=localization,
         restrict=restrict,
     )  # fmt: skip
+    label = f"LLC ({num_chains} chains)"
     result = stages.run(
-        loss_fn, params, data, key, plan, progress=progress, label=f"LLC ({num_chains} chains)",
-        measure=diagnostics,
-    )  # fmt: skip
+        loss_fn, params, data, key, plan, progress=progress, label=label, measure=diagnostics
+    )
+    if plan.calibration is not None and diagnostics:
+        # auto's final run must pass its own step check: else one rerun at its healthy step
+        retry = stages.retry_auto_step(result, plan)
+        if retry is not None:
+            plan = retry
+            result = stages.run(
+                loss_fn, params, data, key, plan, progress=progress, label=label, measure=True
+            )
     validation.check_estimate(loss_fn, params, data, result)  # causes other than step_size
     stages.check_divergence(result, plan.step_size, raise_if_all=True)
     return stages.finish(result, plan, diagnostics)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ from jaxslt.core import (
     sample_llc_jit,
     with_geometry,
 )
-from jaxslt.curvature import LocalGeometry
+from jaxslt.curvature import LocalGeometry, healthy_step
 from jaxslt.memory import with_chain_groups
 from jaxslt.posterior import default_nbeta
 from jaxslt.progress import progress_bar
@@ -46,7 +47,16 @@ from jaxslt.restriction import Restriction, make_restriction
 from jaxslt.sharding import place_params
 from jaxslt.types import PyTree
 
-__all__ = ["LLCWarning", "Plan", "check_divergence", "finish", "progress_steps", "resolve", "run"]
+__all__ = [
+    "LLCWarning",
+    "Plan",
+    "check_divergence",
+    "finish",
+    "progress_steps",
+    "resolve",
+    "retry_auto_step",
+    "run",
+]
 
 
 class LLCWarning(RuntimeWarning):
@@ -192,6 +202,41 @@ def _calibrate(loss_fn, params, data, key, config, *, nbeta, localization, restr
     for caution in calibration.cautions:
         warnings.warn(f"step_size='auto': {caution}", LLCWarning, stacklevel=4)
     return calibration, config
+
+
+def retry_auto_step(result: LLCResult, plan: Plan) -> Plan | None:
+    """``step_size="auto"``: when the final run fails its own step check (its chains, longer
+    than the calibration's, reached stiffer ground: bias bound > ``MAX_RELATIVE_BIAS``·λ̂ or
+    stiffness > ``STIFFNESS_LIMIT``), the plan of one rerun at the step its own geometry calls
+    healthy (``curvature.healthy_step``: half both limits), with burn-in ≥ 5/(εγ) and the
+    draws scaled by the steps' ratio (the mixing time of the flat directions is ∝ 1/ε); the
+    calibration's explanation says so. None when the run passes (or no smaller step helps).
+    ``result`` must carry its measured geometry."""
+    from jaxslt.diagnostics import STEP_SIZE, diagnose
+
+    report = diagnose(result)
+    if STEP_SIZE not in report.codes:
+        return None
+    eps, gamma, nbeta = (float(v) for v in (plan.step_size, plan.localization, plan.nbeta))
+    safe = healthy_step(result.geometry, nbeta=nbeta, localization=gamma, llc=report.llc)
+    if not 0 < safe < eps:
+        return None
+    config = plan.config
+    burnin = max(config.num_burnin, math.ceil(5 / (safe * gamma)) if gamma > 0 else 0)
+    config = dataclasses.replace(
+        config, num_burnin=burnin, num_draws=math.ceil(config.num_draws * eps / safe)
+    )
+    found = next(issue.message for issue in report.issues if issue.code == STEP_SIZE)
+    calibration = dataclasses.replace(
+        plan.calibration,
+        explanation=f"{plan.calibration.explanation}\nFinal run at ε = {eps:.3g} failed its own "
+        f"step check ({found}); rerun at ε = {safe:.3g} with {burnin} burn-in steps and "
+        f"{config.num_draws} draws.",
+        recommended=plan.calibration.recommended
+        | {"step_size": safe, "num_burnin": burnin, "num_draws": config.num_draws},
+    )
+    step = jax.numpy.asarray(safe, dtype=plan.step_size.dtype)  # the chains' dtype, as resolved
+    return plan._replace(config=config, step_size=step, calibration=calibration)
 
 
 def run(
