@@ -48,10 +48,15 @@ transformers"). ``detect_stages`` finds them in a noisy curve y_t at steps s_t a
    peak, falling → rising a trough, a flat stage a plateau.
 6. **Goodness of fit.** With ``llc_std`` the stage model's χ² is compared with χ²_ν
    (ν = N − knots): beyond its 1 − 10⁻³ quantile the boundaries are searched again without
-   the ``min_stage`` limit (a fast transition between slow stretches needs close knots); if
-   the fit is still improbable the stated σ is too small (or the curve has structure finer
-   than its checkpoints): with ν ≥ 12 σ is scaled by √(χ²/ν) and steps 3–5 repeated with
-   Student-t(ν) thresholds, with fewer a ``StagesWarning`` says so.
+   the ``min_stage`` limit (a fast transition between slow stretches needs close knots), kept
+   when they fit or when each extra knot lowers χ² by ``significance``²; if the fit is still
+   improbable the stated σ is too small, or the curve has structure finer than its
+   checkpoints, or some values are no LLC measurement (λ̂ < 0 where w is no minimum): with
+   ν ≥ 12 σ is scaled by the misfit's typical size, √(median of the squared whitened
+   residuals / 0.455, the median of χ²_1), which a σ understated everywhere raises and a few
+   missed checkpoints do not, and steps 3–5 are repeated with Student-t(ν) thresholds; a fit
+   still improbable after that (or with ν < 12) gets a ``StagesWarning`` naming the
+   checkpoints it misses by more than ``significance``·σ.
 
 With ``loss``, the loss curve goes through steps 2–5 on its own (σ always estimated from its
 scatter, so at least 12 checkpoints). Its boundaries (where a loss plateau ends and a sudden
@@ -95,6 +100,7 @@ MIN_POINTS = 3  # with llc_std: a knee (two stages) needs three checkpoints
 # freedom make the 4σ threshold a Student-t quantile ≳ 10σ: nothing short of a cliff is found
 MIN_POINTS_ESTIMATE = 12
 DEFAULT_CORRELATION = 0.0
+CHI2_1_MEDIAN = 0.454936423119572  # the median of χ²_1: a unit normal's squared median
 GOF_TAIL = 1e-3  # a stated llc_std is scaled up when the stage model's χ² is this improbable
 SCALES = ("auto", "log", "linear")
 POINT_KINDS = ("peak", "trough", "plateau")
@@ -638,12 +644,24 @@ def _stage_table(steps, bounds, llc: _Curve, loss: _Curve | None) -> pd.DataFram
 
 
 def _curve(
-    name, x, values, given, rho, bandwidth, significance, flat, min_len, transform="none"
+    name,
+    x,
+    values,
+    given,
+    rho,
+    bandwidth,
+    significance,
+    flat,
+    min_len,
+    transform="none",
+    steps=None,
 ) -> _Curve:
-    """Steps 2–5 of the module docstring for one curve; ``given``: its std, or None.
+    """Steps 2–5 of the module docstring for one curve; ``given``: its std, or None;
+    ``steps``: the checkpoints' steps (named in warnings; default x).
     ``transform="log"``: a positive curve (a loss) is segmented as log(values), so its smoothed
     curve and stage model stay positive."""
     y = np.log(values) if transform == "log" else values
+    steps = x if steps is None else steps
     # half the kernel width: a corner inflates the residual variance by ~(Δslope·h)², and
     # stage boundaries are corners
     estimate, dof = _noise(x, y, bandwidth / 2.0, rho)
@@ -680,24 +698,49 @@ def _curve(
         if bad and min_len > 0:
             # first let boundaries come closer than min_stage: a fast transition between two
             # slow stretches needs knots closer together than the default allows
+            # (kept when it fits, or when its extra knots each lower χ² by significance²)
             closer = segment(_Noise(sigma, rho), significance=significance, min_len=0.0)
-            if not misfit(closer)[2]:
-                curve, bad = closer, False
-        if bad:
-            if dof >= MIN_POINTS_ESTIMATE:
-                sigma = sigma * math.sqrt(chi2 / dof)
+            tried = misfit(closer)
+            extra = len(closer.model_pieces.bounds) - len(curve.model_pieces.bounds)
+            if not tried[2] or chi2 - tried[1] > significance**2 * max(extra, 1):
+                curve, (dof, chi2, bad) = closer, tried
+        if bad and dof >= MIN_POINTS_ESTIMATE:
+            # σ scaled by the misfit's typical size: the median of the squared whitened
+            # residuals over the median of χ²_1. A stated σ too small everywhere raises them
+            # all; a few checkpoints the model misses (a transition finer than the checkpoints,
+            # values that are no LLC measurement, e.g. λ̂ < 0 away from a minimum) do not, and
+            # must not blur the rest (χ²/ν did: a 53× larger σ on a plateau stated at 0.5)
+            knots = curve.model_pieces.bounds
+            fitted = _basis(x, knots) @ _spline(x, y, _Noise(sigma, rho), knots)[0]
+            white = _Noise(sigma, rho).whitener() @ (y - fitted)
+            factor = float(np.median(white**2)) / CHI2_1_MEDIAN
+            if factor > 1.0:
+                sigma = sigma * math.sqrt(factor)
                 t_sig = float(student_t.isf(normal.sf(significance), dof))
                 curve = segment(_Noise(sigma, rho), significance=t_sig, min_len=min_len)
-            else:
-                warnings.warn(
-                    f"detect_stages: the {name} stage model's residuals are "
-                    f"{math.sqrt(chi2 / dof):.2g}× the stated noise (χ² = {chi2:.3g} on ν = "
-                    f"{dof}): llc_std underestimates the noise (pass the standard error "
-                    "actually seen, or correlation) or the curve has structure finer than "
-                    "its checkpoints; stages may be spurious",
-                    StagesWarning,
-                    stacklevel=4,
-                )
+                dof, chi2, bad = misfit(curve)
+        if bad:
+            knots = curve.model_pieces.bounds
+            fitted = _basis(x, knots) @ _spline(x, y, _Noise(sigma, rho), knots)[0]
+            off = np.flatnonzero(np.abs(y - fitted) > significance * sigma)
+            where = (
+                f"; it misses {off.size} checkpoint(s) by more than {significance:g}σ (steps "
+                + ", ".join(f"{steps[i]:g}" for i in off[:5])
+                + (", …" if off.size > 5 else "")
+                + ")"
+                if off.size
+                else ""
+            )
+            warnings.warn(
+                f"detect_stages: the {name} stage model's residuals are "
+                f"{math.sqrt(chi2 / dof):.2g}× the stated noise (χ² = {chi2:.3g} on ν = "
+                f"{dof}){where}: llc_std underestimates the noise (pass the standard error "
+                "actually seen, or correlation), the curve has structure finer than its "
+                "checkpoints, or some values are not LLC measurements (checkpoints that are no "
+                "local minimum); stages may be spurious",
+                StagesWarning,
+                stacklevel=4,
+            )
     return curve._replace(transform=transform)
 
 
@@ -892,7 +935,7 @@ def detect_stages(
         # sparse checkpoints, on average further apart than min_stage: any checkpoint may be
         # a boundary (there are at most 1/min_stage candidates to test)
         min_len = 0.0
-    llc_curve = _curve("llc", x, y, std, rho, h, significance, flat, min_len)
+    llc_curve = _curve("llc", x, y, std, rho, h, significance, flat, min_len, steps=s)
     loss_curve = None
     if w is not None:
         transform = "log" if (w > 0).all() else "none"

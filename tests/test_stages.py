@@ -257,6 +257,38 @@ def test_long_stretch_gets_its_knee_pair():
     assert np.all(np.sqrt(np.mean(errors**2, axis=0)) <= 1.2), errors.round(1)
 
 
+# examples/tms.py (SGD from a small init to the 5-gon+; 4 chains per checkpoint): λ̂ is
+# negative and noisy while w is no minimum, then plateaus at ~7.9 from step ~700
+TMS_STEPS = [*range(0, 2001, 50), 2500, 3000, 4000, 5000]
+TMS_LLC = [-2033.0, -1614.0, -1260.0, -804.9, -413.4, -320.9, -287.1, -242.1, -167.5, -77.53,
+           -26.34, -6.496, 1.007, 4.529, 6.184, 6.986, 7.475, 7.717, 7.72, 7.869, 7.875, 7.87,
+           7.855, 7.648, 7.949, 7.86, 7.931, 7.952, 7.953, 7.906, 7.941, 7.901, 7.951, 7.939,
+           7.949, 7.782, 7.936, 7.907, 7.857, 7.966, 7.934, 7.878, 7.787, 7.96, 7.945]  # fmt: skip
+TMS_SE = [24.1, 58.9, 68.5, 64.7, 14.9, 4.92, 2.73, 2.03, 1.57, 1.18, 0.9, 0.73, 0.636, 0.585,
+          0.561, 0.544, 0.535, 0.531, 0.529, 0.527] + [0.527] * 25  # fmt: skip
+
+
+def test_a_local_misfit_does_not_blur_the_whole_curve():
+    """The stage model missed the curved rise of the TMS curve (knots kept 500 steps apart),
+    and its χ² (6930 on ν = 41) scaled every σ by √(χ²/ν) = 13 — the plateau's 0.53 became 28
+    — so the rise from −2033 to 6 and the plateau were both read "flat". Now the closer knots
+    are kept when each lowers χ² by significance², and σ is scaled only by the median of the
+    squared whitened residuals (a few missed checkpoints do not move it): rising to step 700,
+    flat after, the plateau's σ as stated, and a warning that the residuals are 1.4× the stated
+    noise (the spread of five independent-key repeats is 1.49× it: with that σ, no warning)."""
+    with pytest.warns(StagesWarning, match="residuals are 1.4× the stated noise"):
+        stages = detect_stages(TMS_STEPS, TMS_LLC, llc_std=TMS_SE, correlation=0.987)
+    assert list(stages.stages.kind) == ["rising", "flat"]
+    assert list(stages.boundaries) == [0, 700, 5000]
+    np.testing.assert_allclose(stages.noise, TMS_SE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        seen = detect_stages(
+            TMS_STEPS, TMS_LLC, llc_std=np.multiply(TMS_SE, 1.49), correlation=0.987
+        )
+    assert list(seen.stages.kind) == ["rising", "flat"] and list(seen.boundaries) == [0, 700, 5000]
+
+
 def test_loss_smoothing_stays_positive():
     """A loss that drops steeply to near zero: the local-linear smoother of the raw values
     overshoots below 0; smoothing log(loss) cannot."""
