@@ -1,11 +1,14 @@
 """Compile cost against the number of parameter leaves: jaxslt vs the hand-written loop.
 
     python benchmarks/compile.py                      # writes benchmarks/results/compile-cpu.md
-    python benchmarks/compile.py --layers 2 8 --quick # a subset
+    python benchmarks/compile.py --layers 2 8 --no-scalars --transformer-layers  # a subset
+    python benchmarks/compile.py --transformer        # only the transformer rows, appended
 
-Models: tanh MLPs of L layers, width 32 (2L leaves), n = 4096, and a model of 30 scalar leaves
-against the same 30 numbers as one array. Every case runs 4 chains × 300 steps (100 burn-in +
-200 draws), batch 128. Timed, each in a fresh compile (``jax.clear_caches()`` first):
+Models: tanh MLPs of L layers, width 32 (2L leaves), n = 4096; a model of 30 scalar leaves
+against the same 30 numbers as one array; the Flax NNX decoder-only LM of examples/nnx_lm.py
+with 2 and 6 blocks (20 and 52 leaves, n = 4096 sequences of 16 tokens; ``_common
+.nnx_lm_case``). Every case runs 4 chains × 300 steps (100 burn-in + 200 draws), batch 128.
+Timed, each in a fresh compile (``jax.clear_caches()`` first):
 
 - ``bare``: ``_bare.bare_sgld`` jitted (``jax.random.normal`` per leaf), first and second call;
 - ``estimate_llc`` with its defaults (50 in-loop MALA checks, L_n(w*), diagnostics);
@@ -20,13 +23,15 @@ from __future__ import annotations
 import argparse
 import functools
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 from _bare import bare_sgld
-from _common import write_result
+from _common import nnx_lm_case, write_result
 
 import jaxslt
 
@@ -140,22 +145,41 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, nargs="*", default=[2, 8, 24, 100])
     parser.add_argument("--no-scalars", action="store_true", help="skip the 30-scalar cases")
+    parser.add_argument(
+        "--transformer-layers", type=int, nargs="*", default=[2, 6],
+        help="blocks of the NNX LM cases (examples/nnx_lm.py); none: skip them",
+    )  # fmt: skip
+    parser.add_argument(
+        "--transformer", action="store_true",
+        help="run only the NNX LM cases and append their table as a section to the results "
+        "file instead of rewriting it",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--name", default="compile-cpu.md")
     args = parser.parse_args()
-    cases = [mlp_case(layers) for layers in args.layers]
-    if not args.no_scalars:
-        cases += [scalars_case(True), scalars_case(False)]
+    # each case is built when its turn comes
+    cases = [] if args.transformer else [functools.partial(mlp_case, n) for n in args.layers]
+    if not (args.no_scalars or args.transformer):
+        cases += [functools.partial(scalars_case, True), functools.partial(scalars_case, False)]
+    cases += [functools.partial(nnx_lm_case, n, N) for n in args.transformer_layers]
     warm_up()
-    rows = [run_case(*case) for case in cases]
-    text = (
-        f"# Compile cost vs parameter leaves\n\n`python benchmarks/compile.py "
-        f"--layers {' '.join(map(str, args.layers))}`\n\n"
+    rows = [run_case(*case()) for case in cases]
+    command = shlex.join(["python", "benchmarks/compile.py", *sys.argv[1:]])
+    machine = (
         f"{platform.node()} · {platform.processor() or platform.machine()} · jax "
         f"{jax.__version__} · {jax.devices()[0].platform} · {CHAINS} chains × "
-        f"{BURNIN + DRAWS} steps, batch {BATCH}, n = {N}\n\n{table(rows)}\n"
+        f"{BURNIN + DRAWS} steps, batch {BATCH}, n = {N}"
     )
-    write_result(args.out, args.name, text)
+    if args.transformer:
+        text = (
+            f"## Flax NNX transformer (examples/nnx_lm.py)\n\n`{command}`\n\n{machine}; "
+            f"untrained initialisation of the example's default sizes (d_model 32, 2 heads, "
+            f"vocab 16, 16 tokens) with {' and '.join(map(str, args.transformer_layers))} "
+            f"blocks\n\n{table(rows)}\n"
+        )
+    else:
+        text = f"# Compile cost vs parameter leaves\n\n`{command}`\n\n{machine}\n\n{table(rows)}\n"
+    write_result(args.out, args.name, text, append=args.transformer)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
 """jaxslt vs a bare hand-written jitted SGLD loop: same model, chains, steps, batch.
 
-    python benchmarks/throughput.py            # writes benchmarks/results/throughput-<machine>.md
+    python benchmarks/throughput.py                # writes benchmarks/results/throughput-cpu.md
+    python benchmarks/throughput.py --transformer  # only the NNX LM rows, appended to it
+
+Models: deep linear networks (``jaxslt.problems``) and the Flax NNX decoder-only LM of
+examples/nnx_lm.py with 2 and 6 blocks (``_common.nnx_lm_case``: its default sizes, untrained,
+4096 sequences of 16 tokens).
 
 The bare loop (``_bare.bare_sgld``) is what a user would write by hand: ``value_and_grad`` +
 the SGLD update in ``lax.scan``, ``vmap`` over chains, i.i.d. minibatch indices, noise per leaf
@@ -17,13 +22,15 @@ from __future__ import annotations
 import argparse
 import functools
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 from _bare import bare_sgld
-from _common import best_time, write_result
+from _common import best_time, nnx_lm_case, write_result
 
 import jaxslt
 from jaxslt import SamplingConfig, problems, sample_llc_jit
@@ -35,9 +42,15 @@ def compile_time(jitted, *args, **kwargs):
     return compiled, time.perf_counter() - start
 
 
-def run_case(widths, *, chains, steps, batch, repeats, n=10_000):
+def dln_case(widths, n=10_000):
+    """A deep linear network of rank 1 on n examples: ``(name, params, data, loss_fn)``."""
     p = problems.deep_linear_network(widths, 1, key=jax.random.key(0), num_examples=n)
+    return f"DLN {'-'.join(map(str, widths))}", p.params, p.data, p.loss_fn
+
+
+def run_case(name, params, data, loss_fn, *, chains, steps, batch, repeats):
     eps, gamma = 1e-5, 10.0
+    n = jax.tree.leaves(data)[0].shape[0]
     nbeta = jaxslt.default_nbeta(n)
     key = jax.random.key(1)
     settings = dict(
@@ -46,11 +59,11 @@ def run_case(widths, *, chains, steps, batch, repeats, n=10_000):
     )  # fmt: skip
 
     bare = jax.jit(
-        functools.partial(bare_sgld, p.loss_fn, step_size=eps, nbeta=nbeta, gamma=gamma,
+        functools.partial(bare_sgld, loss_fn, step_size=eps, nbeta=nbeta, gamma=gamma,
                           chains=chains, steps=steps, batch=batch)
     )  # fmt: skip
-    bare_c, bare_compile = compile_time(bare, p.params, p.data, key)
-    bare_run = best_time(bare_c, p.params, p.data, key, repeats=repeats)
+    bare_c, bare_compile = compile_time(bare, params, data, key)
+    bare_run = best_time(bare_c, params, data, key, repeats=repeats)
 
     statics = {k: settings[k] for k in ("num_chains", "num_draws", "num_burnin", "batch_size")}
     statics["acceptance_checks"] = 0  # the bare sampler; estimate_llc below runs its defaults
@@ -58,21 +71,20 @@ def run_case(widths, *, chains, steps, batch, repeats, n=10_000):
     traced = dict(step_size=jnp.float32(eps), nbeta=jnp.float32(nbeta),
                   localization=jnp.float32(gamma))  # fmt: skip
     core_c, core_compile = compile_time(
-        sample_llc_jit, p.loss_fn, p.params, p.data, key, **traced, config=SamplingConfig(**statics)
+        sample_llc_jit, loss_fn, params, data, key, **traced, config=SamplingConfig(**statics)
     )
-    core_run = best_time(lambda: core_c(p.params, p.data, key, **traced), repeats=repeats)
+    core_run = best_time(lambda: core_c(params, data, key, **traced), repeats=repeats)
 
     def call(progress):
-        return jaxslt.estimate_llc(p.loss_fn, p.params, p.data, key=key, progress=progress,
+        return jaxslt.estimate_llc(loss_fn, params, data, key=key, progress=progress,
                                    **settings)  # fmt: skip
 
     call(False), call(True)  # compile both variants
     api_run = best_time(call, False, repeats=repeats)
     bar_run = best_time(call, True, repeats=repeats)
-    params = sum(x.size for x in jax.tree.leaves(p.params))
     return dict(
-        model=f"DLN {'-'.join(map(str, widths))}",
-        params=params,
+        model=name,
+        params=sum(x.size for x in jax.tree.leaves(params)),
         chains=chains,
         steps=steps,
         batch=batch,
@@ -88,22 +100,34 @@ def run_case(widths, *, chains, steps, batch, repeats, n=10_000):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--transformer", action="store_true",
+        help="run only the NNX LM cases and append their table as a section to the results "
+        "file instead of rewriting it",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    cases = [
-        dict(widths=[6, 4, 4, 6], chains=4, steps=5000, batch=256),
-        dict(widths=[100, 100, 100, 100], chains=4, steps=1000, batch=256),
-        dict(widths=[300, 300, 300], chains=4, steps=300, batch=256),
+    dlns = [
+        (functools.partial(dln_case, [6, 4, 4, 6]), dict(chains=4, steps=5000, batch=256)),
+        (functools.partial(dln_case, [100] * 4), dict(chains=4, steps=1000, batch=256)),
+        (functools.partial(dln_case, [300] * 3), dict(chains=4, steps=300, batch=256)),
     ]
-    rows = [run_case(**c, repeats=args.repeats) for c in cases]
+    lms = [
+        (functools.partial(nnx_lm_case, layers, 4096), dict(chains=4, steps=500, batch=64))
+        for layers in (2, 6)
+    ]
+    cases = lms if args.transformer else dlns + lms
+    rows = [run_case(*make(), **c, repeats=args.repeats) for make, c in cases]
     machine = f"{platform.machine()} {jax.devices()[0].device_kind} ({jax.device_count()} device)"
+    command = shlex.join(["python", "benchmarks/throughput.py", *sys.argv[1:]])
     lines = [
-        "# Throughput: jaxslt vs a bare jitted SGLD loop",
+        "## Flax NNX transformer (examples/nnx_lm.py)"
+        if args.transformer
+        else "# Throughput: jaxslt vs a bare jitted SGLD loop",
         "",
         f"Machine: {machine}, {platform.processor() or platform.machine()}, "
-        f"jax {jax.__version__}, jaxslt {jaxslt.__version__}. Command: "
-        f"`python benchmarks/throughput.py --repeats {args.repeats}`. Run times are the best of "
-        f"{args.repeats} warm runs; compile times are one `lower().compile()`.",
+        f"jax {jax.__version__}, jaxslt {jaxslt.__version__}. Command: `{command}`. Run times "
+        f"are the best of {args.repeats} warm runs; compile times are one `lower().compile()`.",
         "",
         "| model | params | chains × steps | batch | compile bare / jaxslt (s) | bare run (s) "
         "| jaxslt core (s) | ratio core/bare | estimate_llc (s) | ratio | with progress bar (s) "
@@ -118,7 +142,8 @@ def main():
             f"{r['api'] / r['bare']:.3f} | {r['bar']:.3f} | {r['bar'] / r['bare']:.3f} | "
             f"{r['chains'] * r['steps'] / r['core']:,.0f} |"
         )
-    write_result(args.out, f"throughput-{jax.devices()[0].platform}.md", "\n".join(lines) + "\n")
+    write_result(args.out, f"throughput-{jax.devices()[0].platform}.md", "\n".join(lines) + "\n",
+                 append=args.transformer)  # fmt: skip
 
 
 if __name__ == "__main__":
