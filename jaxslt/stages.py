@@ -643,23 +643,22 @@ def _stage_table(steps, bounds, llc: _Curve, loss: _Curve | None) -> pd.DataFram
     return pd.DataFrame(table)
 
 
-def _curve(
-    name,
-    x,
-    values,
-    given,
-    rho,
-    bandwidth,
-    significance,
-    flat,
-    min_len,
-    transform="none",
-    steps=None,
-) -> _Curve:
+class _Rule(NamedTuple):
+    """The knobs of one segmentation: kernel width h, significance, flat tolerance, shortest
+    stage (all in units of the x axis where lengths)."""
+
+    bandwidth: float
+    significance: float
+    flat: float
+    min_len: float
+
+
+def _curve(name, x, values, given, rho, rule: _Rule, transform="none", steps=None) -> _Curve:
     """Steps 2–5 of the module docstring for one curve; ``given``: its std, or None;
     ``steps``: the checkpoints' steps (named in warnings; default x).
     ``transform="log"``: a positive curve (a loss) is segmented as log(values), so its smoothed
     curve and stage model stay positive."""
+    bandwidth, significance, flat, min_len = rule
     y = np.log(values) if transform == "log" else values
     steps = x if steps is None else steps
     # half the kernel width: a corner inflates the residual variance by ~(Δslope·h)², and
@@ -935,12 +934,13 @@ def detect_stages(
         # sparse checkpoints, on average further apart than min_stage: any checkpoint may be
         # a boundary (there are at most 1/min_stage candidates to test)
         min_len = 0.0
-    llc_curve = _curve("llc", x, y, std, rho, h, significance, flat, min_len, steps=s)
+    rule = _Rule(h, significance, flat, min_len)
+    llc_curve = _curve("llc", x, y, std, rho, rule, steps=s)
     loss_curve = None
     if w is not None:
         transform = "log" if (w > 0).all() else "none"
         if s.size >= MIN_POINTS_ESTIMATE:
-            loss_curve = _curve("loss", x, w, None, 0.0, h, significance, flat, min_len, transform)
+            loss_curve = _curve("loss", x, w, None, 0.0, rule, transform, steps=s)
         else:
             warnings.warn(
                 f"detect_stages: the loss's noise is estimated from its scatter, which needs at "
