@@ -84,17 +84,3 @@ def traces():
     jax.monitoring.register_event_duration_secs_listener(listener)
     yield seen
     jax.monitoring.unregister_event_duration_listener(listener)
-
-
-# the files that take longest, first: with ``--dist loadfile`` each file runs whole on one
-# worker, in collection order, so a long file collected last leaves the other worker idle at
-# the end (measured on 2 cores: these eight take 40–100 s each)
-LONGEST_FIRST = ("test_examples.py", "test_readme.py", "test_tms.py", "test_study_crash.py",
-                 "test_devices.py", "test_transformer.py", "test_estimator.py",
-                 "test_calibration.py")  # fmt: skip
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Collect the longest files first (stable: the order within a file is kept)."""
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
