@@ -220,20 +220,7 @@ def head_selector(layer: int, head: int) -> Callable[[str, Any], Any]:
     """``restrict=`` predicate for one attention head: the head's slice of the query, key and
     value kernels (d_model, heads, head_dim) and of the output kernel (heads, head_dim,
     d_model); everything else frozen."""
-    prefix = f"params/block_{layer}/attn/"
-    head_axis = {"query/kernel": 1, "key/kernel": 1, "value/kernel": 1, "out/kernel": 0}
-
-    def select(path: str, leaf: Any) -> bool | np.ndarray:
-        axis = head_axis.get(path.removeprefix(prefix)) if path.startswith(prefix) else None
-        if axis is None:
-            return False
-        mask = np.zeros(np.shape(leaf), dtype=bool)
-        index = [slice(None)] * mask.ndim
-        index[axis] = head
-        mask[tuple(index)] = True
-        return mask
-
-    return select
+    return jaxslt.attention_head(f"params/block_{layer}/attn/", head)
 
 
 # ---------------------------------------------------------------------------------------------

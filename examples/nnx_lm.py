@@ -282,20 +282,7 @@ def head_selector(layer: int, head: int) -> Callable[[str, Any], Any]:
     """``restrict=`` predicate for one attention head of block ``layer``: the head's slice of
     the query, key and value kernels (d_model, heads, head_dim) along axis 1 and of the output
     kernel (heads, head_dim, d_model) along axis 0; every other weight frozen at w*."""
-    prefix = f"blocks/{layer}/attn/"
-    head_axis = {"query/kernel": 1, "key/kernel": 1, "value/kernel": 1, "out/kernel": 0}
-
-    def select(path: str, leaf: Any) -> bool | np.ndarray:
-        axis = head_axis.get(path.removeprefix(prefix)) if path.startswith(prefix) else None
-        if axis is None:
-            return False
-        mask = np.zeros(np.shape(leaf), dtype=bool)
-        index = [slice(None)] * mask.ndim
-        index[axis] = head
-        mask[tuple(index)] = True
-        return mask
-
-    return select
+    return jaxslt.attention_head(f"blocks/{layer}/attn/", head)
 
 
 def llc_settings(cfg: Config) -> dict[str, Any]:

@@ -66,6 +66,7 @@ _ATTRIBUTES = {
     "default_nbeta": "posterior",
     "localized_posterior": "posterior",
     "Restriction": "restriction",
+    "attention_head": "restriction",
     "make_restriction": "restriction",
     "tree_paths": "restriction",
     "Stages": "stages",
@@ -113,7 +114,7 @@ if TYPE_CHECKING:
     from jaxslt.observables import Observables
     from jaxslt.plan import LLCWarning
     from jaxslt.posterior import LocalizedPosterior, default_nbeta, localized_posterior
-    from jaxslt.restriction import Restriction, make_restriction, tree_paths
+    from jaxslt.restriction import Restriction, attention_head, make_restriction, tree_paths
     from jaxslt.stages import Stages, detect_stages
     from jaxslt.trajectory import llc_trajectory
 
@@ -134,6 +135,7 @@ __all__ = [
     "SamplingKernel",
     "Stages",
     "StepInfo",
+    "attention_head",
     "calibrate",
     "checkpoints",
     "default_nbeta",

@@ -101,6 +101,7 @@ __all__ = [
 ]
 
 MAX_MARGIN = HEALTHY_SHARE * STIFFNESS_LIMIT  # ε·(nβ·h_max + γ) at w*; see the module docstring
+BURNIN_RELAXATIONS = 5.0  # a recommended burn-in covers this many relaxation times 1/(εγ)
 MIN_RELAXATIONS = 3.0  # burn-in·ε·γ of a healthy cell: flat directions within e⁻³ of equilibrium
 MAX_CALIBRATION_BURNIN = 20_000  # the most calibration raises its burn-in to, to reach that
 GAMMA_PROBE = 3.0  # with one healthy γ, λ̂ is also measured at this multiple of it (flat in γ?)
@@ -489,6 +490,14 @@ def _unrun_row(eps, gamma, nbeta, h_max, relaxations) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def relaxed_burnin(step_size: float, localization: float) -> int:
+    """Burn-in steps that cover ``BURNIN_RELAXATIONS`` relaxation times 1/(εγ) of the flat
+    directions, which only the localizer confines (docs/method.md §4); 0 without one."""
+    if localization <= 0:
+        return 0
+    return math.ceil(BURNIN_RELAXATIONS / (step_size * localization))
+
+
 def _cell_row(cell, diagnose, eps, gamma, nbeta, h_max, num_burnin) -> dict[str, Any]:
     """The table row of one cell that ran (host arrays): its estimate, checks and verdict."""
     relaxations = float(eps * gamma * num_burnin)
@@ -658,7 +667,7 @@ def recommend(
         return Calibration(table, {}, "\n".join(notes), extrapolation, h_max, results)
     table.loc[chosen, "selected"] = True
     row = table.loc[chosen]
-    burnin = max(num_burnin, math.ceil(5 / (row.step_size * max(row.localization, 1e-12))))
+    burnin = max(num_burnin, relaxed_burnin(row.step_size, row.localization))
     recommended = dict(
         step_size=float(row.step_size), localization=float(row.localization),
         nbeta=float(row.nbeta), num_burnin=int(min(burnin, 100 * num_burnin)),

@@ -181,7 +181,7 @@ def estimate_llc(
     )
     if plan.calibration is not None and diagnostics:
         # auto's final run must pass its own step check: else one rerun at its healthy step
-        retry = stages.retry_auto_step(result, plan)
+        result, retry = stages.retry_auto_step(result, plan)
         if retry is not None:
             plan = retry
             result = stages.run(

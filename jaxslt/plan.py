@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from jaxslt import validation
-from jaxslt.calibration import Calibration, calibrate
+from jaxslt.calibration import Calibration, calibrate, relaxed_burnin
 from jaxslt.config import DEFAULT_LOCALIZATION, SamplingConfig
 from jaxslt.core import (
     LLCResult,
@@ -204,25 +204,27 @@ def _calibrate(loss_fn, params, data, key, config, *, nbeta, localization, restr
     return calibration, config
 
 
-def retry_auto_step(result: LLCResult, plan: Plan) -> Plan | None:
+def retry_auto_step(result: LLCResult, plan: Plan) -> tuple[LLCResult, Plan | None]:
     """``step_size="auto"``: when the final run fails its own step check (its chains, longer
     than the calibration's, reached stiffer ground: bias bound > ``MAX_RELATIVE_BIAS``·λ̂ or
     stiffness > ``STIFFNESS_LIMIT``), the plan of one rerun at the step its own geometry calls
     healthy (``curvature.healthy_step``: half both limits), with burn-in ≥ 5/(εγ) and the
     draws scaled by the steps' ratio (the mixing time of the flat directions is ∝ 1/ε); the
-    calibration's explanation says so. None when the run passes (or no smaller step helps).
+    calibration's explanation says so; None when the run passes (or no smaller step helps).
+    Returned with ``result``, its diagnostics attached (``finish`` reuses them).
     ``result`` must carry its measured geometry."""
     from jaxslt.diagnostics import STEP_SIZE, diagnose
 
     report = diagnose(result)
+    result = result._replace(diagnostics=report)
     if STEP_SIZE not in report.codes:
-        return None
+        return result, None
     eps, gamma, nbeta = (float(v) for v in (plan.step_size, plan.localization, plan.nbeta))
     safe = healthy_step(result.geometry, nbeta=nbeta, localization=gamma, llc=report.llc)
     if not 0 < safe < eps:
-        return None
+        return result, None
     config = plan.config
-    burnin = max(config.num_burnin, math.ceil(5 / (safe * gamma)) if gamma > 0 else 0)
+    burnin = max(config.num_burnin, relaxed_burnin(safe, gamma))
     config = dataclasses.replace(
         config, num_burnin=burnin, num_draws=math.ceil(config.num_draws * eps / safe)
     )
@@ -236,7 +238,7 @@ def retry_auto_step(result: LLCResult, plan: Plan) -> Plan | None:
         | {"step_size": safe, "num_burnin": burnin, "num_draws": config.num_draws},
     )
     step = jax.numpy.asarray(safe, dtype=plan.step_size.dtype)  # the chains' dtype, as resolved
-    return plan._replace(config=config, step_size=step, calibration=calibration)
+    return result, plan._replace(config=config, step_size=step, calibration=calibration)
 
 
 def run(
@@ -295,11 +297,12 @@ def check_divergence(result: LLCResult, step_size: Any, *, raise_if_all: bool) -
 
 
 def finish(result: LLCResult, plan: Plan, diagnostics: bool) -> LLCResult:
-    """Attach the diagnostics (an ``LLCWarning`` for each failed check) and the calibration."""
+    """Attach the diagnostics (an ``LLCWarning`` for each failed check; those already attached
+    to ``result`` are reused) and the calibration."""
     if diagnostics:
         from jaxslt.diagnostics import DIVERGED, diagnose
 
-        report = diagnose(result)
+        report = diagnose(result) if result.diagnostics is None else result.diagnostics
         for issue in report.issues:
             if issue.code != DIVERGED:  # already said by check_divergence
                 warnings.warn(issue.message, LLCWarning, stacklevel=3)

@@ -35,6 +35,7 @@ from jaxslt.types import PyTree
 __all__ = [
     "Restriction",
     "Selection",
+    "attention_head",
     "glob_to_regex",
     "make_restriction",
     "tree_paths",
@@ -197,6 +198,41 @@ class Restriction:
 
     def __repr__(self) -> str:
         return f"Restriction({self.num_free} sampled parameters)\n{self.describe()}"
+
+
+# Flax's MultiHeadAttention (Linen and NNX): its query/key/value kernels are (d_model, heads,
+# head_dim), its output kernel (heads, head_dim, d_model); the axis of the heads in each
+_HEAD_AXIS = {"query/kernel": 1, "key/kernel": 1, "value/kernel": 1, "out/kernel": 0}
+
+
+def attention_head(prefix: str, head: int) -> Callable[[str, Any], bool | np.ndarray]:
+    """``restrict=`` predicate for one head of a Flax ``MultiHeadAttention`` (Linen or NNX,
+    ``use_bias=False`` or not: biases stay frozen): the head's slices of W_Q, W_K, W_V (along the
+    heads axis of the (d_model, heads, head_dim) kernels) and of W_O (the (heads, head_dim,
+    d_model) kernel), sampled; every other weight frozen at w*. The LLC restricted so is the
+    head's weight-refined LLC λ(w*; V) of this module's docstring.
+
+    Args:
+      prefix: the attention module's path in ``tree_paths(params)``, with a trailing "/", e.g.
+        ``"params/block_0/attn/"`` (Linen) or ``"blocks/0/attn/"`` (an ``nnx.State``).
+      head: the head's index.
+
+    Returns:
+      A predicate ``(path, leaf) -> False | boolean mask of leaf.shape``. Heads of one module
+      differ only in their masks, so their restricted runs share one compiled program.
+    """
+
+    def select(path: str, leaf: Any) -> bool | np.ndarray:
+        axis = _HEAD_AXIS.get(path.removeprefix(prefix)) if path.startswith(prefix) else None
+        if axis is None:
+            return False
+        mask = np.zeros(np.shape(leaf), dtype=bool)
+        index = [slice(None)] * mask.ndim
+        index[axis] = head
+        mask[tuple(index)] = True
+        return mask
+
+    return select
 
 
 def _as_mask(value: Any, shape: tuple, where: str) -> np.ndarray:

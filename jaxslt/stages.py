@@ -100,7 +100,6 @@ MIN_POINTS = 3  # with llc_std: a knee (two stages) needs three checkpoints
 # freedom make the 4σ threshold a Student-t quantile ≳ 10σ: nothing short of a cliff is found
 MIN_POINTS_ESTIMATE = 12
 DEFAULT_CORRELATION = 0.0
-CHI2_1_MEDIAN = 0.454936423119572  # the median of χ²_1: a unit normal's squared median
 GOF_TAIL = 1e-3  # a stated llc_std is scaled up when the stage model's χ² is this improbable
 SCALES = ("auto", "log", "linear")
 POINT_KINDS = ("peak", "trough", "plateau")
@@ -682,18 +681,21 @@ def _curve(name, x, values, given, rho, rule: _Rule, transform="none", steps=Non
         curve = segment(_Noise(sigma, rho), significance=significance, min_len=min_len)
 
         # goodness of fit: the stage model's χ² against the stated noise. When it exceeds the
-        # 1 − GOF_TAIL quantile of χ²_ν (ν = N − knots), the stated σ is too small (or the
-        # curve has structure finer than the checkpoints). With ν ≥ MIN_POINTS_ESTIMATE σ is
-        # scaled by √(χ²/ν) and the curve segmented again with Student-t(ν) thresholds; with
-        # fewer, a warning says so (inflating σ by an estimate that uncertain would turn any
-        # change "flat")
+        # 1 − GOF_TAIL quantile of χ²_ν (ν = N − knots), the stated σ is too small, or the
+        # curve has structure finer than the checkpoints, or some values are no LLC
+        # measurement. Closer knots first; then, with ν ≥ MIN_POINTS_ESTIMATE, σ scaled by the
+        # misfit's typical size and the curve segmented again with Student-t(ν) thresholds; a
+        # fit still improbable is warned (with fewer ν, inflating σ by an estimate that
+        # uncertain would turn any change "flat")
         def misfit(curve):
+            """ν, χ², whether χ² is improbable, and the residuals y − (GLS stage model)."""
             knots = curve.model_pieces.bounds
+            values, _, chi2 = _spline(x, y, _Noise(sigma, rho), knots)
             dof = y.size - len(knots)
-            chi2 = _spline(x, y, _Noise(sigma, rho), knots)[2]
-            return dof, chi2, dof >= 1 and chi2_dist.sf(chi2, dof) < GOF_TAIL
+            improbable = dof >= 1 and chi2_dist.sf(chi2, dof) < GOF_TAIL
+            return dof, chi2, improbable, y - _basis(x, knots) @ values
 
-        dof, chi2, bad = misfit(curve)
+        dof, chi2, bad, resid = misfit(curve)
         if bad and min_len > 0:
             # first let boundaries come closer than min_stage: a fast transition between two
             # slow stretches needs knots closer together than the default allows
@@ -702,26 +704,22 @@ def _curve(name, x, values, given, rho, rule: _Rule, transform="none", steps=Non
             tried = misfit(closer)
             extra = len(closer.model_pieces.bounds) - len(curve.model_pieces.bounds)
             if not tried[2] or chi2 - tried[1] > significance**2 * max(extra, 1):
-                curve, (dof, chi2, bad) = closer, tried
+                curve, (dof, chi2, bad, resid) = closer, tried
         if bad and dof >= MIN_POINTS_ESTIMATE:
             # σ scaled by the misfit's typical size: the median of the squared whitened
             # residuals over the median of χ²_1. A stated σ too small everywhere raises them
             # all; a few checkpoints the model misses (a transition finer than the checkpoints,
             # values that are no LLC measurement, e.g. λ̂ < 0 away from a minimum) do not, and
             # must not blur the rest (χ²/ν did: a 53× larger σ on a plateau stated at 0.5)
-            knots = curve.model_pieces.bounds
-            fitted = _basis(x, knots) @ _spline(x, y, _Noise(sigma, rho), knots)[0]
-            white = _Noise(sigma, rho).whitener() @ (y - fitted)
-            factor = float(np.median(white**2)) / CHI2_1_MEDIAN
+            white = _Noise(sigma, rho).whitener() @ resid
+            factor = float(np.median(white**2)) / float(chi2_dist.median(1))
             if factor > 1.0:
                 sigma = sigma * math.sqrt(factor)
                 t_sig = float(student_t.isf(normal.sf(significance), dof))
                 curve = segment(_Noise(sigma, rho), significance=t_sig, min_len=min_len)
-                dof, chi2, bad = misfit(curve)
+                dof, chi2, bad, resid = misfit(curve)
         if bad:
-            knots = curve.model_pieces.bounds
-            fitted = _basis(x, knots) @ _spline(x, y, _Noise(sigma, rho), knots)[0]
-            off = np.flatnonzero(np.abs(y - fitted) > significance * sigma)
+            off = np.flatnonzero(np.abs(resid) > significance * sigma)
             where = (
                 f"; it misses {off.size} checkpoint(s) by more than {significance:g}σ (steps "
                 + ", ".join(f"{steps[i]:g}" for i in off[:5])

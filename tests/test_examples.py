@@ -3,30 +3,22 @@ and per-head LLC curves, finds stages and writes every output; plus its pure hel
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import example_module
 
 import jaxslt
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "icl_transformer.py"
 
 
 @pytest.fixture(scope="module")
 def icl():
-    spec = importlib.util.spec_from_file_location("icl_transformer_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with example_module("icl_transformer") as module:
+        yield module
 
 
 def test_quick_run_writes_every_output(icl, tmp_path, capsys):

@@ -223,3 +223,23 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="matches no parameter"):
         jaxslt.estimate_llc(problem.loss_fn, problem.params, problem.data,
                             key=jax.random.key(0), restrict="nope/**", **SETTINGS)  # fmt: skip
+
+
+def test_attention_head_selects_one_heads_slices_of_q_k_v_and_o():
+    """Flax's MultiHeadAttention layout: q/k/v kernels (d_model, heads, head_dim), the output
+    kernel (heads, head_dim, d_model). Head 1 of 2 with d_model 6, head_dim 3: 18 entries of
+    each of the four kernels; the biases, another module and head 0 stay frozen."""
+    attn = {name: {"kernel": np.zeros((6, 2, 3)), "bias": np.zeros((2, 3))}
+            for name in ("query", "key", "value")}  # fmt: skip
+    attn["out"] = {"kernel": np.zeros((2, 3, 6)), "bias": np.zeros(6)}
+    params = {"block_0": {"attn": attn}, "block_1": {"attn": jax.tree.map(np.copy, attn)}}
+    restriction = jaxslt.make_restriction(params, jaxslt.attention_head("block_0/attn/", 1))
+    assert restriction.num_free == 4 * 18
+    free = restriction.gather(params)
+    moved = restriction.scatter(params, jax.tree.map(lambda v: jnp.ones_like(v), free))
+    for name, axis in (("query", 1), ("key", 1), ("value", 1), ("out", 0)):
+        kernel = np.moveaxis(np.asarray(moved["block_0"]["attn"][name]["kernel"]), axis, 0)
+        np.testing.assert_array_equal(kernel[1], 1.0)
+        np.testing.assert_array_equal(kernel[0], 0.0)
+        np.testing.assert_array_equal(moved["block_0"]["attn"][name]["bias"], 0.0)
+    assert not any(np.any(leaf) for leaf in jax.tree.leaves(moved["block_1"]))

@@ -10,10 +10,7 @@ trained once for the module.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import jax
@@ -21,12 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import example_module
 from flax import nnx
 
 import jaxslt
 from jaxslt import study
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nnx_lm.py"
 SAVE_AT = (100, 250)  # checkpoints before the last (QUICK trains 500 steps)
 # short chains: what is tested is the plumbing and exact identities, not the estimate's accuracy
 SETTINGS = dict(step_size=2e-4, localization=200.0, num_chains=2, num_burnin=50, num_draws=100,
@@ -39,12 +36,8 @@ pytestmark = pytest.mark.usefixtures("restore_compilation_cache")
 
 @pytest.fixture(scope="module")
 def lm():
-    spec = importlib.util.spec_from_file_location("nnx_lm_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with example_module("nnx_lm") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
