@@ -165,8 +165,9 @@ def test_unstorable_setting_is_a_type_error(tmp_path, checkpoints):
 
 
 def test_step_size_auto_is_a_study_setting(tmp_path, checkpoints):
-    """step_size="auto" (calibrated per cell) passes the spec's checks; γ left out stays None
-    (calibrated too) and is named in the identity, unlike γ = 100 with a numeric step size."""
+    """step_size="auto" (one calibration per group: test_study_calibrations.py) passes the
+    spec's checks; γ left out stays None (calibrated too) and is named in the identity, unlike
+    γ = 100 with a numeric step size."""
     settings = {k: v for k, v in SETTINGS.items() if k != "localization"}
     spec = make_spec(tmp_path, checkpoints, settings=settings, grid={"step_size": ["auto"]})
     cells = study.expand(spec)

@@ -18,6 +18,7 @@ Modules, by job:
 - ``entry_points``: importing and calling the code a spec names (``StudyProblem``);
 - ``checkpoints``: where the checkpoints come from (orbax, memory, an entry point);
 - ``store``: the SQLite store and its sidecar traces;
+- ``calibrations``: ``step_size="auto"`` calibrated once per group of cells, stored;
 - ``execution``: running one cell, and the ``Backend`` protocol with its ``Recorder``;
 - ``runner`` (the local backend), ``distributed`` (the Ray backend), ``driver`` (``run``: the
   store, the cells to run, a backend);

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from jaxslt.study.calibrations import StudyCalibration
 from jaxslt.study.checkpoints import EntryPointCheckpoints, MemoryCheckpoints, OrbaxCheckpoints
 from jaxslt.study.identity import cell_id, cell_identity
 from jaxslt.study.settings import EXTRA_SETTINGS, FLOAT_SETTINGS, canonical, hashable
@@ -24,6 +25,8 @@ class Cell(NamedTuple):
       settings: estimate_llc's keyword arguments (all of them but key, mesh and progress,
         defaults filled in).
       identity: the canonical JSON that ``cell_id`` hashes.
+      calibration: for ``step_size="auto"``, its group's ``StudyCalibration`` once the driver
+        has it (``jaxslt.study.calibrations``); it does not change the cell's identity.
     """
 
     cell_id: str
@@ -32,11 +35,15 @@ class Cell(NamedTuple):
     seed: int
     settings: dict[str, Any]
     identity: str
+    calibration: StudyCalibration | None = None
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for estimate_llc (lists as tuples: some settings are static and
-        must be hashable)."""
-        return {k: hashable(v) for k, v in self.settings.items()}
+        must be hashable); an auto cell's calibrated settings replace its ``"auto"``."""
+        settings = dict(self.settings)
+        if self.calibration is not None:
+            settings.update(self.calibration.settings)
+        return {k: hashable(v) for k, v in settings.items()}
 
     @property
     def shape_key(self) -> str:

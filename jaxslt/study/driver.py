@@ -7,6 +7,8 @@ the rest (``order_cells``) and hands them to a backend (``jaxslt.study.execution
 - **locally** (default): ``jaxslt.study.runner.LocalBackend``, one process, cells in
   checkpoint-major order with the cells that share a compiled program back to back; the problem
   entry point is called once, so a program compiles once per distinct shape.
+- ``step_size="auto"`` cells: each calibration group is calibrated once, here, before any
+  cell runs, and stored (``jaxslt.study.calibrations``).
 - **on Ray** (``address=``): ``jaxslt.study.distributed.RayBackend``, each cell a Ray task
   (``max_retries``: a task whose worker dies is rerun, not lost); workers share JAX's persistent
   compilation cache. Only this driver writes the store.
@@ -22,9 +24,19 @@ import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from jaxslt.study.calibrations import StudyCalibration, calibrate_group, group_of
 from jaxslt.study.cells import Cell, expand, resolve_checkpoints
+from jaxslt.study.checkpoints import MemoryCheckpoints, OrbaxCheckpoints
 from jaxslt.study.distributed import RayBackend
-from jaxslt.study.execution import Backend, Recorder, Tracker, load_problem
+from jaxslt.study.entry_points import StudyProblem
+from jaxslt.study.execution import (
+    Backend,
+    Recorder,
+    Tracker,
+    failed_outcome,
+    load_problem,
+    worker_name,
+)
 from jaxslt.study.runner import LocalBackend
 from jaxslt.study.spec import Spec, as_spec
 from jaxslt.study.store import Store
@@ -164,6 +176,7 @@ def run(
             store, Tracker(spec.name, len(cells), finished_before, len(todo), progress)
         )
         try:
+            todo = _calibrated(todo, store, problem, checkpoints, recorder)
             backend.run(todo, recorder)
         finally:
             recorder.tracker.close()
@@ -198,3 +211,55 @@ def _grid_values(cell: Cell, spec: Spec) -> str:
     """The cell's values of the spec's grid, e.g. "step_size=0.0001, seed=1"."""
     values = {"seed": cell.seed, "data": cell.data, **cell.settings}
     return ", ".join(f"{k}={values.get(k)}" for k in spec.grid)
+
+
+def _calibrated(
+    cells: Sequence[Cell],
+    store: Store,
+    problem: StudyProblem,
+    checkpoints: OrbaxCheckpoints | MemoryCheckpoints,
+    recorder: Recorder,
+) -> list[Cell]:
+    """``cells`` with each ``step_size="auto"`` cell's group calibration attached: the stored
+    one, else calibrated now at the study's last checkpoint and stored at once. A group whose
+    calibration fails (no usable setting, the checkpoint unreadable) fails its cells here,
+    each with that error; the rest are returned."""
+    first = {}
+    for cell in cells:
+        group = group_of(cell.data, cell.settings)
+        if group is not None:
+            first.setdefault(group, cell)
+    if not first:
+        return list(cells)
+    known: dict[str, StudyCalibration] = store.calibrations()
+    errors: dict[str, str] = {}
+    step = max(checkpoints.step_list())
+    params = None
+    for group, cell in first.items():
+        if group in known:
+            continue
+        recorder.tracker.note(
+            f"study {recorder.tracker.name}: calibrating step_size='auto' at step {step} "
+            f"(data {cell.data!r}), once for all its cells"
+        )
+        try:
+            if params is None:
+                params = checkpoints.load(step, like=problem.like)
+            known[group] = calibrate_group(
+                problem.loss_fn, params, problem.slice(cell.data), group, step, cell.settings
+            )
+        except Exception as err:  # the group's cells fail with it; the study goes on
+            errors[group] = (
+                f"step_size='auto' calibration at step {step}: {type(err).__name__}: {err}"
+            )
+            continue
+        store.record_calibration(known[group])
+    out = []
+    for cell in cells:
+        group = group_of(cell.data, cell.settings)
+        if group in errors:
+            recorder.dispatched(cell, worker_name())
+            recorder.finished(failed_outcome(cell, errors[group], time.time()))
+        else:
+            out.append(cell if group is None else cell._replace(calibration=known[group]))
+    return out

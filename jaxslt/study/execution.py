@@ -144,9 +144,10 @@ def execute_cell(
     problem: StudyProblem, params: PyTree, cell: Cell, *, load_seconds: float = 0.0
 ) -> CellOutcome:
     """Run one cell: ``estimate_llc(problem.loss_fn, params, data slice, key=key(seed),
-    **settings)``. An exception becomes a ``failed`` outcome carrying its message: one cell's
-    failure (every chain diverged, a bad restriction) is a result to store, not a reason to stop
-    a study of hundreds of cells.
+    **settings)`` (``Cell.kwargs``: an auto cell runs at its group's calibration). An
+    exception becomes a ``failed`` outcome carrying its message: one cell's failure (every
+    chain diverged, a bad restriction) is a result to store, not a reason to stop a study of
+    hundreds of cells.
 
     Args:
       problem: the study's ``StudyProblem``.
@@ -172,6 +173,10 @@ def execute_cell(
                 **cell.kwargs(),
             )  # fmt: skip
         values = result_values(result, caught)
+        if cell.calibration is not None:  # the group's cautions, after the cell's own
+            values["warnings"] = list(
+                dict.fromkeys([*values["warnings"], *cell.calibration.warnings()])
+            )
         traces = {
             "loss_trace": np.asarray(result.loss_trace),
             "burnin_loss_trace": np.asarray(result.burnin_loss_trace),
@@ -265,6 +270,13 @@ class Tracker:
         elif self.lines and time.perf_counter() - self.last_line >= 10.0:
             print(self.line(), file=sys.stderr, flush=True)
             self.last_line = time.perf_counter()
+
+    def note(self, text: str) -> None:
+        """A line of news (e.g. a calibration starting), unless silent."""
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        elif self.lines:
+            print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -6,8 +6,9 @@
 - ``load_results(spec or store)``: a pandas DataFrame, one row per stored cell: ``cell_id``,
   ``status``, ``step`` (checkpoint), ``data`` (slice), ``seed``, one column per setting (lists
   and tables as canonical JSON text), the estimate (``llc_mean``, ``llc_std`` across chains,
-  ddof=1), the nβ, γ, ε actually used (``nbeta_used``, ...), diagnostics, ``error``, timings,
-  ``versions``. ``to_csv`` writes it.
+  ddof=1), the nβ, γ, ε, chains and draws actually used (``nbeta_used``, ...,
+  ``num_draws_used``: ``step_size="auto"`` resolves them, see ``jaxslt.study.calibrations``),
+  diagnostics, ``error``, timings, ``versions``. ``to_csv`` writes it.
 - ``report(spec, out=...)``: the table of finished cells and one figure per data slice of LLC
   vs checkpoint step, one line per setting (the grid values other than seed), the mean over
   seeds with error bars = the std across seeds (ddof=1) when there are several seeds, else the
@@ -234,6 +235,8 @@ def load_results(source: Spec | str | pathlib.Path, *, traces: bool = False) -> 
             for k, v in settings.items()
         }
         r.pop("identity")
+        for key in ("num_chains", "num_draws"):  # the run's, which "auto" may have raised
+            r[f"{key}_used"] = r.pop(key)
         for key in ("llc_per_chain", "warnings", "observables", "versions"):
             if r.get(key) is not None and key != "llc_per_chain":
                 r[key] = json.dumps(r[key], sort_keys=True)

@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from jaxslt.study.calibrations import StudyCalibration
 from jaxslt.study.cells import Cell
 from jaxslt.study.identity import SCHEMA_VERSION  # one version: this layout and the identities
 
@@ -104,6 +105,18 @@ CREATE TABLE IF NOT EXISTS cells (
     {", ".join(f"{k} {v}" for k, v in {**_RESULT_COLUMNS, **_RUN_COLUMNS}.items())}
 );
 CREATE INDEX IF NOT EXISTS cells_status ON cells (status);
+"""
+# step_size="auto": one calibration per group (jaxslt.study.calibrations). Created by every
+# writer that opens the store, so a store made before the table existed gains it.
+_CALIBRATIONS = """
+CREATE TABLE IF NOT EXISTS calibrations (
+    group_id TEXT PRIMARY KEY,
+    step INTEGER NOT NULL,
+    settings TEXT NOT NULL,
+    cautions TEXT NOT NULL,
+    explanation TEXT NOT NULL,
+    created_at REAL NOT NULL
+)
 """
 COLUMNS = (
     "cell_id", "status", "step", "data", "seed", "settings", "identity", "attempts",
@@ -320,6 +333,9 @@ class Store:
                     if statement.strip():
                         self._conn.execute(statement)
                 self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if create:
+            with _transaction(self._conn):
+                self._conn.execute(_CALIBRATIONS)
 
     def close(self) -> None:
         self._conn.close()
@@ -441,6 +457,20 @@ class Store:
                 [_sql_value(row[k]) for k in names],
             )
 
+    @_guarded
+    def record_calibration(self, calibration: StudyCalibration) -> None:
+        """Store a calibration group's calibration (one committed transaction); the first one
+        stored for a group is kept."""
+        with _transaction(self._conn) as conn:
+            conn.execute(
+                "INSERT INTO calibrations (group_id, step, settings, cautions, explanation, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (group_id) DO NOTHING",
+                (
+                    calibration.group, calibration.step, _sql_value(dict(calibration.settings)),
+                    _sql_value(list(calibration.cautions)), calibration.explanation, time.time(),
+                ),
+            )  # fmt: skip
+
     def _write_sidecar(self, cell_id: str, arrays: Mapping[str, np.ndarray]) -> str:
         self.traces_dir.mkdir(exist_ok=True)
         final = self.traces_dir / f"{cell_id}.npz"
@@ -477,6 +507,26 @@ class Store:
                     record[key] = json.loads(record[key])
             out.append(record)
         return out
+
+    @_guarded
+    def calibrations(self) -> dict[str, StudyCalibration]:
+        """group id → its stored ``StudyCalibration`` (``step_size="auto"`` cells)."""
+        if (
+            self._empty
+            or not self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'calibrations'"
+            ).fetchone()
+        ):
+            return {}
+        rows = self._conn.execute(
+            "SELECT group_id, step, settings, cautions, explanation FROM calibrations"
+        )
+        return {
+            group: StudyCalibration(
+                group, step, json.loads(settings), tuple(json.loads(cautions)), explanation
+            )
+            for group, step, settings, cautions, explanation in rows.fetchall()
+        }
 
     @_guarded
     def load_traces(self, cell_id: str) -> dict[str, np.ndarray]:
