@@ -129,82 +129,96 @@ def _warm_up():
     jax.clear_caches()
 
 
+def _row(name, p, kw, seed):
+    """One problem, one key: auto's estimate, its target, error and cost, as a table row."""
+    jax.clear_caches()  # auto pays its compiles, as a fresh call would
+    nbeta = p.nbeta if name.startswith("normal crossing") else None
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            r = jaxslt.estimate_llc(
+                p.loss_fn, p.params, p.data, key=jax.random.key(seed), step_size="auto",
+                nbeta=nbeta, progress=False, **kw,
+            )  # fmt: skip
+        except (RuntimeError, FloatingPointError) as err:
+            return (name, str(seed), "raised", str(err).splitlines()[0][:80])
+    auto_s = time.perf_counter() - t0
+    llcw = [str(c.message) for c in caught if issubclass(c.category, jaxslt.LLCWarning)]
+    gamma, nb = float(r.localization), float(r.nbeta)
+    jax.clear_caches()  # the final run alone pays its own compiles, as a fresh call would
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its warnings are auto's, counted above
+        jax.block_until_ready(
+            jaxslt.estimate_llc(
+                p.loss_fn, p.params, p.data, key=jax.random.key(seed + 1),
+                step_size=float(r.step_size), localization=gamma, nbeta=nb,
+                num_burnin=r.burnin_loss_trace.shape[1], num_draws=r.loss_trace.shape[1],
+                progress=False, **kw,
+            ).llc_mean
+        )  # fmt: skip
+    final_s = time.perf_counter() - t0
+    exact = p.truth is not None
+    target = _target(name, p, gamma, nb) if exact else math.nan
+    err = float(r.llc_mean) / target - 1 if exact else math.nan
+    se = float(r.llc_std) / math.sqrt(np.isfinite(np.asarray(r.llc_per_chain)).sum())
+    return (
+        name,
+        str(seed),
+        f"{float(r.llc_mean):.4g} ± {se:.2g}",
+        f"{target:.4g}" if exact else "—",
+        f"{float(p.truth.llc):.4g}" if exact else "—",
+        f"{err:+.1%}" if exact else "—",
+        f"{float(r.step_size):.3g}",
+        f"{gamma:g}",
+        f"{r.loss_trace.shape[1]}",
+        "yes" if llcw else "no",
+        f"{auto_s:.1f}",
+        f"{final_s:.1f}",
+        f"{auto_s / final_s:.1f}",
+        "; ".join(w[:90] for w in llcw),
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--only", default="", help="run the problems whose name contains this")
     parser.add_argument("--skip", default=None, help="skip the problems whose name contains this")
+    parser.add_argument(
+        "--keys", type=int, nargs="+", default=[1], help="auto's key(s); the timed final run "
+        "uses key + 1"
+    )  # fmt: skip
     args = parser.parse_args()
     _warm_up()
     rows = []
     for name, p, kw in _problems():
         if args.only not in name or (args.skip and args.skip in name):
             continue
-        jax.clear_caches()  # auto pays its compiles, as a fresh call would
-        nbeta = p.nbeta if name.startswith("normal crossing") else None
-        t0 = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                r = jaxslt.estimate_llc(
-                    p.loss_fn, p.params, p.data, key=jax.random.key(1), step_size="auto",
-                    nbeta=nbeta, progress=False, **kw,
-                )  # fmt: skip
-            except (RuntimeError, FloatingPointError) as err:
-                rows.append((name, "raised", str(err).splitlines()[0][:80]))
-                print(rows[-1], flush=True)
-                continue
-        auto_s = time.perf_counter() - t0
-        llcw = [str(c.message) for c in caught if issubclass(c.category, jaxslt.LLCWarning)]
-        gamma, nb = float(r.localization), float(r.nbeta)
-        jax.clear_caches()  # the final run alone pays its own compiles, as a fresh call would
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # its warnings are auto's, counted above
-            jax.block_until_ready(
-                jaxslt.estimate_llc(
-                    p.loss_fn, p.params, p.data, key=jax.random.key(2),
-                    step_size=float(r.step_size), localization=gamma, nbeta=nb,
-                    num_burnin=r.burnin_loss_trace.shape[1], num_draws=r.loss_trace.shape[1],
-                    progress=False, **kw,
-                ).llc_mean
-            )  # fmt: skip
-        final_s = time.perf_counter() - t0
-        exact = p.truth is not None
-        target = _target(name, p, gamma, nb) if exact else math.nan
-        err = float(r.llc_mean) / target - 1 if exact else math.nan
-        rows.append(
-            (
-                name,
-                f"{float(r.llc_mean):.4g}",
-                f"{target:.4g}" if exact else "—",
-                f"{float(p.truth.llc):.4g}" if exact else "—",
-                f"{err:+.1%}" if exact else "—",
-                f"{float(r.step_size):.3g}",
-                f"{gamma:g}",
-                "yes" if llcw else "no",
-                f"{auto_s:.1f}",
-                f"{final_s:.1f}",
-                f"{auto_s / final_s:.1f}",
-                "; ".join(w[:90] for w in llcw),
-            )
-        )
-        print(rows[-1], flush=True)
+        for seed in args.keys:
+            rows.append(_row(name, p, kw, seed))
+            print(rows[-1], flush=True)
     header = (
-        "| problem | auto λ̂ | exact target at its (nβ, γ) | λ | error vs target | ε | γ | "
-        "warned | auto wall (s) | final run alone (s) | auto / final | warnings |\n|" + "---|" * 12
+        "| problem | key | auto λ̂ ± SE | exact target at its (nβ, γ) | λ | error vs target | ε | "
+        "γ | draws | warned | auto wall (s) | final run alone (s) | auto / final | warnings |\n|"
+        + "---|"
+        * 14
     )
     table = "\n".join(
-        "| " + " | ".join(row) + " |" if len(row) == 12 else f"| {row[0]} | {row[1]}: {row[2]} |"
+        "| " + " | ".join(row) + " |"
+        if len(row) == 14
+        else f"| {row[0]} | {row[1]} | {row[2]}: {row[3]} |"
         for row in rows
     )
-    exact = [r for r in rows if len(r) != 12 or r[4] != "—"]
-    errors = [abs(float(r[4].rstrip("%")) / 100) for r in exact if len(r) == 12]
-    ok = [r for r in exact if len(r) == 12 and abs(float(r[4].rstrip("%"))) <= 10]
+    exact = [r for r in rows if len(r) != 14 or r[5] != "—"]
+    errors = [abs(float(r[5].rstrip("%")) / 100) for r in exact if len(r) == 14]
+    ok = [r for r in exact if len(r) == 14 and abs(float(r[5].rstrip("%"))) <= 10]
+    command = " ".join(["python benchmarks/auto.py", *sys.argv[1:]])
     text = (
         f'# `step_size="auto"`, nothing else tuned\n\nMachine: {platform.machine()}, '
         f"{jax.devices()[0].platform}, {jax.device_count()} device(s). Command: "
-        "`python benchmarks/auto.py`.\n\n" + header + "\n" + table + "\n\n"
+        f"`{command}`.\n\n" + header + "\n" + table + "\n\n"
         f"Within 10% of the exact target: {len(ok)} of {len(exact)}; mean |error| "
         f"{np.mean(errors):.1%} over the {len(errors)} that returned.\n"
     )

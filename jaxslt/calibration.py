@@ -39,10 +39,13 @@ Recommendation rule (``Calibration.recommended``, explained in ``Calibration.exp
 4. ε: at that γ, the largest healthy step whose estimate agrees with λ̂₀ within
    max(2·√(se² + se₀²), 5%·|λ̂₀|) ("flat in ε"): the fastest-mixing step without visible bias
    (with a single healthy step, that step, and a caution);
-5. burn-in: at least 5/(ε·γ) steps (flat directions relax in ~1/(εγ) steps; docs/method.md §4);
-   draws: at least twice the calibration's burn-in, and enough that the final run's
-   Monte-Carlo SE (scaled from the chosen cell's as 1/√draws) is ≤ 5% of λ̂ — half the limit at
-   which its diagnostics warn (at most ``MAX_DRAWS_FACTOR`` × the calibration's draws).
+5. the final run's error budget (``TARGET_BIAS``, ``TARGET_MC_ERROR``: each 2.5% of λ̂, so
+   that its error stays within 10% at 3 SE): ε is the chosen cell's, lowered to where its bias
+   bound, ∝ ε to first order, is 2.5% of λ̂; burn-in: at least 5/(ε·γ) steps (flat directions
+   relax in ~1/(εγ) steps; docs/method.md §4); draws: at least twice the calibration's
+   burn-in, and enough that the final run's Monte-Carlo SE (scaled from the chosen cell's as
+   1/√draws) is ≤ 2.5% of λ̂ (at most ``MAX_DRAWS_FACTOR`` × the calibration's draws), times
+   the ratio of the chosen cell's step to the final one (mixing ∝ 1/ε).
 """
 
 from __future__ import annotations
@@ -77,7 +80,6 @@ from jaxslt.diagnostics import (
     DIVERGED,
     FLOAT_RESOLUTION,
     MALA_LOW,
-    MC_ERROR_LIMIT,
     NOT_MINIMUM,
     RHAT,
     TREND_FALLING,
@@ -93,6 +95,8 @@ __all__ = [
     "MAX_MARGIN",
     "MIN_RELAXATIONS",
     "PILOT_GRID",
+    "TARGET_BIAS",
+    "TARGET_MC_ERROR",
     "Calibration",
     "calibrate",
     "extrapolate",
@@ -105,6 +109,10 @@ BURNIN_RELAXATIONS = 5.0  # a recommended burn-in covers this many relaxation ti
 MIN_RELAXATIONS = 3.0  # burn-in·ε·γ of a healthy cell: flat directions within e⁻³ of equilibrium
 MAX_CALIBRATION_BURNIN = 20_000  # the most calibration raises its burn-in to, to reach that
 GAMMA_PROBE = 3.0  # with one healthy γ, λ̂ is also measured at this multiple of it (flat in γ?)
+# the final run's error budget, relative to |λ̂|: its discretisation bias bound and its
+# Monte-Carlo SE, so that |error| ≤ 10% at 3 SE (a cell is healthy at twice that bias bound)
+TARGET_BIAS = 0.025
+TARGET_MC_ERROR = 0.025
 MAX_DRAWS_FACTOR = 20  # the recommended draws are at most this many times the calibration's
 # diagnostics issues (their codes) that disqualify a cell. Not ESS nor the Monte-Carlo error:
 # short calibration runs are noisy by design (with one chain, every cell of a regular model
@@ -135,6 +143,8 @@ class Calibration:
       h_max: the largest Hessian eigenvalue of L at w* (power iteration).
       results: the grid's ``LLCResult``, batched over cells.
       cautions: what the rule could not check (flatness in ε or γ), also in ``explanation``.
+      mc_error: the Monte-Carlo SE the recommended run is expected to reach, relative to
+        |λ̂| (``TARGET_MC_ERROR`` unless the cap on its draws binds; NaN without one).
     """
 
     table: Any
@@ -144,6 +154,7 @@ class Calibration:
     h_max: float = math.nan
     results: LLCResult | None = None
     cautions: tuple[str, ...] = ()
+    mc_error: float = math.nan
 
     def __repr__(self) -> str:
         return f"Calibration(recommended={self.recommended})\n{self.explanation}"
@@ -552,15 +563,29 @@ def _scatter_cells(results: LLCResult, ran: np.ndarray) -> LLCResult:
     return jax.tree.map(spread, results)
 
 
-def _recommended_draws(row, num_draws: int, num_burnin: int) -> int:
-    """Draws per chain for the final run: at least twice the calibration's burn-in, and enough
-    that its Monte-Carlo SE, scaled from the chosen cell's (SE ∝ 1/√draws at the same number
-    of chains), is ≤ half the diagnostics' limit (MC_ERROR_LIMIT·|λ̂|); at most
-    ``MAX_DRAWS_FACTOR`` × the calibration's draws."""
-    target = 0.5 * MC_ERROR_LIMIT * abs(row.llc_mean)
-    needed = num_draws * (row.llc_se / target) ** 2 if target > 0 else math.inf
-    needed = min(needed, MAX_DRAWS_FACTOR * num_draws) if math.isfinite(needed) else num_draws
-    return int(max(num_draws, 2 * num_burnin, math.ceil(needed)))
+def _final_step(row) -> float:
+    """The chosen cell's ε, lowered (if need be) to where its bias bound — to first order
+    ∝ ε (``jaxslt.curvature``) — is ``TARGET_BIAS``·|λ̂|."""
+    step, allowed = float(row.step_size), TARGET_BIAS * abs(float(row.llc_mean))
+    if allowed > 0 and row.bias_bound > allowed:
+        return step * allowed / float(row.bias_bound)
+    return step
+
+
+def _recommended_draws(row, num_draws: int, num_burnin: int, slower: float) -> tuple[int, float]:
+    """Draws per chain for the final run, whose step is ``slower`` times smaller than the chosen
+    cell's (its chains mix ∝ 1/ε, so its SE at equal draws is √slower times the cell's): at
+    least twice the calibration's burn-in, and enough that its Monte-Carlo SE, scaled from the
+    cell's (SE ∝ 1/√draws at the same number of chains), is ``TARGET_MC_ERROR``·|λ̂|; at most
+    ``MAX_DRAWS_FACTOR``·slower × the calibration's draws. Returned with the SE it is expected
+    to reach, relative to |λ̂| (above ``TARGET_MC_ERROR`` when that cap binds)."""
+    target = TARGET_MC_ERROR * abs(row.llc_mean)
+    cap = MAX_DRAWS_FACTOR * num_draws * slower
+    needed = num_draws * slower * (row.llc_se / target) ** 2 if target > 0 else math.inf
+    needed = min(needed, cap) if math.isfinite(needed) else num_draws
+    draws = int(max(num_draws, 2 * num_burnin, math.ceil(needed)))
+    relative = row.llc_se * math.sqrt(num_draws * slower / draws) / abs(row.llc_mean)
+    return draws, relative if math.isfinite(relative) else math.nan
 
 
 def recommend(
@@ -667,23 +692,35 @@ def recommend(
         return Calibration(table, {}, "\n".join(notes), extrapolation, h_max, results)
     table.loc[chosen, "selected"] = True
     row = table.loc[chosen]
-    burnin = max(num_burnin, relaxed_burnin(row.step_size, row.localization))
+    step = _final_step(row)
+    burnin = max(num_burnin, relaxed_burnin(step, row.localization))
+    draws, se = _recommended_draws(row, num_draws, num_burnin, float(row.step_size) / step)
     recommended = dict(
-        step_size=float(row.step_size), localization=float(row.localization),
-        nbeta=float(row.nbeta), num_burnin=int(min(burnin, 100 * num_burnin)),
-        num_draws=_recommended_draws(row, num_draws, num_burnin),
+        step_size=step, localization=float(row.localization), nbeta=float(row.nbeta),
+        num_burnin=int(min(burnin, 100 * num_burnin)), num_draws=draws,
     )  # fmt: skip
+
     how = (
         "the largest healthy ε that agrees with the ε → 0 extrapolation"
         if row.localization in extrapolation
         else "the only healthy ε"
     )
     notes.append(
-        f"Chosen: ε = {row.step_size:.3g}, γ = {row.localization:g} (estimate {row.llc_mean:.4g} "
-        f"± {row.llc_se:.2g}, MALA acceptance {row.mala_accept:.3f}): the smallest γ with a "
-        f"healthy cell, and at it {how}; burn-in {recommended['num_burnin']} ≥ 5/(εγ)."
+        f"Chosen: the cell at ε = {row.step_size:.3g}, γ = {row.localization:g} (estimate "
+        f"{row.llc_mean:.4g} ± {row.llc_se:.2g}, MALA acceptance {row.mala_accept:.3f}): the "
+        f"smallest γ with a healthy cell, and at it {how}."
+    )
+    if step < row.step_size:
+        notes.append(
+            f"Its bias bound is {row.bias_bound / abs(row.llc_mean):.1%} of λ̂, so the final run "
+            f"takes ε = {step:.3g}, where the bound (∝ ε) is {TARGET_BIAS:.1%}."
+        )
+    notes.append(
+        f"Final run: burn-in {recommended['num_burnin']} ≥ 5/(εγ); {draws} draws, for an "
+        f"expected Monte-Carlo SE of {se:.1%} of λ̂ (the aim is {TARGET_MC_ERROR:.1%}, with at "
+        f"most {MAX_DRAWS_FACTOR}× the calibration's draws)."
     )
     notes.extend(f"Caution: {c}." for c in cautions)
     return Calibration(
-        table, recommended, "\n".join(notes), extrapolation, h_max, results, tuple(cautions)
+        table, recommended, "\n".join(notes), extrapolation, h_max, results, tuple(cautions), se
     )

@@ -29,7 +29,13 @@ import jax
 import numpy as np
 
 from jaxslt import validation
-from jaxslt.calibration import Calibration, calibrate, relaxed_burnin
+from jaxslt.calibration import (
+    MAX_DRAWS_FACTOR,
+    TARGET_MC_ERROR,
+    Calibration,
+    calibrate,
+    relaxed_burnin,
+)
 from jaxslt.config import DEFAULT_LOCALIZATION, SamplingConfig
 from jaxslt.core import (
     LLCResult,
@@ -201,6 +207,16 @@ def _calibrate(loss_fn, params, data, key, config, *, nbeta, localization, restr
     )
     for caution in calibration.cautions:
         warnings.warn(f"step_size='auto': {caution}", LLCWarning, stacklevel=4)
+    expected = calibration.mc_error * math.sqrt(rec["num_draws"] / config.num_draws)
+    if expected > 1.05 * TARGET_MC_ERROR:  # the cap on auto's draws bound
+        needed = math.ceil(config.num_draws * (expected / TARGET_MC_ERROR) ** 2)
+        warnings.warn(
+            f"step_size='auto': the final run's {config.num_draws} draws (at most "
+            f"{MAX_DRAWS_FACTOR}× the calibration's) give a Monte-Carlo SE near {expected:.1%} "
+            f"of λ̂, not the {TARGET_MC_ERROR:.1%} auto aims for; num_draws={needed} would",
+            LLCWarning,
+            stacklevel=4,
+        )
     return calibration, config
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from types import SimpleNamespace
 from typing import NamedTuple
@@ -67,7 +68,9 @@ def test_grid_table_and_recommendation_follow_the_rule(calibration):
     assert table.selected.sum() == 1
     row = table[table.selected].iloc[0]
     assert row.ok and row.margin <= cal_module.MAX_MARGIN and row.diverged == 0
-    assert rec["step_size"] == pytest.approx(row.step_size)
+    # the final run's ε: the cell's, lowered to where its bias bound (∝ ε) is TARGET_BIAS of λ̂
+    lowered = min(1.0, cal_module.TARGET_BIAS * abs(row.llc_mean) / row.bias_bound)
+    assert rec["step_size"] == pytest.approx(row.step_size * lowered, rel=1e-12)
     assert rec["localization"] == row.localization
     assert rec["num_burnin"] >= 5 / (rec["step_size"] * rec["localization"])
     assert "Chosen" in calibration.explanation
@@ -121,17 +124,18 @@ def test_step_size_auto_uses_and_reports_the_calibration():
 def test_auto_compiles_one_curvature_program_and_one_sampler(traces):
     """step_size="auto" compiles the curvature at w* once (the pilot, the grid and the final
     run share it; it was compiled three times, plus an eager power iteration) and one sampler,
-    which the pilot, the grid and a final run of the grid's length share (it compiled three)."""
+    which the pilot, the grid and a final run of the grid's length share (it compiled three);
+    a final run of another length compiles one more."""
     loss = lambda p, b: quadratic_loss(p, b) * 1.0  # noqa: E731 (a fresh loss: no cache)
     result = jaxslt.estimate_llc(
         loss, quadratic_params(), dummy_data(), key=jax.random.key(2), step_size="auto",
         localization=10.0, batch_size=64, num_draws=500, progress=False,
     )  # fmt: skip
     cells = result.calibration.results
-    # here the recommended length is the calibration's (1000 + 2000 steps): no third sampler
-    assert result.loss_trace.shape[-1] == cells.loss_trace.shape[-1] == 2000
-    assert result.burnin_loss_trace.shape[-1] == cells.burnin_loss_trace.shape[-1] == 1000
-    assert traces["_geometry_at"] == 1 and traces["sample_llc"] == 1
+    assert cells.loss_trace.shape[-1] == 2000 and cells.burnin_loss_trace.shape[-1] == 1000
+    # here the final run needs more draws (its SE target) than a cell: one more sampler
+    assert result.loss_trace.shape[-1] > 2000
+    assert traces["_geometry_at"] == 1 and traces["sample_llc"] == 2
     assert traces["run_grid"] == 0
 
 
@@ -314,23 +318,25 @@ WORDING = {
 }
 
 
-def _stub_diagnose(wording):
+def _stub_diagnose(wording, bias=0.0):
     def diagnose(cell):
         code = str(cell.code)
         issues = (Issue(code, wording(code), "a remedy"),) if code else ()
         return SimpleNamespace(
             issues=issues, codes=tuple(i.code for i in issues), rhat=1.0, ess_bulk=400.0,
-            trend=0.0, bias_bound=0.0, llc=float(cell.llc_mean),
+            trend=0.0, bias_bound=bias * abs(float(cell.llc_mean)), llc=float(cell.llc_mean),
         )  # fmt: skip
 
     return diagnose
 
 
 def _recommend(
-    cells, h_max=0.0, num_burnin=40_000, num_draws=1000, wording=WORDING.get, ran=None, probe=None
-):
+    cells, h_max=0.0, num_burnin=40_000, num_draws=1000, wording=WORDING.get, ran=None,
+    probe=None, bias=0.0,
+):  # fmt: skip
     """cells: dicts with eps, gamma, mean and optionally nbeta, code (of a diagnostics issue),
-    diverged (chains); ``wording(code)`` is the message of the stub's issue."""
+    diverged (chains); ``wording(code)`` is the message of the stub's issue; every cell's bias
+    bound is ``bias``·|λ̂|."""
     col = lambda name, default: np.array([c.get(name, default) for c in cells])  # noqa: E731
     diverged = np.arange(4)[None, :] < col("diverged", 0)[:, None]
     nbeta = col("nbeta", 100.0)
@@ -339,7 +345,7 @@ def _recommend(
                      np.full((len(cells), 4), 0.95), col("code", ""), nbeta,
                      np.broadcast_to(spread, (len(cells), 4, 2)))  # fmt: skip
     return cal_module.recommend(
-        results, col("eps", 0.0), col("gamma", 0.0), nbeta, _stub_diagnose(wording), h_max,
+        results, col("eps", 0.0), col("gamma", 0.0), nbeta, _stub_diagnose(wording, bias), h_max,
         num_burnin, num_draws, ran=ran, probe=probe,
     )  # fmt: skip
 
@@ -510,6 +516,38 @@ def test_recommend_burnin_is_five_relaxation_times(eps, num_burnin, burnin):
     cal = _recommend(_line(10.0, 0.0, steps=(eps / 2, eps)), num_burnin=num_burnin, num_draws=50)
     assert cal.recommended["num_burnin"] == burnin
     assert cal.recommended["num_draws"] == 2 * num_burnin
+
+
+def test_recommend_lowers_the_step_to_its_bias_target():
+    """The final run's ε is the chosen cell's times TARGET_BIAS/(bias bound/|λ̂|) when the bound
+    is above that target (to first order it is ∝ ε), with draws for the same Monte-Carlo SE
+    scaled by the inverse ratio (mixing ∝ 1/ε) and burn-in 5/(εγ) at the lowered ε; a cell
+    within the target keeps its ε."""
+    # λ̂ = 0.5 with the stub's SE 0.02 at 1000 draws: an SE of 2.5% needs 2560 draws
+    cells = _line(10.0, 0.0, lam0=0.5, steps=(2e-4, 4e-4))
+    kw = dict(num_burnin=1000, num_draws=1000)
+    plain = _recommend(cells, **kw)
+    lowered = _recommend(cells, bias=0.04, **kw)  # healthy (≤ 5%), above the 2.5% target
+    within = _recommend(cells, bias=0.02, **kw)
+    assert plain.recommended["step_size"] == within.recommended["step_size"] == 4e-4
+    ratio = 0.04 / cal_module.TARGET_BIAS
+    assert lowered.recommended["step_size"] == pytest.approx(4e-4 / ratio, rel=1e-12)
+    assert plain.recommended["num_draws"] == pytest.approx(2560, abs=1)
+    assert lowered.recommended["num_draws"] == pytest.approx(2560 * ratio, abs=1)
+    assert plain.mc_error == lowered.mc_error == pytest.approx(cal_module.TARGET_MC_ERROR)
+    assert lowered.recommended["num_burnin"] == math.ceil(5 / (4e-4 / ratio * 10.0))
+    assert "bias bound is 4.0% of λ̂, so the final run takes ε = 0.00025" in lowered.explanation
+
+
+def test_auto_draws_capped_say_what_they_cost_in_precision():
+    """When MAX_DRAWS_FACTOR caps the draws, the SE the run will reach is reported
+    (Calibration.mc_error, the explanation) rather than the aim."""
+    cells = _line(10.0, 0.0, lam0=0.05, steps=(2e-4, 4e-4))  # needs 256,000 draws for 2.5%
+    cal = _recommend(cells, num_burnin=1000, num_draws=1000)
+    assert cal.recommended["num_draws"] == cal_module.MAX_DRAWS_FACTOR * 1000
+    # SE 0.02 at 1000 draws = 40% of λ̂, over √20 more draws
+    assert cal.mc_error == pytest.approx(0.4 / math.sqrt(cal_module.MAX_DRAWS_FACTOR), rel=1e-3)
+    assert "expected Monte-Carlo SE of 8.9% of λ̂ (the aim is 2.5%" in cal.explanation
 
 
 def test_one_healthy_gamma_is_probed_at_three_times_it():

@@ -81,6 +81,11 @@ def test_auto_cells_share_one_stored_calibration(tmp_path, checkpoints, monkeypa
     )
     assert row["llc_mean"] == float(direct.llc_mean)
 
+    # the report says which setting the cells used, and why
+    summary = study.report(spec).summary
+    assert "step_size='auto', calibrated at step 200: step_size = " in summary
+    assert cal.explanation.splitlines()[-1] in summary
+
     # more seeds later: the stored calibration is reused, not recomputed
     def refuse(*args, **kwargs):
         raise AssertionError("calibrated again")

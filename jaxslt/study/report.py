@@ -22,10 +22,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from jaxslt.study.calibrations import StudyCalibration
 from jaxslt.study.cells import expand
 from jaxslt.study.checkpoints import EntryPointCheckpoints
 from jaxslt.study.execution import duration
@@ -424,7 +426,12 @@ def report(
     done = table[table["status"] == "done"] if len(table) else table
     slices = sorted(done["data"].unique()) if len(done) else []
     files: list[pathlib.Path] = []
-    summary = summary_text(state, table, spec)
+    store = _store(spec)
+    calibrations: list[StudyCalibration] = []
+    if store is not None:
+        with store:
+            calibrations = list(store.calibrations().values())
+    summary = summary_text(state, table, spec, calibrations)
     if out is not None:
         out = pathlib.Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -443,12 +450,22 @@ def report(
     return StudyReport(state, done.reset_index(drop=True), figures, summary, tuple(files))
 
 
-def summary_text(state: StudyStatus, table: pd.DataFrame, spec: Spec) -> str:
-    """The status line, a compact table (step, grid values, λ̂ ± std, diagnostics) and the
-    failed cells' errors."""
+def summary_text(
+    state: StudyStatus,
+    table: pd.DataFrame,
+    spec: Spec,
+    calibrations: Sequence[StudyCalibration] = (),
+) -> str:
+    """The status line, a compact table (step, grid values, λ̂ ± std, diagnostics), the failed
+    cells' errors and the ``step_size="auto"`` calibrations the cells used (their settings and
+    why)."""
     lines = [str(state)]
+    for cal in calibrations:
+        chosen = ", ".join(f"{k} = {v:.4g}" for k, v in cal.settings.items())
+        lines += ["", f"step_size='auto', calibrated at step {cal.step}: {chosen}"]
+        lines += [f"  {line}" for line in cal.explanation.splitlines()]
     if not len(table):
-        return lines[0]
+        return "\n".join(lines)
     keys = [k for k in spec.grid if k != "data"]
     cols = ["step", "data", *keys, "llc_mean", "llc_std", "diagnostics_ok"]
     done = table[table["status"] == "done"]
