@@ -578,6 +578,20 @@ def test_one_healthy_gamma_is_probed_at_three_times_it():
     assert "γ = 30 (probe at the chosen step): not usable (R-hat" in unusable.explanation
 
 
+def test_flat_in_gamma_above_unjudged_smaller_gammas_is_cautioned():
+    """λ̂ flat from γ to 3γ vouches for γ only when no smaller γ of the grid went unjudged: a
+    localizer that already confines the degenerate directions is flat in γ too (a deep linear
+    network moved −4% from γ = 100 to 300 while sitting 34% below its γ → 0 value)."""
+    unjudged = _line(1.0, 0.0, code=RHAT) + _line(10.0, 0.0)
+    cal = _recommend(unjudged, probe=_probe(1.96))
+    assert _chosen(cal) == (8e-4, 10.0)
+    (caution,) = cal.cautions
+    assert caution.startswith("λ̂ is flat from γ = 10 to 30 (-2.0%), but γ = 1 could not be")
+    assert "how far γ = 10 pulls λ̂ below its unlocalized value is unknown" in caution
+    smallest = _recommend(_line(10.0, 0.0), probe=_probe(1.96))  # no smaller γ in the grid
+    assert smallest.cautions == ()
+
+
 def test_two_healthy_gammas_need_no_probe():
     calls = []
     cal = _recommend(_line(1.0, 0.0) + _line(10.0, 0.0), probe=_probe(0.0, calls=calls))
