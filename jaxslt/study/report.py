@@ -461,7 +461,10 @@ def summary_text(
     why)."""
     lines = [str(state)]
     for cal in calibrations:
-        chosen = ", ".join(f"{k} = {v:.4g}" for k, v in cal.settings.items())
+        chosen = ", ".join(
+            f"{k} = {v if isinstance(v, int) else format(v, '.4g')}"
+            for k, v in cal.settings.items()
+        )
         lines += ["", f"step_size='auto', calibrated at step {cal.step}: {chosen}"]
         lines += [f"  {line}" for line in cal.explanation.splitlines()]
     if not len(table):
