@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from types import SimpleNamespace
 from typing import NamedTuple
@@ -257,6 +258,32 @@ def test_a_localizer_that_moves_the_estimate_is_a_caution():
             step_size="auto", batch_size=64,
         )  # fmt: skip
     assert any("against" in c and "at γ = 100" in c for c in result.calibration.cautions)
+
+
+def test_auto_warns_when_its_draws_are_capped():
+    """The normal crossing (2,2) of devinterp's fixture (t = 1000/log 1000) needs more draws
+    than auto allows itself (MAX_DRAWS_FACTOR × the calibration's): the run warns with the SE
+    it will reach (Calibration.mc_error) and the num_draws that would reach TARGET_MC_ERROR.
+    Draws the user adds count: twice as many give an SE √2 smaller in the warning."""
+    p = jaxslt.problems.normal_crossing((2, 2), t=1000 / math.log(1000))
+    kw = dict(key=jax.random.key(4), step_size="auto", nbeta=p.nbeta, progress=False,
+              batch_size=2)  # fmt: skip
+    pattern = r"final run's (\d+) draws .* SE near ([\d.]+)% of λ̂, not the 2.5% .* num_draws=(\d+)"
+    with pytest.warns(jaxslt.LLCWarning, match=pattern) as caught:
+        result = jaxslt.estimate_llc(p.loss_fn, p.params, p.data, **kw)
+    (message,) = [str(w.message) for w in caught if "draws (at most" in str(w.message)]
+    draws, se, needed = re.search(pattern, message).groups()
+    assert int(draws) == result.loss_trace.shape[1] == result.calibration.recommended["num_draws"]
+    assert float(se) == pytest.approx(100 * result.calibration.mc_error, abs=0.05)
+    assert result.calibration.mc_error * math.sqrt(int(draws) / int(needed)) == pytest.approx(
+        cal_module.TARGET_MC_ERROR, rel=1e-3
+    )
+    with pytest.warns(jaxslt.LLCWarning, match=pattern) as caught:
+        jaxslt.estimate_llc(p.loss_fn, p.params, p.data, num_draws=2 * int(draws), **kw)
+    (message,) = [str(w.message) for w in caught if "draws (at most" in str(w.message)]
+    assert float(re.search(pattern, message).group(2)) == pytest.approx(
+        float(se) / math.sqrt(2), abs=0.06
+    )
 
 
 def test_auto_reruns_a_final_run_that_fails_its_own_step_check(monkeypatch):
