@@ -41,7 +41,11 @@ def write_result(out: Path, name: str, text: str, *, append: bool = False) -> Pa
 
 
 def load_example(name: str) -> ModuleType:
-    """``examples/<name>.py`` imported as a module (the examples are scripts, not a package)."""
+    """``examples/<name>.py`` imported as a module (the examples are scripts, not a package),
+    with the examples folder on ``sys.path`` as when it runs as a script (its sibling
+    ``_training``)."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.append(str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(f"{name}_example", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules

@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
+from _training import make_train_segment  # this folder: examples/_training.py
 from matplotlib.figure import Figure
 
 import jaxslt
@@ -191,31 +192,6 @@ def checkpoint_schedule(train_steps: int, num: int) -> list[int]:
     return sorted({0, *logspaced.tolist()})
 
 
-def make_train_segment(loss_fn: Callable, optimizer: optax.GradientTransformation, cfg: Config):
-    """A jitted ``(params, opt_state, start, length) -> (params, opt_state, mean loss)`` running
-    ``length`` Adam steps from global step ``start`` (one compile for every segment length);
-    step s trains on a fresh batch drawn from ``fold_in(key, s)``."""
-    data_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
-
-    @jax.jit
-    def segment(params, opt_state, start, length):
-        def step(i, carry):
-            params, opt_state, total = carry
-            batch = make_batch(
-                jax.random.fold_in(data_key, start + i), cfg.train_batch, cfg.dim, cfg.pairs
-            )
-            loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, total + loss
-
-        params, opt_state, total = jax.lax.fori_loop(
-            0, length, step, (params, opt_state, jnp.zeros(()))
-        )
-        return params, opt_state, total / jnp.maximum(length, 1)
-
-    return segment
-
-
 def head_selector(layer: int, head: int) -> Callable[[str, Any], Any]:
     """``restrict=`` predicate for one attention head: the head's slice of the query, key and
     value kernels (d_model, heads, head_dim) and of the output kernel (heads, head_dim,
@@ -248,7 +224,10 @@ def train(cfg: Config, model: ICLTransformer, loss_fn: Callable, directory: path
     )  # fmt: skip
     optimizer = optax.adam(lr)
     opt_state = optimizer.init(params)
-    segment = make_train_segment(loss_fn, optimizer, cfg)
+    segment = make_train_segment(
+        loss_fn, optimizer,
+        lambda key: make_batch(key, cfg.train_batch, cfg.dim, cfg.pairs), cfg.seed,
+    )  # fmt: skip
     train_loss, done = {}, 0
     for step in schedule:
         params, opt_state, loss = segment(params, opt_state, done, step - done)

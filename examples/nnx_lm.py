@@ -56,6 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _training import make_train_segment  # this folder: examples/_training.py
 from flax import nnx
 
 import jaxslt
@@ -247,22 +248,9 @@ def train(
         cfg.learning_rate / 10,
     )  # fmt: skip
     optimizer = optax.adam(lr)
-    data_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
-
-    @jax.jit
-    def segment(params, opt_state, start, length):
-        def step(i, carry):
-            params, opt_state, total = carry
-            batch = make_data(jax.random.fold_in(data_key, start + i), cfg.train_batch, cfg)
-            loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, total + loss
-
-        params, opt_state, total = jax.lax.fori_loop(
-            0, length, step, (params, opt_state, jnp.zeros(()))
-        )
-        return params, opt_state, total / jnp.maximum(length, 1)
-
+    segment = make_train_segment(
+        loss_fn, optimizer, lambda key: make_data(key, cfg.train_batch, cfg), cfg.seed
+    )
     opt_state = optimizer.init(params)
     saved, losses, done = {}, {}, 0
     for stop in schedule:

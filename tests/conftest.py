@@ -96,12 +96,16 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 @contextlib.contextmanager
 def example_module(name: str):
     """``examples/<name>.py`` imported as a module (the examples are scripts, not a package),
-    registered in ``sys.modules`` while in use (dataclasses resolve annotations through it)."""
+    registered in ``sys.modules`` while in use (dataclasses resolve annotations through it),
+    with the examples folder on ``sys.path`` as when it runs as a script (its sibling
+    ``_training``)."""
     spec = importlib.util.spec_from_file_location(f"{name}_example", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
+    sys.path.insert(0, str(EXAMPLES))
     try:
         spec.loader.exec_module(module)
         yield module
     finally:
         sys.modules.pop(spec.name, None)
+        sys.path.remove(str(EXAMPLES))
