@@ -456,6 +456,21 @@ def test_recommend_needs_three_relaxation_times_of_burn_in():
     assert _chosen(cal) == (8e-4, 1.0)
 
 
+def test_a_final_run_just_above_the_calibrations_length_runs_that_length():
+    """Draws within SAME_PROGRAM_MARGIN of the calibration's, at its burn-in: the final run is
+    the calibration's own length (its compiled program), with the SE that length gives; 20%
+    more draws than the calibration's are run as recommended. se/λ̂ = 0.02/λ̂₀ per cell, so the
+    2.5% aim needs 20,000·(0.8/λ̂₀)² draws (20,000 in the calibration, burn-in 10,000)."""
+    kw = dict(num_burnin=10_000, num_draws=20_000)
+    for lam0, expected in ((0.8 / math.sqrt(1.05), 20_000), (0.8 / math.sqrt(1.2), 24_000)):
+        cal = _recommend(_line(1.0, 0.0, lam0=lam0), **kw)
+        assert cal.recommended["num_burnin"] == 10_000
+        assert cal.recommended["num_draws"] == expected
+        se = 0.02 / lam0 * math.sqrt(20_000 / expected)  # the cell's, scaled by √draws
+        assert cal.mc_error == pytest.approx(se, rel=1e-9)
+    assert cal_module.SAME_PROGRAM_MARGIN == 0.1
+
+
 def test_recommend_says_what_burn_in_would_judge_a_localization_it_did_not_run():
     cells = _line(1.0, 0.0) + _line(10.0, 0.0)
     ran = np.array([False] * 4 + [True] * 4)  # γ = 1 refused unseen
