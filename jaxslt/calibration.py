@@ -118,8 +118,9 @@ TARGET_MC_ERROR = 0.025
 MAX_DRAWS_FACTOR = 20  # the recommended draws are at most this many times the calibration's
 # a final run whose burn-in is the calibration's and whose draws are at most this much above
 # its draws runs the calibration's own length instead, hence its compiled program: its SE is
-# then at most √1.1 − 1 ≈ 5% above the aim (2.6% of λ̂ for 2.5%), where a compile cost the
-# Quickstart's MLP a third of auto's time (measured: 2,011 draws against 2,000)
+# then at most √1.1 ≈ 1.049 times the aim (2.6% of λ̂ for 2.5%; below the 5% over which
+# estimate_llc warns of capped draws), where a compile cost the Quickstart's MLP a third of
+# auto's time (measured: 2,011 draws against 2,000)
 SAME_PROGRAM_MARGIN = 0.1
 # diagnostics issues (their codes) that disqualify a cell. Not ESS nor the Monte-Carlo error:
 # short calibration runs are noisy by design (with one chain, every cell of a regular model
@@ -710,8 +711,7 @@ def recommend(
     table.loc[chosen, "selected"] = True
     row = table.loc[chosen]
     step = _final_step(row)
-    burnin = max(num_burnin, relaxed_burnin(step, row.localization))
-    burnin = int(min(burnin, 100 * num_burnin))
+    burnin = int(min(max(num_burnin, relaxed_burnin(step, row.localization)), 100 * num_burnin))
     draws, se = _recommended_draws(row, num_draws, num_burnin, float(row.step_size) / step)
     if burnin == num_burnin and draws <= (1 + SAME_PROGRAM_MARGIN) * num_draws:
         draws, se = num_draws, se * math.sqrt(draws / num_draws)
