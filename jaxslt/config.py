@@ -64,7 +64,9 @@ class SamplingConfig:
       acceptance_checks: the MALA acceptance of SGLD transitions is measured at that many
         steps after burn-in.
       step_check: record the chains' part of the ``LocalGeometry`` from which the diagnostics
-        judge ε (``jaxslt.core.geometry_at`` measures the rest, at w*).
+        judge ε (``jaxslt.core.geometry_at`` measures the rest, at w*), and the lowest
+        full-data loss at a few kept draws (``LLCResult.lowest_excess``), by which they judge
+        whether w* is a local minimum.
       progress_every: a host callback every that many steps; 0 = none.
       observables: accumulate per-example losses for the singular fluctuation, WAIC, WBIC.
       observable_draws: at that many kept draws per chain.

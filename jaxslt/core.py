@@ -32,9 +32,12 @@ from jaxslt.types import PyTree
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "EXPLODED_FACTOR",
+    "FULL_DATA_BUDGET",
+    "FULL_DATA_CHECKS",
     "LLCResult",
     "computed_in",
     "flag_exploded",
+    "full_data_checks",
     "geometry_at",
     "restricted_loss",
     "run_config",
@@ -81,6 +84,11 @@ class LLCResult(NamedTuple):
         measures the loss at w* (h_max, tr ∇²L, minibatch gradient noise) when it diagnoses;
         ``sample_llc`` records only the chains' part (``trace_h_draws``, ``noise_gain``; the
         rest NaN until ``with_geometry(result, geometry_at(...))``); else None.
+      lowest_excess: (num_chains,) min over evaluated kept draws of nβ·(L_n(w_t) − L_n(w*)),
+        the *full-data* excess (never below 0 at a local minimum, where the minibatch trace
+        can be), at ``full_data_checks`` evenly spaced draws with ``step_check``, or at the
+        observables' draws; None when no draw is evaluated (neither is on, or even one pass
+        over the n examples would exceed ``full_data_checks``' budget).
     """
 
     llc_mean: jax.Array
@@ -100,6 +108,7 @@ class LLCResult(NamedTuple):
     diagnostics: Any = None
     calibration: Any = None
     geometry: Any = None
+    lowest_excess: Any = None
 
     def running_llc(self) -> jax.Array:
         """nβ·(cumsum_t L(w_t)/t − L_n(w*)) per chain, shape (num_chains, num_draws)."""
@@ -219,15 +228,24 @@ def sample_llc(
                 posterior, state_position(old), state_position(new), batch, eps, reuse
             )
 
+    chunk = eval_batch_size or batch_size
+    lowest = jnp.full((), jnp.inf, init_loss.dtype)
     accumulate = None
-    if config.observables:
-        chunk = eval_batch_size or batch_size
+    if config.observables:  # L_n(w_t) comes with the per-example losses: its minimum is free
         accumulate = Accumulator(
-            init=lambda: init_moments(n, init_loss.dtype),
-            update=lambda acc, state: update_moments(
+            init=lambda: (init_moments(n, init_loss.dtype), lowest),
+            update=lambda acc, state: _fold_losses(
                 acc, per_example_losses(loss_fn, state_position(state), data, chunk)
             ),
             every=max(1, num_draws // max(1, config.observable_draws)),
+        )
+    elif config.step_check and (checks := full_data_checks(num_draws, n, batch_size)):
+        accumulate = Accumulator(
+            init=lambda: lowest,
+            update=lambda acc, state: jnp.minimum(
+                acc, full_data_loss(loss_fn, state_position(state), data, chunk)
+            ),
+            every=max(1, num_draws // checks),
         )
     trace = run_chains(
         kernel,
@@ -252,6 +270,12 @@ def sample_llc(
     if check is not None:  # (chains, 2): acceptance, tr ∇²U by the step's own noise
         mala_accept = trace.check_mean[:, 0]
     loss_trace = trace.loss_trace.astype(init_loss.dtype)
+    moments, lowest = (None, trace.accumulated) if not config.observables else trace.accumulated
+    lowest_excess = None
+    if lowest is not None:  # NaN where a chain evaluated no draw
+        lowest_excess = jnp.where(
+            jnp.isfinite(lowest), nbeta * (lowest - init_loss), jnp.nan
+        ).astype(init_loss.dtype)
     nbeta = jnp.asarray(nbeta, init_loss.dtype)
     per_chain = nbeta * (jnp.mean(loss_trace, axis=1) - init_loss)
     divergence_step = flag_exploded(
@@ -284,14 +308,33 @@ def sample_llc(
         divergence_step=divergence_step,
         accept_rate=trace.accept_rate,
         mala_accept=mala_accept,
-        observables=None if accumulate is None else pool(trace.accumulated, healthy, nbeta),
+        observables=None if moments is None else pool(moments, healthy, nbeta),
         geometry=LocalGeometry(
             h_max=jnp.nan, trace_h=jnp.nan, grad_noise=jnp.nan, trace_h_draws=trace_h_draws,
             noise_gain=1.0 if capabilities.noise_gain is None
             else capabilities.noise_gain(dict(sampler_options)),
         ) if config.step_check else None,
+        lowest_excess=lowest_excess,
     )  # fmt: skip
     return replicate(result, mesh)
+
+
+FULL_DATA_CHECKS = 20
+FULL_DATA_BUDGET = 0.1
+
+
+def full_data_checks(num_draws: int, n: int, batch_size: int) -> int:
+    """How many kept draws per chain the step check evaluates L_n(w_t) at (``LLCResult``'s
+    ``lowest_excess``): ``FULL_DATA_CHECKS``, fewer when their n examples each would pass
+    ``FULL_DATA_BUDGET`` (10%) of the examples the draws' minibatches hold (forward passes only,
+    against the steps' forward and backward), none when even one would."""
+    affordable = int(FULL_DATA_BUDGET * num_draws * batch_size // n)
+    return max(0, min(FULL_DATA_CHECKS, num_draws, affordable))
+
+
+def _fold_losses(acc, losses):
+    moments, lowest = acc
+    return update_moments(moments, losses), jnp.minimum(lowest, jnp.mean(losses))
 
 
 def run_config(config: SamplingConfig, n: int) -> SamplingConfig:

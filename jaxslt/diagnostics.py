@@ -212,6 +212,8 @@ class Diagnostics:
       accept_rate: mean Metropolis acceptance (the ``"mala"`` sampler); NaN for unadjusted
         samplers.
       frac_below_init: fraction of the kept draws whose minibatch loss is below L_n(w*).
+      lowest_excess: the least full-data nβ·(L_n(w_t) − L_n(w*)) over the healthy chains'
+        evaluated draws (``LLCResult.lowest_excess``); NaN when none was evaluated.
       llc: λ̂ over the healthy chains.
       llc_halves: (λ̂ on the first half of the kept draws, λ̂ on the second half).
       trend: (λ̂_second − λ̂_first) / |λ̂|, the relative drift of the estimate.
@@ -247,6 +249,7 @@ class Diagnostics:
     stiffness: float
     bias_bound: float
     issues: tuple[Issue, ...]
+    lowest_excess: float = math.nan
     warnings: tuple[str, ...] = dataclasses.field(init=False)
     ok: bool = dataclasses.field(init=False)
 
@@ -268,7 +271,12 @@ class Diagnostics:
             f"  λ̂ = {self.llc:.4g}; halves {self.llc_halves[0]:.4g} → {self.llc_halves[1]:.4g} "
             f"(trend {self.trend:+.1%}, z = {self.trend_z:.2f})",
             f"  R-hat {self.rhat:.3f}, ESS bulk {self.ess_bulk:.0f}, tail {self.ess_tail:.0f}; "
-            f"draws below L_n(w*): {self.frac_below_init:.1%}",
+            f"draws below L_n(w*): {self.frac_below_init:.1%}"
+            + (
+                f"; lowest full-data excess {self.lowest_excess:.3g}"
+                if not math.isnan(self.lowest_excess)
+                else ""
+            ),
         ]
         if not math.isnan(self.stiffness):
             lines.append(
@@ -401,6 +409,7 @@ def diagnose(
     max_trend: float = 0.05,
     trend_z: float = 3.0,
     max_frac_below_init: float = 0.5,
+    max_full_data_dip: float = 0.05,
     max_rel_se: float = MC_ERROR_LIMIT,
 ) -> Diagnostics:
     """Check an ``LLCResult`` and say, per failed check, what is likely wrong and what to change.
@@ -414,7 +423,12 @@ def diagnose(
       (its SD, ~sd(l_i)/√B, can exceed the excess λ/nβ), but not most of them. Most draws
       below only warns when they go deep: nβ·mean(L_n(w*) − L | L < L_n(w*)) > 10% of |λ̂| (a w*
       a hair above the empirical minimum, such as the true parameter of a noisy regression,
-      moves λ̂ by less). docs/method.md §5.2.
+      moves λ̂ by less). docs/method.md §5.2. Or (with ``result.lowest_excess``) a full-data
+      draw below L_n(w*) by more than ``max_full_data_dip`` = 5% of |λ̂| (nβ·ΔL, and beyond
+      the loss's rounding): impossible at a local minimum, so the chains left a saddle (the
+      TMS 5-gon: 8 of 9 runs; none at the minima measured nor at a noisy regression's true
+      parameter, and ~0.1% of λ̂ at the noisy normal crossings' w* = 0:
+      benchmarks/results/diagnostics-notes.md).
     - MALA acceptance of the SGLD steps below ``mala_accept_range[0]`` = 0.8 (healthy ≈ 0.9,
       docs/method.md §5.3): ε is too large for the local curvature, discretisation inflates λ̂.
       Above ``mala_accept_range[1]`` = 0.99 ε is merely small: that costs mixing, not accuracy,
@@ -458,6 +472,7 @@ def diagnose(
       max_trend: the relative drift between the halves that matters.
       trend_z: the significance of that drift, as the |z| of a normal with the same p-value.
       max_frac_below_init: the fraction of draws below L_n(w*) above which w* is suspect.
+      max_full_data_dip: how far (relative to |λ̂|) a full-data draw may go below L_n(w*).
       max_rel_se: the largest Monte-Carlo standard error (and float resolution) relative to
         |λ̂|.
 
@@ -515,13 +530,25 @@ def diagnose(
     below = x[x < init_loss]
     dip = float(nbeta * np.mean(init_loss - below)) if below.size else 0.0
     deep = not dip <= 0.1 * abs(llc)
-    if llc < 0 or (frac_below > max_frac_below_init and deep):
+    # the full-data excess cannot go below 0 at a local minimum; beyond the loss's rounding and
+    # max_full_data_dip of |λ̂|, a chain found lower ground near w* (a saddle it escapes from)
+    lowest = _lowest_excess(result, healthy)
+    spacing = float(nbeta * np.spacing(np.asarray(result.loss_trace).dtype.type(init_loss)))
+    descended = lowest < -max(max_full_data_dip * abs(llc), 16 * spacing)
+    if llc < 0 or (frac_below > max_frac_below_init and deep) or descended:
+        where = f"{frac_below:.0%} of the draws are below L_n(w*)"
+        if descended:
+            where = (
+                f"a chain's full-data loss went {-lowest:.3g} below L_n(w*) in λ̂'s units "
+                f"(nβ·ΔL; {-lowest / abs(llc) if llc else math.inf:.0%} of |λ̂|), impossible "
+                f"at a local minimum; {where}"
+            )
         found.append(
             _issue(
                 NOT_MINIMUM,
-                f"λ̂ = {llc:.4g}{' < 0' if llc < 0 else ''} and {frac_below:.0%} of the draws "
-                "are below L_n(w*): w* is not a local minimum of the loss (e.g. an early "
-                "checkpoint), or the chains keep optimising away from it",
+                f"λ̂ = {llc:.4g}{' < 0' if llc < 0 else ''} and {where}: w* is not a local "
+                "minimum of the loss (e.g. an early checkpoint or a saddle the chains leave), "
+                "or the chains keep optimising away from it",
                 "train w* longer (to a minimum) or raise localization",
             )
         )
@@ -633,7 +660,7 @@ def diagnose(
         )
     # λ̂ multiplies a loss difference by nβ: below the loss's floating-point spacing at
     # L_n(w*) it is rounding noise
-    resolution = float(nbeta * np.spacing(np.asarray(result.loss_trace).dtype.type(init_loss)))
+    resolution = spacing
     if resolution > max_rel_se * abs(llc):
         found.append(
             _issue(
@@ -663,4 +690,14 @@ def diagnose(
         stiffness=stiffness,
         bias_bound=bias_bound,
         issues=tuple(found),
+        lowest_excess=lowest,
     )
+
+
+def _lowest_excess(result: Any, healthy: np.ndarray) -> float:
+    values = getattr(result, "lowest_excess", None)
+    if values is None:
+        return math.nan
+    values = np.asarray(values, dtype=np.float64)[healthy]
+    values = values[np.isfinite(values)]
+    return float(values.min()) if values.size else math.nan

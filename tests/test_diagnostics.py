@@ -249,6 +249,30 @@ def test_draws_below_init_loss_warn_not_a_minimum(shift, negative):
     assert has(diag, f"{diag.frac_below_init:.0%} of the draws")
 
 
+@pytest.mark.parametrize(
+    ("lowest", "warns"), [(-0.3, True), (-0.2, False), (np.nan, False), (None, False)]
+)
+def test_a_full_data_draw_below_init_loss_warns_not_a_minimum(lowest, warns):
+    """A full-data excess below 0 is impossible at a local minimum: beyond 5% of |λ̂| (here
+    0.25 for λ̂ = 5) it is a saddle the chains leave, even when the minibatch draws alone
+    look fine (the TMS 5-gon's unflagged run: −0.58 against λ̂ = 5.40)."""
+    result = make_result(gamma_trace(3))  # healthy draws: no other check fails
+    assert diagnose(result).ok
+    values = None if lowest is None else np.array([1.0, lowest * diagnose(result).llc / 5, 2, 3])
+    diag = diagnose(result._replace(lowest_excess=values))
+    assert (diag.codes == (NOT_MINIMUM,)) == warns, diag.warnings
+    if warns:
+        assert has(diag, "full-data loss went") and has(diag, "impossible at a local minimum")
+    if values is None:
+        assert np.isnan(diag.lowest_excess)
+    else:  # the least over the chains' finite values (a NaN chain evaluated no draw)
+        assert diag.lowest_excess == pytest.approx(np.nanmin(values))
+    # diverged chains do not count
+    dropped = make_result(gamma_trace(3), divergence_step=[-1, 5, -1, -1])
+    if values is not None:
+        assert NOT_MINIMUM not in diagnose(dropped._replace(lowest_excess=values)).codes
+
+
 def test_a_shallow_dip_below_init_loss_is_tolerated():
     """60% of draws a hair below L_n(w*) (nβ·dip = 0.05, 1% of λ̂ ≈ 5.2): w* sits just above
     the loss's minimum, which moves λ̂ by about that dip; no warning. The same split at a dip

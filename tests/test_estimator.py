@@ -581,3 +581,34 @@ def test_run_config_completes_a_config_as_estimate_llc_runs_it():
     assert run_config(SamplingConfig(batch_size=64), 1000).batch_size == 64
     unchecked = SamplingConfig(step_check=False)
     assert run_config(unchecked, 1000).step_check
+
+
+@pytest.mark.parametrize("observables", [False, True])
+def test_lowest_full_data_excess_is_the_least_evaluated_draw(observables):
+    """The quadratic loss ignores its data, so L_n(w_t) = L_B(w_t), the trace's own value:
+    lowest_excess = nβ·(min over the evaluated kept draws of the trace − L_n(w*)) exactly,
+    at full_data_checks' 20 draws (every 10th of 200) or at the observables' draws."""
+    kw = dict(step_size=1e-3, nbeta=100.0, localization=1.0, num_chains=3, num_draws=200,
+              num_burnin=50, observables=observables, observable_draws=25)  # fmt: skip
+    result = _estimate(**kw)
+    every = 200 // 25 if observables else 200 // jaxslt.core.full_data_checks(200, 64, 64)
+    assert every == (8 if observables else 10)
+    trace = np.asarray(result.loss_trace)[:, ::every]
+    expected = float(result.nbeta) * (trace.min(axis=1) - float(result.init_loss))
+    # to the rounding of L_n (the observables' mean of 64 per-example losses: a few ulps of
+    # L_n(w*) ≈ 0.7, times nβ), far below the gaps between the evaluated draws
+    np.testing.assert_allclose(result.lowest_excess, expected, rtol=0, atol=1e-4)
+    assert (np.asarray(result.lowest_excess) >= 0).all()  # a minimum: never below L_n(w*)
+    # the compiled core records it only with the step check (or observables)
+    config = SamplingConfig(num_chains=2, num_draws=20, step_check=False)
+    bare = jaxslt.sample_llc(quadratic_loss, quadratic_params(), dummy_data(), jax.random.key(0),
+                             step_size=1e-3, localization=1.0, config=config)  # fmt: skip
+    assert bare.lowest_excess is None
+
+
+def test_full_data_checks_stay_within_a_tenth_of_the_draws_examples():
+    checks = jaxslt.core.full_data_checks
+    assert checks(8000, 5000, 256) == 20  # the diagnostics benchmark's TMS: 40 affordable
+    assert checks(400, 5000, 256) == 2  # 0.1 · 400 · 256 / 5000 = 2.05
+    assert checks(1000, 1_000_000, 256) == 0  # one pass over n would cost 4× the budget
+    assert checks(10, 64, 64) == 1 and checks(5, 10, 100) == 5  # never more than the draws
