@@ -1,8 +1,8 @@
 """Choosing ε, γ (and nβ) by a documented procedure instead of by eye.
 
 ``calibrate`` runs short chains on a grid of step_size × localization (× nbeta) — every cell in
-one compiled program, ``estimate_llc``'s own (cells one at a time, so the final run of the same
-length compiles nothing and no compile depends on the number of cells; or ``cell_batch_size``
+one compiled program, ``estimate_llc``'s own (cells one at a time, so the final run compiles
+nothing and no compile depends on the number of cells; or ``cell_batch_size``
 cells vmapped at once), all cells sharing the key (common random numbers, so differences
 between cells are not noise; a cell is exactly the ``estimate_llc`` run of its settings on that
 key) — and diagnoses each cell. The derived grid does not run the cells whose burn-in is short
@@ -45,13 +45,17 @@ Recommendation rule (``Calibration.recommended``, explained in ``Calibration.exp
    relax in ~1/(εγ) steps; docs/method.md §4); draws: at least twice the calibration's
    burn-in, and enough that the final run's Monte-Carlo SE (scaled from the chosen cell's as
    1/√draws) is ≤ 2.5% of λ̂ (at most ``MAX_DRAWS_FACTOR`` × the calibration's draws), times
-   the ratio of the chosen cell's step to the final one (mixing ∝ 1/ε); a run of the
-   calibration's burn-in whose draws are within ``SAME_PROGRAM_MARGIN`` (10%) of its draws
-   runs exactly the calibration's length, so that it reuses the calibration's compiled program.
+   the ratio of the chosen cell's step to the final one (mixing ∝ 1/ε); burn-in at most
+   ``MAX_BURNIN_FACTOR`` × the calibration's.
+
+The pilot, the cells and a final run that fits ``Calibration.capacity`` run in one compiled
+program: its lengths are traced (``jaxslt.core.Schedule``), and a run's numbers do not depend on
+the program's size, so auto compiles one sampler program whatever lengths it settles on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -66,10 +70,14 @@ from jaxslt import validation
 from jaxslt.config import SamplingConfig
 from jaxslt.core import (
     LLCResult,
+    Schedule,
     geometry_at,
+    make_schedule,
     run_config,
     sample_llc,
     sample_llc_jit,
+    traced_schedule,
+    trimmed,
     with_geometry,
 )
 from jaxslt.curvature import (
@@ -92,6 +100,7 @@ from jaxslt.posterior import default_nbeta
 from jaxslt.types import PyTree
 
 __all__ = [
+    "MAX_BURNIN_FACTOR",
     "MAX_CALIBRATION_BURNIN",
     "MAX_DRAWS_FACTOR",
     "MAX_MARGIN",
@@ -116,12 +125,7 @@ GAMMA_PROBE = 3.0  # with one healthy γ, λ̂ is also measured at this multiple
 TARGET_BIAS = 0.025
 TARGET_MC_ERROR = 0.025
 MAX_DRAWS_FACTOR = 20  # the recommended draws are at most this many times the calibration's
-# a final run whose burn-in is the calibration's and whose draws are at most this much above
-# its draws runs the calibration's own length instead, hence its compiled program: its SE is
-# then at most √1.1 ≈ 1.049 times the aim (2.6% of λ̂ for 2.5%; below the 5% over which
-# estimate_llc warns of capped draws), where a compile cost the Quickstart's MLP a third of
-# auto's time (measured: 2,011 draws against 2,000)
-SAME_PROGRAM_MARGIN = 0.1
+MAX_BURNIN_FACTOR = 100  # the recommended burn-in is at most this many times the calibration's
 # diagnostics issues (their codes) that disqualify a cell. Not ESS nor the Monte-Carlo error:
 # short calibration runs are noisy by design (with one chain, every cell of a regular model
 # was refused for a 12% MC error); their error enters the rule through the SEs, and the draws
@@ -153,6 +157,10 @@ class Calibration:
       cautions: what the rule could not check (flatness in ε or γ), also in ``explanation``.
       mc_error: the Monte-Carlo SE the recommended run is expected to reach, relative to
         |λ̂| (``TARGET_MC_ERROR`` unless the cap on its draws binds; NaN without one).
+      capacity: (burn-in, draws) that the cells' compiled program holds (``MAX_BURNIN_FACTOR``
+        and ``MAX_DRAWS_FACTOR`` times the calibration's; at least ``MAX_CALIBRATION_BURNIN``
+        burn-in): the final run of ``step_size="auto"`` runs in it when it fits, so it
+        compiles no sampler program of its own (``jaxslt.core.Schedule``).
     """
 
     table: Any
@@ -163,6 +171,7 @@ class Calibration:
     results: LLCResult | None = None
     cautions: tuple[str, ...] = ()
     mc_error: float = math.nan
+    capacity: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         return f"Calibration(recommended={self.recommended})\n{self.explanation}"
@@ -378,36 +387,50 @@ def calibrate(
     # the batch size estimate_llc runs (n for a full-batch sampler, e.g. MALA: exact density)
     batch_size = run_config(SamplingConfig(sampler=sampler, batch_size=batch_size), n).batch_size
 
-    def sampling(burnin: int, draws: int) -> SamplingConfig:
-        """The config estimate_llc runs for these settings, so that its final run of the same
-        length reuses a cell's program."""
+    # one program for the pilot, every cell and a final run that fits it (estimate_llc's own,
+    # the lengths traced): burn-in raises and longer final runs compile nothing
+    capacity = (
+        max(MAX_CALIBRATION_BURNIN, MAX_BURNIN_FACTOR * num_burnin),
+        MAX_DRAWS_FACTOR * num_draws,
+    )
+
+    def sampling(burnin: int, draws: int) -> tuple[SamplingConfig, Schedule]:
+        """The program estimate_llc runs for a run that fits ``capacity``, and this run's
+        schedule in it."""
         config = SamplingConfig(
             num_chains=num_chains, num_draws=draws, num_burnin=burnin, batch_size=batch_size,
             sampler=sampler, sampler_options=options,
         )  # fmt: skip
-        return with_chain_groups(loss_fn, params, data, run_config(config, n))
+        config = run_config(config, n)  # a burn-in-adapting sampler's option: this burn-in
+        program = dataclasses.replace(config, num_burnin=capacity[0], num_draws=capacity[1])
+        return with_chain_groups(loss_fn, params, data, program), make_schedule(config, n)
 
     dtype = validation.setting_dtype(params)
 
-    def run_cell(config, cell_key, eps, gamma, nbeta) -> LLCResult:
+    def run_cell(sampled, cell_key, eps, gamma, nbeta) -> LLCResult:
         """One cell, in estimate_llc's own program (the same key for every cell)."""
-        return sample_llc_jit(
-            loss_fn, params, data, cell_key, config=config, restrict=None,
+        program, run = sampled
+        result = sample_llc_jit(
+            loss_fn, params, data, cell_key, config=program, restrict=None,
+            schedule=traced_schedule(run),
             **validation.cast_settings(params, step_size=eps, nbeta=nbeta, localization=gamma),
         )  # fmt: skip
+        return trimmed(result, run)
 
-    def run_cells(config, cell_key, eps, gam, nbs, group) -> LLCResult:
+    def run_cells(sampled, cell_key, eps, gam, nbs, group) -> LLCResult:
         """Cells batched over cells: one at a time (``group`` 1), or ``group`` at once, vmapped
         (padded to whole groups, so no compile depends on the number of cells)."""
         if group == 1:
-            cells = [run_cell(config, cell_key, *c) for c in zip(eps, gam, nbs, strict=True)]
+            cells = [run_cell(sampled, cell_key, *c) for c in zip(eps, gam, nbs, strict=True)]
             return jax.tree.map(lambda *x: jnp.stack(x), *cells)
-        return _in_groups(
+        program, run = sampled
+        return trimmed(_in_groups(
             lambda i: run_grid(
                 loss_fn, params, data, cell_key, jnp.asarray(eps[i], dtype),
-                jnp.asarray(gam[i], dtype), jnp.asarray(nbs[i], dtype), config=config,
+                jnp.asarray(gam[i], dtype), jnp.asarray(nbs[i], dtype), config=program,
+                schedule=traced_schedule(run),
             ), len(eps), group,
-        )  # fmt: skip
+        ), run)  # fmt: skip
 
     nbetas = (
         [default_nbeta(n)]
@@ -434,10 +457,10 @@ def calibrate(
     if derived:
         # the pilot is a cell of the grid's own length: one program for both (and for the
         # final run of that length); on small models a compile costs more than the longer run
-        pilot_key, pilot_config = jax.random.fold_in(key, 3), sampling(num_burnin, num_draws)
+        pilot_key, piloted = jax.random.fold_in(key, 3), sampling(num_burnin, num_draws)
 
         def pilot(eps, gamma, nbeta):
-            return with_geometry(run_cell(pilot_config, pilot_key, eps, gamma, nbeta), at)
+            return with_geometry(run_cell(piloted, pilot_key, eps, gamma, nbeta), at)
 
         scale, pilots = _pilot_step(pilot, diagnose, h_max, max(nbetas), min(localizations))
         step_sizes = list(scale * PILOT_GRID)
@@ -463,13 +486,13 @@ def calibrate(
     ran = eps * gam * num_burnin >= MIN_RELAXATIONS if derived else np.ones(len(eps), bool)
     if not ran.any():  # nothing could qualify: run them all, so the table shows what they do
         ran[:] = True
-    config = sampling(num_burnin, num_draws)
-    results = run_cells(config, key, eps[ran], gam[ran], nbs[ran], cell_batch_size or 1)
+    sampled = sampling(num_burnin, num_draws)
+    results = run_cells(sampled, key, eps[ran], gam[ran], nbs[ran], cell_batch_size or 1)
     results = with_geometry(results, at)
     validation.check_init_loss(results.init_loss[0])  # the loss's fault, not the grid's
 
     def probe(e, g, b):  # one more cell, in the grid's program
-        return with_geometry(run_cell(config, key, e, g, b), at)
+        return with_geometry(run_cell(sampled, key, e, g, b), at)
 
     calibration = recommend(
         _scatter_cells(results, ran), eps, gam, nbs, diagnose, h_max, num_burnin, num_draws,
@@ -479,20 +502,23 @@ def calibrate(
         calibration.explanation = "\n".join(
             ["Default step grid: " + "; ".join(pilots) + ".", calibration.explanation]
         )
+    calibration.capacity = capacity
     return calibration
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("config",))
-def run_grid(loss_fn, params, data, key, eps, gam, nbs, *, config):
-    """``sample_llc`` with ``config`` (a ``SamplingConfig``) for every cell (ε, γ, nβ) given,
-    vmapped in one compiled program, all on the same ``key`` (common random numbers); with the
-    chains' part of the step check's ``LocalGeometry`` per cell (``calibrate`` joins the
-    curvature at w*, the same for every cell, with ``jaxslt.core.with_geometry``)."""
+def run_grid(loss_fn, params, data, key, eps, gam, nbs, *, config, schedule=None):
+    """``sample_llc`` with ``config`` (a ``SamplingConfig``) and ``schedule`` (a
+    ``jaxslt.core.Schedule``, or None) for every cell (ε, γ, nβ) given, vmapped in one compiled
+    program, all on the same ``key`` (common random numbers); with the chains' part of the step
+    check's ``LocalGeometry`` per cell (``calibrate`` joins the curvature at w*, the same for
+    every cell, with ``jaxslt.core.with_geometry``)."""
 
     def cell(e, g, b):
         return sample_llc(
-            loss_fn, params, data, key, step_size=e, nbeta=b, localization=g, config=config
-        )
+            loss_fn, params, data, key, step_size=e, nbeta=b, localization=g, config=config,
+            schedule=schedule,
+        )  # fmt: skip
 
     return jax.vmap(cell)(eps, gam, nbs)
 
@@ -711,10 +737,10 @@ def recommend(
     table.loc[chosen, "selected"] = True
     row = table.loc[chosen]
     step = _final_step(row)
-    burnin = int(min(max(num_burnin, relaxed_burnin(step, row.localization)), 100 * num_burnin))
+    burnin = int(
+        min(max(num_burnin, relaxed_burnin(step, row.localization)), MAX_BURNIN_FACTOR * num_burnin)
+    )
     draws, se = _recommended_draws(row, num_draws, num_burnin, float(row.step_size) / step)
-    if burnin == num_burnin and draws <= (1 + SAME_PROGRAM_MARGIN) * num_draws:
-        draws, se = num_draws, se * math.sqrt(draws / num_draws)
     recommended = dict(
         step_size=step, localization=float(row.localization), nbeta=float(row.nbeta),
         num_burnin=burnin, num_draws=draws,

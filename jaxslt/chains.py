@@ -1,4 +1,4 @@
-"""The chain runner: many chains of one kernel, chains vmapped, steps scanned, one program.
+"""The chain runner: many chains of one kernel, chains vmapped, steps looped, one program.
 
 Randomness: chain c gets ``(init_c, k_c) = split(split(key, num_chains)[c])``; step t of chain
 c uses ``fold_in(k_c, t)``, split into a minibatch key and a kernel key. A chain's draws therefore
@@ -39,6 +39,8 @@ class ChainTrace(NamedTuple):
         a k-vector per chain) over the checked steps after burn-in, NaN entries skipped (NaN
         when nothing was checked), e.g. the MALA acceptance of SGLD transitions.
       accumulated: the per-chain accumulator of ``accumulate`` (None without one).
+      loss_mean: (num_chains,) mean of the kept draws' L_B(w_t), summed in step order with
+        Kahan compensation, so that it is the same, bit for bit, whatever the traces' length.
     """
 
     loss_trace: jax.Array
@@ -47,16 +49,18 @@ class ChainTrace(NamedTuple):
     accept_rate: jax.Array
     check_mean: jax.Array
     accumulated: Any = None
+    loss_mean: Any = None
 
 
 class Accumulator(NamedTuple):
     """A running statistic of the kept draws, per chain (vmapped): ``init()`` gives the empty
     state, ``update(acc, chain_state)`` folds in one draw. ``every``: fold in every that-many-th
-    kept draw (others skip it under a ``lax.cond`` on the unbatched draw counter)."""
+    kept draw (others skip it under a ``lax.cond`` on the unbatched draw counter); may be
+    traced; 0 folds in none."""
 
     init: Callable[[], PyTree]
     update: Callable[[PyTree, PyTree], PyTree]
-    every: int = 1
+    every: int | jax.Array = 1
 
 
 def typed_key(key: jax.Array) -> jax.Array:
@@ -91,9 +95,15 @@ def run_chains(
     mesh: jax.sharding.Mesh | None = None,
     accumulate: Accumulator | None = None,
     param_specs: PyTree | None = None,
+    lengths: tuple[int | jax.Array, int | jax.Array] | None = None,
 ) -> ChainTrace:
     """Run ``num_chains`` chains of ``kernel`` from ``position`` for
     ``num_burnin + num_draws * thinning`` steps each; traceable (jit/vmap it freely).
+
+    With ``lengths`` = (burn-in, draws), possibly traced and at most ``num_burnin`` and
+    ``num_draws``, the chains run those lengths instead in a program sized by the static two
+    (its traces hold NaN past them): one compiled program serves every shorter run, with the
+    same numbers, bit for bit, as a program of exactly that size.
 
     Chain c's randomness depends only on (key, c) (see the module docstring), so grouping the
     chains (``chain_batch_size``) or spreading them over a ``mesh`` gives the same result, up
@@ -119,7 +129,7 @@ def run_chains(
         burn-in: a ``lax.cond`` on the step counter (which no vmap batches) chooses between
         the step with its check and the step alone, so the other steps pay nothing for it, in
         time or memory. Its mean is ``check_mean``.
-      check_every: the period of ``transition_check``, in steps.
+      check_every: the period of ``transition_check``, in steps (may be traced).
       chain_batch_size: k, a divisor of ``num_chains``: run the chains in groups of k, one
         group after another (``lax.map``), so that at most k chain states are live at once;
         ``None``: all chains vmapped.
@@ -134,6 +144,8 @@ def run_chains(
       param_specs: how each parameter leaf of the chain states is split over ``"model"``
         (see ``param_partition_specs``; ``None`` = the automatic rule), stacked as
         ``P("chain", *spec)``.
+      lengths: (burn-in, draws) that run, possibly traced, at most ``num_burnin`` and
+        ``num_draws`` (which then size the traces); ``None``: those two.
 
     Returns:
       A ``ChainTrace``: the loss traces, divergence steps, acceptance and check means.
@@ -166,6 +178,7 @@ def run_chains(
         num_draws=num_draws, num_burnin=num_burnin, thinning=thinning, batch_size=batch_size,
         progress_every=progress_every, check_every=check_every, mesh=mesh,
         param_specs=param_partition_specs(position, mesh, param_specs),
+        lengths=(num_burnin, num_draws) if lengths is None else lengths,
     )  # fmt: skip
 
     def run(keys, group_index):
@@ -216,20 +229,19 @@ class _Layout(NamedTuple):
     check_every: int
     mesh: jax.sharding.Mesh | None
     param_specs: PyTree
-
-    @property
-    def total(self) -> int:
-        return self.num_burnin + self.num_draws * self.thinning
+    lengths: tuple[Any, Any]  # the burn-in and draws that run (≤ the two above; may be traced)
 
 
 def _run_group(
     kernel, position, data, keys, group_index, step_size, layout, transition_check, accumulate
 ) -> ChainTrace:  # fmt: skip
-    """Chains of one group: steps scanned, the group's chains vmapped inside each step (so the
-    step counter t stays unbatched for ``lax.cond``); a group of one chain has no chain axis."""
+    """Chains of one group: steps in one while loop, the group's chains vmapped inside each
+    step (so the step counter t stays unbatched for ``lax.cond``); a group of one chain has no
+    chain axis."""
     num_draws, num_burnin, thinning, batch_size = layout[:4]
-    progress_every, check_every, mesh, param_specs = layout[4:]
-    total = layout.total
+    progress_every, check_every, mesh, param_specs, (burnin_len, draws_len) = layout[4:]
+    # the steps that run; the loop below runs exactly these, whatever the traces' capacity
+    total = burnin_len + draws_len * thinning
     n = data_size(data)
     num_chains = keys.shape[0]
     single = num_chains == 1
@@ -267,7 +279,8 @@ def _run_group(
 
     reports_accept = []
 
-    checking = transition_check is not None and check_every > 0
+    static_off = isinstance(check_every, int) and check_every <= 0  # a traced period is on
+    checking = transition_check is not None and not static_off
 
     def transition(kernel_keys, states, batches):
         new, info = chain_map(kernel.step, in_axes=(0, 0, batch_axis, None))(
@@ -305,7 +318,7 @@ def _run_group(
             # The whole step sits under the cond (not just the check), so a checked step holds
             # w, w', ∇(w), ∇(w') and an unchecked one only w and ∇(w): the cond's operands are
             # the step's own inputs, never the extra copies.
-            due = (t >= num_burnin) & ((t - num_burnin) % check_every == 0)
+            due = (t >= burnin_len) & ((t - burnin_len) % check_every == 0)
             states, info, value = jax.lax.cond(
                 due, checked_transition, unchecked_transition, kernel_keys, states, batches
             )
@@ -316,7 +329,7 @@ def _run_group(
         first_bad = jnp.where((first_bad < 0) & bad, t, first_bad)
         if info.accept_prob is not None:  # known at trace time
             reports_accept.append(True)
-            accept_sum = accept_sum + jnp.where(t >= num_burnin, info.accept_prob, 0.0)
+            accept_sum = accept_sum + jnp.where(t >= burnin_len, info.accept_prob, 0.0)
         if progress_every:
             jax.lax.cond(
                 (t + 1) % progress_every == 0,
@@ -328,7 +341,7 @@ def _run_group(
     zeros = jnp.zeros((num_chains,), jnp.float32)
     checks = jnp.zeros(check_shape, jnp.float32)
     carry = (to_carry(states), jnp.full((num_chains,), -1, jnp.int32), zeros, checks, checks)
-    # One scan over all steps, so the model's forward and backward passes are compiled once
+    # One loop over all steps, so the model's forward and backward passes are compiled once
     # (not once for burn-in and once for the draws); losses land in preallocated traces, O(C)
     # per step, so memory is chains × (burn-in + draws) floats whatever the thinning.
     dtype = jax.eval_shape(lambda: step(carry, jnp.int32(0))[1]).dtype
@@ -339,29 +352,45 @@ def _run_group(
         index = jnp.clip(index, 0, trace.shape[1] - 1)
         return trace.at[:, index].set(jnp.where(due, value, trace[:, index]))
 
-    def body(body_carry, t):
-        carry, acc, burnin, draws = body_carry
-        k, offset = jnp.divmod(t - num_burnin, thinning)
-        kept = (t >= num_burnin) & (offset == 0)
+    def kahan(sums, value, due):  # compensated, so the mean is exact to float rounding
+        running, compensation = sums
+        y = jnp.where(due, value - compensation, 0.0)
+        new = running + y
+        return new, jnp.where(due, (new - running) - y, compensation)
+
+    def body(body_carry):
+        t, carry, acc, burnin, draws, sums = body_carry
+        k, offset = jnp.divmod(t - burnin_len, thinning)
+        kept = (t >= burnin_len) & (offset == 0)
         if accumulate is not None:
+            every = accumulate.every
             acc = jax.lax.cond(
-                kept & (k % accumulate.every == 0),
+                kept & (every > 0) & (k % jnp.maximum(every, 1) == 0),
                 lambda: spread(chain_map(accumulate.update)(acc, from_carry(carry[0]))),
                 lambda: acc,
             )
         carry, loss = step(carry, t)
-        burnin = record(burnin, t, loss, t < num_burnin)
+        burnin = record(burnin, t, loss, t < burnin_len)
         draws = record(draws, k, loss, kept)
-        return (carry, acc, burnin, draws), None
+        return t + 1, carry, acc, burnin, draws, kahan(sums, loss, kept)
 
     acc = None
     if accumulate is not None:
         acc = spread(chain_map(lambda _: accumulate.init())(jnp.arange(num_chains)))
-    traces = (jnp.zeros((num_chains, num_burnin), dtype), jnp.zeros((num_chains, num_draws), dtype))
-    (carry, acc, burnin, draws), _ = jax.lax.scan(
-        body, (carry, acc, *traces), jnp.arange(total, dtype=jnp.int32)
+    # NaN past the lengths that run (a program sized for a longer run)
+    traces = (
+        jnp.full((num_chains, num_burnin), jnp.nan, dtype),
+        jnp.full((num_chains, num_draws), jnp.nan, dtype),
+    )
+    sums = (jnp.zeros((num_chains,), dtype), jnp.zeros((num_chains,), dtype))
+    # a while loop over the steps that run, so the program does not depend on their number
+    _, carry, acc, burnin, draws, sums = jax.lax.while_loop(
+        lambda c: c[0] < total, body, (jnp.int32(0), carry, acc, *traces, sums)
     )
     _, first_bad, accept_sum, check_sum, check_count = carry
-    accept_rate = accept_sum / (num_draws * thinning) if reports_accept else zeros + jnp.nan
+    # multiplied by 1/count, computed apart: the same bits whether the count is traced or not
+    inv_steps = 1.0 / jnp.asarray(draws_len * thinning, jnp.float32)
+    accept_rate = accept_sum * inv_steps if reports_accept else zeros + jnp.nan
     check_mean = jnp.where(check_count > 0, check_sum / jnp.maximum(check_count, 1), jnp.nan)
-    return ChainTrace(draws, burnin, first_bad, accept_rate, check_mean, acc)
+    loss_mean = sums[0] * (1.0 / jnp.asarray(draws_len, dtype))
+    return ChainTrace(draws, burnin, first_bad, accept_rate, check_mean, acc, loss_mean)

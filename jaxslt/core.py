@@ -35,14 +35,18 @@ __all__ = [
     "FULL_DATA_BUDGET",
     "FULL_DATA_CHECKS",
     "LLCResult",
+    "Schedule",
     "computed_in",
     "flag_exploded",
     "full_data_checks",
     "geometry_at",
+    "make_schedule",
     "restricted_loss",
     "run_config",
     "sample_llc",
     "sample_llc_jit",
+    "traced_schedule",
+    "trimmed",
     "with_geometry",
 ]
 
@@ -164,6 +168,7 @@ def sample_llc(
     localization: float | jax.Array = DEFAULT_LOCALIZATION,
     config: SamplingConfig = DEFAULTS,
     restrict: Restriction | str | tuple[str, ...] | None = None,
+    schedule: Schedule | None = None,
 ) -> LLCResult:
     """Traceable core of ``estimate_llc``: no validation, no printing; jit and vmap it freely.
 
@@ -185,6 +190,11 @@ def sample_llc(
       restrict: a ``jaxslt.Restriction`` (``jaxslt.make_restriction(params, selection)``; a
         pytree whose index arrays may be traced) or glob pattern(s) when not jitted: sample
         only those weights, the others frozen at w* (the chains carry only the sampled part).
+      schedule: the run's lengths and check periods (``jaxslt.core.make_schedule``), possibly
+        traced; ``None``: ``make_schedule(config, n)``. With a traced schedule, ``config``'s
+        ``num_burnin``/``num_draws`` are the program's capacity: one compiled program runs any
+        shorter schedule, with the numbers of a program of exactly that length, and its traces
+        hold NaN past the schedule's lengths (``trimmed`` cuts them off).
 
     Returns:
       An ``LLCResult`` (replicated over ``config.mesh``), without diagnostics.
@@ -204,6 +214,7 @@ def sample_llc(
     num_chains, num_draws, num_burnin, thinning = (
         config.num_chains, config.num_draws, config.num_burnin, config.thinning,
     )  # fmt: skip
+    run = make_schedule(config, data_size(data)) if schedule is None else schedule
     sampler, sampler_options = config.sampler, config.sampler_options
     acceptance_checks, mesh = config.acceptance_checks, config.mesh
     eval_batch_size, compute_dtype = config.eval_batch_size, config.compute_dtype
@@ -237,15 +248,15 @@ def sample_llc(
             update=lambda acc, state: _fold_losses(
                 acc, per_example_losses(loss_fn, state_position(state), data, chunk)
             ),
-            every=max(1, num_draws // max(1, config.observable_draws)),
+            every=run.evaluate_every,
         )
-    elif config.step_check and (checks := full_data_checks(num_draws, n, batch_size)):
+    elif config.step_check and full_data_checks(num_draws, n, batch_size):
         accumulate = Accumulator(
             init=lambda: lowest,
             update=lambda acc, state: jnp.minimum(
                 acc, full_data_loss(loss_fn, state_position(state), data, chunk)
             ),
-            every=max(1, num_draws // checks),
+            every=run.evaluate_every,
         )
     trace = run_chains(
         kernel,
@@ -260,11 +271,12 @@ def sample_llc(
         batch_size=batch_size,
         progress_every=config.progress_every,
         transition_check=check,
-        check_every=max(1, (num_draws * thinning) // max(acceptance_checks, 1)),
+        check_every=run.check_every,
         chain_batch_size=chain_batch_size,
         mesh=mesh,
         accumulate=accumulate,
         param_specs=specs,
+        lengths=(run.num_burnin, run.num_draws),
     )
     mala_accept = trace.check_mean
     if check is not None:  # (chains, 2): acceptance, tr ∇²U by the step's own noise
@@ -277,10 +289,10 @@ def sample_llc(
             jnp.isfinite(lowest), nbeta * (lowest - init_loss), jnp.nan
         ).astype(init_loss.dtype)
     nbeta = jnp.asarray(nbeta, init_loss.dtype)
-    per_chain = nbeta * (jnp.mean(loss_trace, axis=1) - init_loss)
+    per_chain = nbeta * (trace.loss_mean.astype(init_loss.dtype) - init_loss)
     divergence_step = flag_exploded(
         trace.divergence_step, per_chain, nbeta * (loss_trace - init_loss), params,
-        first_kept=num_burnin, thinning=thinning,
+        first_kept=run.num_burnin, thinning=thinning,
     )  # fmt: skip
     diverged = divergence_step >= 0
     healthy = ~diverged
@@ -317,6 +329,57 @@ def sample_llc(
         lowest_excess=lowest_excess,
     )  # fmt: skip
     return replicate(result, mesh)
+
+
+class Schedule(NamedTuple):
+    """What a run of ``sample_llc`` does, as numbers that may be traced: ``num_burnin`` steps
+    then ``num_draws`` kept draws (at most the config's, which size the program), the SGLD
+    transition check every ``check_every`` steps after burn-in (``acceptance_checks`` evenly
+    spaced), the full-data loss or the observables at every ``evaluate_every``-th kept draw (0:
+    none). Traced, one compiled program runs every schedule that fits it: calibration's cells
+    and the final run of ``step_size="auto"`` share one."""
+
+    num_burnin: Any
+    num_draws: Any
+    check_every: Any
+    evaluate_every: Any
+
+
+def make_schedule(
+    config: SamplingConfig, n: int, *, num_burnin: int | None = None, num_draws: int | None = None
+) -> Schedule:
+    """The ``Schedule`` (Python ints) of ``config`` on n examples, or of a run of ``num_burnin``
+    and ``num_draws`` in a program sized by ``config``: the checks' periods follow the lengths
+    that run, so a run's numbers do not depend on the program's size."""
+    burnin = config.num_burnin if num_burnin is None else num_burnin
+    draws = config.num_draws if num_draws is None else num_draws
+    check_every = max(1, (draws * config.thinning) // max(config.acceptance_checks, 1))
+    batch_size = min(n, DEFAULT_BATCH_SIZE if config.batch_size is None else config.batch_size)
+    evaluate_every = 0
+    if config.observables:
+        evaluate_every = max(1, draws // max(1, config.observable_draws))
+    elif config.step_check and (checks := full_data_checks(draws, n, batch_size)):
+        evaluate_every = max(1, draws // checks)
+    return Schedule(burnin, draws, check_every, evaluate_every)
+
+
+def trimmed(result: LLCResult, run: Schedule) -> LLCResult:
+    """``result`` of a program sized for a longer run, cut to ``run``'s lengths (Python ints):
+    what a program of exactly that length returns."""
+    burnin, draws = run.num_burnin, run.num_draws
+    if result.loss_trace.shape[-1] != draws or result.burnin_loss_trace.shape[-1] != burnin:
+        result = result._replace(
+            loss_trace=result.loss_trace[..., :draws],
+            burnin_loss_trace=result.burnin_loss_trace[..., :burnin],
+        )
+    if not run.evaluate_every:  # no draw evaluated: as when the program compiles no evaluation
+        result = result._replace(lowest_excess=None)
+    return result
+
+
+def traced_schedule(run: Schedule) -> Schedule:
+    """``run`` as int32 arrays: arguments of the compiled core, not constants of it."""
+    return Schedule(*(jnp.asarray(v, jnp.int32) for v in run))
 
 
 FULL_DATA_CHECKS = 20

@@ -36,13 +36,17 @@ from jaxslt.calibration import (
     calibrate,
     relaxed_burnin,
 )
+from jaxslt.chains import data_size
 from jaxslt.config import DEFAULT_LOCALIZATION, SamplingConfig
 from jaxslt.core import (
     LLCResult,
     geometry_at,
+    make_schedule,
     restricted_loss,
     run_config,
     sample_llc_jit,
+    traced_schedule,
+    trimmed,
     with_geometry,
 )
 from jaxslt.curvature import LocalGeometry, healthy_step
@@ -73,7 +77,10 @@ class Plan(NamedTuple):
     """A validated, resolved estimate, ready to run: ``config`` (static, with ``"auto"``s,
     batch size, sampler options and placement resolved), the traced scalars ``step_size``,
     ``nbeta``, ``localization`` (arrays in the chains' dtype), ``restrict`` (a
-    ``Restriction`` or None) and ``calibration`` (of ``step_size="auto"``, else None)."""
+    ``Restriction`` or None), ``calibration`` (of ``step_size="auto"``, else None) and
+    ``capacity``: (burn-in, draws) of a compiled program to run in when the run fits it (the
+    calibration's: ``step_size="auto"`` compiles no sampler program of its own), else None
+    (a program of the run's own length; the numbers are the same either way)."""
 
     config: SamplingConfig
     step_size: jax.Array
@@ -81,6 +88,7 @@ class Plan(NamedTuple):
     localization: jax.Array
     restrict: Restriction | None = None
     calibration: Calibration | None = None
+    capacity: tuple[int, int] | None = None
 
     @property
     def total_steps(self) -> int:
@@ -100,9 +108,21 @@ class Plan(NamedTuple):
     def sample(
         self, loss_fn: Callable, params: PyTree, data: PyTree, key: jax.Array, progress_every=0
     ) -> LLCResult:
-        """The compiled core on this plan (``params`` already placed)."""
+        """The compiled core on this plan (``params`` already placed), the run's lengths traced
+        (``jaxslt.core.Schedule``) in a program of ``capacity`` when they fit it."""
         config = dataclasses.replace(self.config, progress_every=progress_every)
-        return sample_llc_jit(loss_fn, params, data, key, config=config, **self.traced)
+        run = make_schedule(config, data_size(data))
+        program = config
+        if self.capacity is not None and (
+            config.num_burnin <= self.capacity[0] and config.num_draws <= self.capacity[1]
+        ):
+            burnin, draws = self.capacity
+            program = dataclasses.replace(config, num_burnin=burnin, num_draws=draws)
+        result = sample_llc_jit(
+            loss_fn, params, data, key, config=program, schedule=traced_schedule(run),
+            **self.traced,
+        )  # fmt: skip
+        return trimmed(result, run)
 
     def measure(
         self, loss_fn: Callable, params: PyTree, data: PyTree, key: jax.Array
@@ -179,7 +199,8 @@ def resolve(
         params, step_size=step_size, localization=localization,
         nbeta=default_nbeta(n) if nbeta is None else nbeta,
     )  # fmt: skip
-    return Plan(config, **scalars, restrict=restrict, calibration=calibration)
+    capacity = None if calibration is None else calibration.capacity
+    return Plan(config, **scalars, restrict=restrict, calibration=calibration, capacity=capacity)
 
 
 def _calibrate(loss_fn, params, data, key, config, *, nbeta, localization, restrict):
@@ -208,9 +229,7 @@ def _calibrate(loss_fn, params, data, key, config, *, nbeta, localization, restr
     for caution in calibration.cautions:
         warnings.warn(f"step_size='auto': {caution}", LLCWarning, stacklevel=4)
     expected = calibration.mc_error * math.sqrt(rec["num_draws"] / config.num_draws)
-    # the cap on auto's draws bound (a final run of the calibration's length, SE up to
-    # √(1 + SAME_PROGRAM_MARGIN) ≈ 1.049 times the aim, stays below this on purpose)
-    if expected > 1.05 * TARGET_MC_ERROR:
+    if expected > 1.05 * TARGET_MC_ERROR:  # the cap on auto's draws bound
         needed = math.ceil(config.num_draws * (expected / TARGET_MC_ERROR) ** 2)
         warnings.warn(
             f"step_size='auto': the final run's {config.num_draws} draws (at most "

@@ -88,25 +88,55 @@ def test_the_grid_compiles_once(calibration, traces):
     assert other.table.ran.sum() != calibration.table.ran.sum()  # the count did move
 
 
-def test_a_cell_is_the_estimate_llc_run_of_its_settings_and_shares_its_program(traces):
-    """A calibration cell is estimate_llc's own program on the calibration's key: the final run
-    of the same length compiles nothing, and on that key it returns the cell's numbers."""
+def test_a_cell_is_the_estimate_llc_run_of_its_settings(traces):
+    """A calibration cell runs in a program sized for the longest final run (its lengths
+    traced), yet on the calibration's key it returns, bit for bit, the numbers of estimate_llc's
+    own program of exactly the cell's length."""
     p = jaxslt.problems.regular_linear_gaussian(2, key=jax.random.key(0), num_examples=300)
     kw = dict(num_chains=2, num_burnin=40, num_draws=80, batch_size=64)
     cal = jaxslt.calibrate(
         p.loss_fn, p.params, p.data, key=jax.random.key(1), step_sizes=[1e-4, 2e-4],
         localizations=[10.0], **kw,
     )  # fmt: skip
-    compiled = traces["sample_llc"]
+    assert cal.capacity == (cal_module.MAX_CALIBRATION_BURNIN, 20 * 80)
+    assert np.shape(cal.results.loss_trace)[-1] == 80  # cut to the cells' own length
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", jaxslt.LLCWarning)  # a deliberately short run
         r = jaxslt.estimate_llc(
             p.loss_fn, p.params, p.data, key=jax.random.key(1), step_size=2e-4,
             localization=10.0, progress=False, **kw,
         )  # fmt: skip
-    assert traces["sample_llc"] == compiled
     np.testing.assert_array_equal(r.loss_trace, np.asarray(cal.results.loss_trace)[1])
+    np.testing.assert_array_equal(r.burnin_loss_trace, np.asarray(cal.results.burnin_loss_trace)[1])
     assert float(r.llc_mean) == cal.table.llc_mean[1]
+    np.testing.assert_array_equal(r.mala_accept, np.asarray(cal.results.mala_accept)[1])
+    np.testing.assert_array_equal(r.lowest_excess, np.asarray(cal.results.lowest_excess)[1])
+
+
+def test_step_size_auto_compiles_one_sampler_program_whatever_lengths_it_settles_on(traces):
+    """The pilot, the cells (after calibration raised its burn-in) and a final run of other
+    lengths than the calibration's all run in one compiled program; the final run's numbers are
+    those of a direct call with the recommended settings, bit for bit."""
+    p = jaxslt.problems.regular_linear_gaussian(8, key=jax.random.key(0), num_examples=5000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jaxslt.LLCWarning)
+        auto = jaxslt.estimate_llc(
+            p.loss_fn, p.params, p.data, key=jax.random.key(1), step_size="auto",
+            progress=False,
+        )  # fmt: skip
+    rec, cal = auto.calibration.recommended, auto.calibration
+    # the case this guards: the burn-in was raised after the pilot, and the final run is longer
+    assert "burn-in raised" in cal.explanation
+    assert (rec["num_burnin"], rec["num_draws"]) != (1000, 2000)
+    assert auto.loss_trace.shape[-1] == rec["num_draws"]
+    assert auto.burnin_loss_trace.shape[-1] == rec["num_burnin"]
+    assert traces["sample_llc"] == 1
+    direct = jaxslt.estimate_llc(
+        p.loss_fn, p.params, p.data, key=jax.random.key(1), progress=False, **rec,
+        diagnostics=False,
+    )  # fmt: skip
+    np.testing.assert_array_equal(direct.loss_trace, auto.loss_trace)
+    assert float(direct.llc_mean) == float(auto.llc_mean)
 
 
 def test_step_size_auto_uses_and_reports_the_calibration():
@@ -125,8 +155,8 @@ def test_step_size_auto_uses_and_reports_the_calibration():
 def test_auto_compiles_one_curvature_program_and_one_sampler(traces):
     """step_size="auto" compiles the curvature at w* once (the pilot, the grid and the final
     run share it; it was compiled three times, plus an eager power iteration) and one sampler,
-    which the pilot, the grid and a final run of the grid's length share (it compiled three);
-    a final run of another length compiles one more."""
+    which the pilot, the grid and the final run share, though the final run is longer than a
+    cell (its lengths are traced; a final run of another length compiled one more)."""
     loss = lambda p, b: quadratic_loss(p, b) * 1.0  # noqa: E731 (a fresh loss: no cache)
     result = jaxslt.estimate_llc(
         loss, quadratic_params(), dummy_data(), key=jax.random.key(2), step_size="auto",
@@ -134,9 +164,9 @@ def test_auto_compiles_one_curvature_program_and_one_sampler(traces):
     )  # fmt: skip
     cells = result.calibration.results
     assert cells.loss_trace.shape[-1] == 2000 and cells.burnin_loss_trace.shape[-1] == 1000
-    # here the final run needs more draws (its SE target) than a cell: one more sampler
+    # here the final run needs more draws (its SE target) than a cell: the same program
     assert result.loss_trace.shape[-1] > 2000
-    assert traces["_geometry_at"] == 1 and traces["sample_llc"] == 2
+    assert traces["_geometry_at"] == 1 and traces["sample_llc"] == 1
     assert traces["run_grid"] == 0
 
 
@@ -454,21 +484,6 @@ def test_recommend_needs_three_relaxation_times_of_burn_in():
     assert list(cal.table.ok) == [False, False, False, True]
     assert "not equilibrated" in cal.table.issues[0]
     assert _chosen(cal) == (8e-4, 1.0)
-
-
-def test_a_final_run_just_above_the_calibrations_length_runs_that_length():
-    """Draws within SAME_PROGRAM_MARGIN of the calibration's, at its burn-in: the final run is
-    the calibration's own length (its compiled program), with the SE that length gives; 20%
-    more draws than the calibration's are run as recommended. se/λ̂ = 0.02/λ̂₀ per cell, so the
-    2.5% aim needs 20,000·(0.8/λ̂₀)² draws (20,000 in the calibration, burn-in 10,000)."""
-    kw = dict(num_burnin=10_000, num_draws=20_000)
-    for lam0, expected in ((0.8 / math.sqrt(1.05), 20_000), (0.8 / math.sqrt(1.2), 24_000)):
-        cal = _recommend(_line(1.0, 0.0, lam0=lam0), **kw)
-        assert cal.recommended["num_burnin"] == 10_000
-        assert cal.recommended["num_draws"] == expected
-        se = 0.02 / lam0 * math.sqrt(20_000 / expected)  # the cell's, scaled by √draws
-        assert cal.mc_error == pytest.approx(se, rel=1e-9)
-    assert cal_module.SAME_PROGRAM_MARGIN == 0.1
 
 
 def test_recommend_says_what_burn_in_would_judge_a_localization_it_did_not_run():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxslt import localized_posterior, progress, run_chains, sgld
+from jaxslt.chains import Accumulator
 from jaxslt.memory import auto_chain_batch_size, available_memory
 
 
@@ -41,6 +42,37 @@ def test_burnin_and_thinning_pick_the_documented_steps():
     np.testing.assert_array_equal(split.loss_trace, full.loss_trace[:, 20:])
     thinned = _run(num_draws=8, num_burnin=12, thinning=6)
     np.testing.assert_array_equal(thinned.loss_trace, full.loss_trace[:, 12::6][:, :8])
+
+
+@pytest.mark.parametrize("thinning, group", [(1, None), (3, 1)])
+def test_traced_lengths_in_a_larger_program_give_the_same_chains(thinning, group):
+    """A run of (burn-in, draws) inside a program sized for a longer one, its lengths traced,
+    is the run of a program of exactly that size, bit for bit: traces, acceptance and check
+    means, accumulator and the compensated mean loss; past the lengths the traces hold NaN."""
+    acc = Accumulator(init=lambda: jnp.zeros(()), update=lambda a, s: a + jnp.sum(s.position["w"]),
+                      every=jnp.int32(3))  # fmt: skip
+    check = lambda old, new, batch, eps, info: jnp.sum(new.position["w"] - old.position["w"])  # noqa: E731
+    kw = dict(thinning=thinning, chain_batch_size=group, transition_check=check, accumulate=acc)
+
+    @jax.jit
+    def sized(burnin, draws):
+        return _run(num_burnin=50, num_draws=90, lengths=(burnin, draws), check_every=draws // 5,
+                    **kw)  # fmt: skip
+
+    exact = jax.jit(lambda: _run(num_burnin=20, num_draws=30, check_every=6, **kw))()
+    inside = sized(jnp.int32(20), jnp.int32(30))
+    chex.assert_trees_all_equal(inside.loss_trace[:, :30], exact.loss_trace)
+    chex.assert_trees_all_equal(inside.burnin_loss_trace[:, :20], exact.burnin_loss_trace)
+    assert (
+        np.isnan(inside.loss_trace[:, 30:]).all()
+        and np.isnan(inside.burnin_loss_trace[:, 20:]).all()
+    )
+    for field in ("divergence_step", "accept_rate", "check_mean", "accumulated", "loss_mean"):
+        chex.assert_trees_all_equal(getattr(inside, field), getattr(exact, field))
+    # the mean is the kept draws' mean (compensated sum in float32, against float64 here)
+    np.testing.assert_allclose(
+        exact.loss_mean, np.asarray(exact.loss_trace, np.float64).mean(axis=1), rtol=1e-7
+    )
 
 
 def test_first_recorded_loss_is_at_the_checkpoint_before_any_update():

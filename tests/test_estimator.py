@@ -561,7 +561,9 @@ def test_acceptance_checks_cost_at_most_three_parameter_copies_per_chain():
 
     per_chain = temp_bytes(2, 5) - temp_bytes(1, 5)
     per_chain_unchecked = temp_bytes(2, 0) - temp_bytes(1, 0)
-    assert per_chain_unchecked == pytest.approx(2 * param_bytes, rel=0.1)  # state + gradient
+    # state + gradient: 2.0 copies under a scan over the steps, 1.75 under the while loop
+    # (jax 0.7, CPU), which reuses part of one buffer
+    assert 1.5 * param_bytes < per_chain_unchecked < 2.2 * param_bytes
     assert per_chain < per_chain_unchecked + 3 * param_bytes
 
 
