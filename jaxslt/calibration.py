@@ -104,13 +104,16 @@ __all__ = [
     "MAX_CALIBRATION_BURNIN",
     "MAX_DRAWS_FACTOR",
     "MAX_MARGIN",
+    "MAX_STEP_CUT",
     "MIN_RELAXATIONS",
     "PILOT_GRID",
     "TARGET_BIAS",
     "TARGET_MC_ERROR",
+    "TRACE_BUDGET",
     "Calibration",
     "calibrate",
     "extrapolate",
+    "program_capacity",
     "recommend",
     "run_grid",
 ]
@@ -126,6 +129,10 @@ TARGET_BIAS = 0.025
 TARGET_MC_ERROR = 0.025
 MAX_DRAWS_FACTOR = 20  # the recommended draws are at most this many times the calibration's
 MAX_BURNIN_FACTOR = 100  # the recommended burn-in is at most this many times the calibration's
+# the final run's step is at most this many times smaller than its cell's: a healthy cell's
+# bias bound is at most HEALTHY_SHARE·MAX_RELATIVE_BIAS of λ̂, the final run's TARGET_BIAS
+MAX_STEP_CUT = HEALTHY_SHARE * MAX_RELATIVE_BIAS / TARGET_BIAS
+TRACE_BUDGET = 2**28  # bytes of loss traces a calibration's program may hold (float32)
 # diagnostics issues (their codes) that disqualify a cell. Not ESS nor the Monte-Carlo error:
 # short calibration runs are noisy by design (with one chain, every cell of a regular model
 # was refused for a 12% MC error); their error enters the rule through the SEs, and the draws
@@ -157,10 +164,9 @@ class Calibration:
       cautions: what the rule could not check (flatness in ε or γ), also in ``explanation``.
       mc_error: the Monte-Carlo SE the recommended run is expected to reach, relative to
         |λ̂| (``TARGET_MC_ERROR`` unless the cap on its draws binds; NaN without one).
-      capacity: (burn-in, draws) that the cells' compiled program holds (``MAX_BURNIN_FACTOR``
-        and ``MAX_DRAWS_FACTOR`` times the calibration's; at least ``MAX_CALIBRATION_BURNIN``
-        burn-in): the final run of ``step_size="auto"`` runs in it when it fits, so it
-        compiles no sampler program of its own (``jaxslt.core.Schedule``).
+      capacity: (burn-in, draws) that the cells' compiled program holds
+        (``program_capacity``): the final run of ``step_size="auto"`` runs in it when it fits,
+        so it compiles no sampler program of its own (``jaxslt.core.Schedule``).
     """
 
     table: Any
@@ -387,12 +393,7 @@ def calibrate(
     # the batch size estimate_llc runs (n for a full-batch sampler, e.g. MALA: exact density)
     batch_size = run_config(SamplingConfig(sampler=sampler, batch_size=batch_size), n).batch_size
 
-    # one program for the pilot, every cell and a final run that fits it (estimate_llc's own,
-    # the lengths traced): burn-in raises and longer final runs compile nothing
-    capacity = (
-        max(MAX_CALIBRATION_BURNIN, MAX_BURNIN_FACTOR * num_burnin),
-        MAX_DRAWS_FACTOR * num_draws,
-    )
+    capacity = program_capacity(num_chains, num_burnin, num_draws)
 
     def sampling(burnin: int, draws: int) -> tuple[SamplingConfig, Schedule]:
         """The program estimate_llc runs for a run that fits ``capacity``, and this run's
@@ -504,6 +505,23 @@ def calibrate(
         )
     calibration.capacity = capacity
     return calibration
+
+
+def program_capacity(num_chains: int, num_burnin: int, num_draws: int) -> tuple[int, int]:
+    """(burn-in, draws) of the one program calibration compiles (estimate_llc's own, its
+    lengths traced: ``jaxslt.core.Schedule``), so that the pilot, every cell, a raised burn-in
+    and the final run it recommends all run in it: the longest final run the rule can
+    recommend (burn-in ``MAX_BURNIN_FACTOR``× the calibration's, at least
+    ``MAX_CALIBRATION_BURNIN``; draws ``MAX_DRAWS_FACTOR``·``MAX_STEP_CUT``× its draws and
+    twice the largest calibration burn-in), scaled down to hold at most ``TRACE_BUDGET`` bytes
+    of traces (a final run that does not fit compiles a program of its own)."""
+    burnin = max(MAX_CALIBRATION_BURNIN, MAX_BURNIN_FACTOR * num_burnin)
+    draws = max(
+        math.ceil(MAX_DRAWS_FACTOR * MAX_STEP_CUT * num_draws),
+        2 * max(MAX_CALIBRATION_BURNIN, num_burnin),
+    )
+    scale = min(1.0, TRACE_BUDGET / (4 * num_chains * (burnin + draws)))
+    return max(num_burnin, int(burnin * scale)), max(num_draws, int(draws * scale))
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("config",))

@@ -98,7 +98,7 @@ def test_a_cell_is_the_estimate_llc_run_of_its_settings(traces):
         p.loss_fn, p.params, p.data, key=jax.random.key(1), step_sizes=[1e-4, 2e-4],
         localizations=[10.0], **kw,
     )  # fmt: skip
-    assert cal.capacity == (cal_module.MAX_CALIBRATION_BURNIN, 20 * 80)
+    assert cal.capacity == cal_module.program_capacity(2, 40, 80) == (20_000, 40_000)
     assert np.shape(cal.results.loss_trace)[-1] == 80  # cut to the cells' own length
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", jaxslt.LLCWarning)  # a deliberately short run
@@ -111,6 +111,18 @@ def test_a_cell_is_the_estimate_llc_run_of_its_settings(traces):
     assert float(r.llc_mean) == cal.table.llc_mean[1]
     np.testing.assert_array_equal(r.mala_accept, np.asarray(cal.results.mala_accept)[1])
     np.testing.assert_array_equal(r.lowest_excess, np.asarray(cal.results.lowest_excess)[1])
+
+
+def test_the_calibration_program_holds_the_longest_final_run_within_a_trace_budget():
+    # burn-in: 100x the calibration's; draws: 20x its draws at a step cut by up to 2x
+    assert cal_module.MAX_STEP_CUT == 2.0
+    assert cal_module.program_capacity(4, 1000, 2000) == (100_000, 80_000)
+    assert cal_module.program_capacity(4, 10, 20) == (20_000, 40_000)  # raised burn-in's draws
+    # 4,096 chains: traces scaled down to the budget, never below the calibration's own run
+    burnin, draws = cal_module.program_capacity(4096, 1000, 2000)
+    assert 4 * 4096 * (burnin + draws) <= cal_module.TRACE_BUDGET
+    assert (burnin, draws) == (int(100_000 * 16384 / 180_000), int(80_000 * 16384 / 180_000))
+    assert cal_module.program_capacity(10**6, 1000, 2000) == (1000, 2000)
 
 
 def test_step_size_auto_compiles_one_sampler_program_whatever_lengths_it_settles_on(traces):
