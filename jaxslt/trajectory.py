@@ -112,7 +112,8 @@ def llc_trajectory(
       key: one key for every checkpoint (common random numbers along the curve).
       step_size: ε for every checkpoint, or ``"auto"``: calibrate once at the *last*
         checkpoint (the trained model) and use its settings throughout, so that every point
-        of the curve is the same measurement.
+        of the curve is the same measurement (with ``checkpoint_batch_size=1``, every
+        checkpoint runs in the calibration's own compiled program).
       steps: training steps of the checkpoints (default: their keys, else 0, 1, ...).
       checkpoint_batch_size: 1 (default) runs the checkpoints one after another through one
         compiled program; k > 1 runs them in one program, k vmapped at a time (≈ k times the

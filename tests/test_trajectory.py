@@ -128,3 +128,33 @@ def test_warnings_name_their_checkpoint_and_stay_with_its_row(problem):
         assert text.startswith("checkpoint at step "), text
         step, _, body = text.removeprefix("checkpoint at step ").partition(": ")
         assert body in rows[int(step)], (step, body)
+
+
+def test_auto_calibrates_once_and_every_checkpoint_runs_in_its_program(problem, traces):
+    """step_size="auto" over checkpoints: one calibration (at the last checkpoint) and one
+    sampler program, the calibration's, for its pilot, its cells and every checkpoint's run,
+    whatever the lengths it recommends; each row is the estimate_llc run of the recommended
+    settings at that checkpoint, bit for bit."""
+    import warnings
+
+    checkpoints = [jax.tree.map(lambda w, s=s: w * s, problem.params) for s in (0.98, 1.0)]
+    kw = dict(key=jax.random.key(3), batch_size=64, localization=10.0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jaxslt.LLCWarning)
+        table = jaxslt.llc_trajectory(  # more draws than the calibration's 2,000: a longer run
+            problem.loss_fn, checkpoints, problem.data, step_size="auto", steps=[10, 20],
+            num_draws=2_500, **kw,
+        )  # fmt: skip
+    assert traces["sample_llc"] == 1
+    rec = table.attrs["calibration"].recommended
+    draws = max(2_500, rec["num_draws"])
+    first = table.attrs["results"][0]
+    assert first.loss_trace.shape[-1] == draws > 2_000
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jaxslt.LLCWarning)
+        direct = jaxslt.estimate_llc(
+            problem.loss_fn, checkpoints[0], problem.data, **{**kw, **rec, "num_draws": draws},
+            diagnostics=False,
+        )  # fmt: skip
+    np.testing.assert_array_equal(direct.loss_trace, first.loss_trace)
+    assert float(direct.llc_mean) == table.llc_mean[0]
