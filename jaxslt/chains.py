@@ -123,7 +123,8 @@ def run_chains(
       batch_size: examples per minibatch, drawn i.i.d. with replacement per chain and step;
         ``n`` uses the full data as is.
       progress_every: report the step count to ``jaxslt.progress`` every that many steps
-        through a host callback; 0 compiles no callback at all.
+        through a host callback; 0 compiles no callback at all; traced, the callback is
+        compiled and a period of 0 never reports.
       transition_check: ``(old_state, new_state, minibatch, step_size, info) -> scalar or
         k-vector`` (one chain; vmapped), evaluated on every ``check_every``-th step after
         burn-in: a ``lax.cond`` on the step counter (which no vmap batches) chooses between
@@ -225,8 +226,8 @@ class _Layout(NamedTuple):
     num_burnin: int
     thinning: int
     batch_size: int
-    progress_every: int
-    check_every: int
+    progress_every: Any  # may be traced
+    check_every: Any
     mesh: jax.sharding.Mesh | None
     param_specs: PyTree
     lengths: tuple[Any, Any]  # the burn-in and draws that run (≤ the two above; may be traced)
@@ -330,9 +331,9 @@ def _run_group(
         if info.accept_prob is not None:  # known at trace time
             reports_accept.append(True)
             accept_sum = accept_sum + jnp.where(t >= burnin_len, info.accept_prob, 0.0)
-        if progress_every:
+        if not (isinstance(progress_every, int) and progress_every <= 0):  # traced: compiled
             jax.lax.cond(
-                (t + 1) % progress_every == 0,
+                (progress_every > 0) & ((t + 1) % jnp.maximum(progress_every, 1) == 0),
                 lambda: jax.debug.callback(progress.report, group_index * total + t + 1),
                 lambda: None,
             )

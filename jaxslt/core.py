@@ -269,7 +269,7 @@ def sample_llc(
         num_burnin=num_burnin,
         thinning=thinning,
         batch_size=batch_size,
-        progress_every=config.progress_every,
+        progress_every=run.progress_every,
         transition_check=check,
         check_every=run.check_every,
         chain_batch_size=chain_batch_size,
@@ -336,13 +336,16 @@ class Schedule(NamedTuple):
     then ``num_draws`` kept draws (at most the config's, which size the program), the SGLD
     transition check every ``check_every`` steps after burn-in (``acceptance_checks`` evenly
     spaced), the full-data loss or the observables at every ``evaluate_every``-th kept draw (0:
-    none). Traced, one compiled program runs every schedule that fits it: calibration's cells
-    and the final run of ``step_size="auto"`` share one."""
+    none), a progress report every ``progress_every`` steps (0: none; a Python 0 compiles no
+    callback). Traced, one compiled program runs every schedule that fits it: calibration's
+    cells and the final run of ``step_size="auto"``, with or without a progress bar, share
+    one."""
 
     num_burnin: Any
     num_draws: Any
     check_every: Any
     evaluate_every: Any
+    progress_every: Any = 0
 
 
 def make_schedule(
@@ -360,7 +363,7 @@ def make_schedule(
         evaluate_every = max(1, draws // max(1, config.observable_draws))
     elif config.step_check and (checks := full_data_checks(draws, n, batch_size)):
         evaluate_every = max(1, draws // checks)
-    return Schedule(burnin, draws, check_every, evaluate_every)
+    return Schedule(burnin, draws, check_every, evaluate_every, config.progress_every)
 
 
 def trimmed(result: LLCResult, run: Schedule) -> LLCResult:
@@ -377,9 +380,13 @@ def trimmed(result: LLCResult, run: Schedule) -> LLCResult:
     return result
 
 
-def traced_schedule(run: Schedule) -> Schedule:
-    """``run`` as int32 arrays: arguments of the compiled core, not constants of it."""
-    return Schedule(*(jnp.asarray(v, jnp.int32) for v in run))
+def traced_schedule(run: Schedule, *, progress: bool = True) -> Schedule:
+    """``run`` as int32 arrays: arguments of the compiled core, not constants of it. Without
+    ``progress``, a period of 0 stays a Python 0: no progress callback is compiled."""
+    traced = Schedule(*(jnp.asarray(v, jnp.int32) for v in run))
+    if not progress and not run.progress_every:
+        traced = traced._replace(progress_every=0)
+    return traced
 
 
 FULL_DATA_CHECKS = 20

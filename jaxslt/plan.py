@@ -108,18 +108,21 @@ class Plan(NamedTuple):
     def sample(
         self, loss_fn: Callable, params: PyTree, data: PyTree, key: jax.Array, progress_every=0
     ) -> LLCResult:
-        """The compiled core on this plan (``params`` already placed), the run's lengths traced
-        (``jaxslt.core.Schedule``) in a program of ``capacity`` when they fit it."""
-        config = dataclasses.replace(self.config, progress_every=progress_every)
-        run = make_schedule(config, data_size(data))
-        program = config
-        if self.capacity is not None and (
-            config.num_burnin <= self.capacity[0] and config.num_draws <= self.capacity[1]
-        ):
+        """The compiled core on this plan (``params`` already placed), the run's lengths and
+        progress period traced (``jaxslt.core.Schedule``) in a program of ``capacity`` when
+        they fit it (the calibration's: a progress bar or none, the same program)."""
+        run = make_schedule(
+            dataclasses.replace(self.config, progress_every=progress_every), data_size(data)
+        )
+        config, fits = self.config, self.capacity is not None and (
+            self.config.num_burnin <= self.capacity[0]
+            and self.config.num_draws <= self.capacity[1]
+        )  # fmt: skip
+        if fits:
             burnin, draws = self.capacity
-            program = dataclasses.replace(config, num_burnin=burnin, num_draws=draws)
+            config = dataclasses.replace(config, num_burnin=burnin, num_draws=draws)
         result = sample_llc_jit(
-            loss_fn, params, data, key, config=program, schedule=traced_schedule(run),
+            loss_fn, params, data, key, config=config, schedule=traced_schedule(run, progress=fits),
             **self.traced,
         )  # fmt: skip
         return trimmed(result, run)

@@ -168,11 +168,12 @@ def test_auto_compiles_one_curvature_program_and_one_sampler(traces):
     """step_size="auto" compiles the curvature at w* once (the pilot, the grid and the final
     run share it; it was compiled three times, plus an eager power iteration) and one sampler,
     which the pilot, the grid and the final run share, though the final run is longer than a
-    cell (its lengths are traced; a final run of another length compiled one more)."""
+    cell and shows a progress bar (its lengths and progress period are traced; a final run of
+    another length, or with a bar, compiled one more)."""
     loss = lambda p, b: quadratic_loss(p, b) * 1.0  # noqa: E731 (a fresh loss: no cache)
-    result = jaxslt.estimate_llc(
+    result = jaxslt.estimate_llc(  # a progress bar (the default on a terminal) changes nothing
         loss, quadratic_params(), dummy_data(), key=jax.random.key(2), step_size="auto",
-        localization=10.0, batch_size=64, num_draws=500, progress=False,
+        localization=10.0, batch_size=64, num_draws=500, progress=True,
     )  # fmt: skip
     cells = result.calibration.results
     assert cells.loss_trace.shape[-1] == 2000 and cells.burnin_loss_trace.shape[-1] == 1000
