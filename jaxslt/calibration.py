@@ -55,7 +55,6 @@ the program's size, so auto compiles one sampler program whatever lengths it set
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -73,6 +72,7 @@ from jaxslt.core import (
     Schedule,
     geometry_at,
     make_schedule,
+    program_config,
     run_config,
     sample_llc,
     sample_llc_jit,
@@ -403,8 +403,8 @@ def calibrate(
             sampler=sampler, sampler_options=options,
         )  # fmt: skip
         config = run_config(config, n)  # a burn-in-adapting sampler's option: this burn-in
-        program = dataclasses.replace(config, num_burnin=capacity[0], num_draws=capacity[1])
-        return with_chain_groups(loss_fn, params, data, program), make_schedule(config, n)
+        program = program_config(with_chain_groups(loss_fn, params, data, config), capacity)
+        return program, make_schedule(config, n)
 
     dtype = validation.setting_dtype(params)
 
@@ -456,8 +456,9 @@ def calibrate(
     pilots: list[str] = []
     derived = step_sizes is None
     if derived:
-        # the pilot is a cell of the grid's own length: one program for both (and for the
-        # final run of that length); on small models a compile costs more than the longer run
+        # the pilot is a cell of the grid's own length (one program serves both, and the
+        # final run, whatever their lengths); on small models a compile costs more than the
+        # longer pilot
         pilot_key, piloted = jax.random.fold_in(key, 3), sampling(num_burnin, num_draws)
 
         def pilot(eps, gamma, nbeta):

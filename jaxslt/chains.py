@@ -196,6 +196,12 @@ def run_chains(
     return replicate(jax.tree.map(lambda x: x.reshape(num_chains, *x.shape[2:]), traces), mesh)
 
 
+def _never(period: Any) -> bool:
+    """A period that is statically off (a Python int ≤ 0): nothing is compiled for it. A
+    traced period is compiled in, under a ``lax.cond`` that a period of 0 never takes."""
+    return isinstance(period, int) and period <= 0
+
+
 def _drop_chain_axis(tree: PyTree) -> PyTree:
     return jax.tree.map(lambda x: x[0], tree)
 
@@ -280,8 +286,7 @@ def _run_group(
 
     reports_accept = []
 
-    static_off = isinstance(check_every, int) and check_every <= 0  # a traced period is on
-    checking = transition_check is not None and not static_off
+    checking = transition_check is not None and not _never(check_every)
 
     def transition(kernel_keys, states, batches):
         new, info = chain_map(kernel.step, in_axes=(0, 0, batch_axis, None))(
@@ -331,7 +336,7 @@ def _run_group(
         if info.accept_prob is not None:  # known at trace time
             reports_accept.append(True)
             accept_sum = accept_sum + jnp.where(t >= burnin_len, info.accept_prob, 0.0)
-        if not (isinstance(progress_every, int) and progress_every <= 0):  # traced: compiled
+        if not _never(progress_every):
             jax.lax.cond(
                 (progress_every > 0) & ((t + 1) % jnp.maximum(progress_every, 1) == 0),
                 lambda: jax.debug.callback(progress.report, group_index * total + t + 1),

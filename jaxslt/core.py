@@ -41,6 +41,7 @@ __all__ = [
     "full_data_checks",
     "geometry_at",
     "make_schedule",
+    "program_config",
     "restricted_loss",
     "run_config",
     "sample_llc",
@@ -357,7 +358,7 @@ def make_schedule(
     burnin = config.num_burnin if num_burnin is None else num_burnin
     draws = config.num_draws if num_draws is None else num_draws
     check_every = max(1, (draws * config.thinning) // max(config.acceptance_checks, 1))
-    batch_size = min(n, DEFAULT_BATCH_SIZE if config.batch_size is None else config.batch_size)
+    batch_size = _minibatch_size(config.batch_size, n)
     evaluate_every = 0
     if config.observables:
         evaluate_every = max(1, draws // max(1, config.observable_draws))
@@ -380,13 +381,23 @@ def trimmed(result: LLCResult, run: Schedule) -> LLCResult:
     return result
 
 
-def traced_schedule(run: Schedule, *, progress: bool = True) -> Schedule:
+def traced_schedule(run: Schedule, *, callback: bool = True) -> Schedule:
     """``run`` as int32 arrays: arguments of the compiled core, not constants of it. Without
-    ``progress``, a period of 0 stays a Python 0: no progress callback is compiled."""
+    ``callback``, a progress period of 0 stays a Python 0: no progress callback is compiled
+    (with it, the callback is compiled and a period of 0 never reports)."""
     traced = Schedule(*(jnp.asarray(v, jnp.int32) for v in run))
-    if not progress and not run.progress_every:
+    if not callback and not run.progress_every:
         traced = traced._replace(progress_every=0)
     return traced
+
+
+def program_config(config: SamplingConfig, capacity: tuple[int, int] | None) -> SamplingConfig:
+    """The static config of the program a run of ``config`` runs in, its schedule traced: sized
+    for ``capacity`` = (burn-in, draws) when the run fits it (one program for every such run),
+    else ``config`` itself (a program of the run's own length; the numbers are the same)."""
+    if capacity is None or config.num_burnin > capacity[0] or config.num_draws > capacity[1]:
+        return config
+    return dataclasses.replace(config, num_burnin=capacity[0], num_draws=capacity[1])
 
 
 FULL_DATA_CHECKS = 20
@@ -432,7 +443,12 @@ def _sampled_problem(loss_fn, params, n, *, batch_size, compute_dtype, restrict)
         loss_fn = computed_in(loss_fn, compute_dtype)
     if restrict is not None:
         loss_fn, params = restricted_loss(loss_fn, params, make_restriction(params, restrict))
-    return loss_fn, params, min(n, DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
+    return loss_fn, params, _minibatch_size(batch_size, n)
+
+
+def _minibatch_size(batch_size: int | None, n: int) -> int:
+    """The minibatch the chains draw: ``batch_size``, None → ``DEFAULT_BATCH_SIZE``, at most n."""
+    return min(n, DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
 
 
 sample_llc_jit = jax.jit(sample_llc, static_argnums=(0,), static_argnames=("config",))

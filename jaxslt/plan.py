@@ -42,6 +42,7 @@ from jaxslt.core import (
     LLCResult,
     geometry_at,
     make_schedule,
+    program_config,
     restricted_loss,
     run_config,
     sample_llc_jit,
@@ -77,10 +78,7 @@ class Plan(NamedTuple):
     """A validated, resolved estimate, ready to run: ``config`` (static, with ``"auto"``s,
     batch size, sampler options and placement resolved), the traced scalars ``step_size``,
     ``nbeta``, ``localization`` (arrays in the chains' dtype), ``restrict`` (a
-    ``Restriction`` or None), ``calibration`` (of ``step_size="auto"``, else None) and
-    ``capacity``: (burn-in, draws) of a compiled program to run in when the run fits it (the
-    calibration's: ``step_size="auto"`` compiles no sampler program of its own), else None
-    (a program of the run's own length; the numbers are the same either way)."""
+    ``Restriction`` or None) and ``calibration`` (of ``step_size="auto"``, else None)."""
 
     config: SamplingConfig
     step_size: jax.Array
@@ -88,7 +86,13 @@ class Plan(NamedTuple):
     localization: jax.Array
     restrict: Restriction | None = None
     calibration: Calibration | None = None
-    capacity: tuple[int, int] | None = None
+
+    @property
+    def capacity(self) -> tuple[int, int] | None:
+        """(burn-in, draws) of the compiled program to run in when the run fits it: the
+        calibration's (``step_size="auto"`` compiles no sampler program of its own), else
+        None (a program of the run's own length; the numbers are the same either way)."""
+        return None if self.calibration is None else self.calibration.capacity
 
     @property
     def total_steps(self) -> int:
@@ -111,19 +115,12 @@ class Plan(NamedTuple):
         """The compiled core on this plan (``params`` already placed), the run's lengths and
         progress period traced (``jaxslt.core.Schedule``) in a program of ``capacity`` when
         they fit it (the calibration's: a progress bar or none, the same program)."""
-        run = make_schedule(
-            dataclasses.replace(self.config, progress_every=progress_every), data_size(data)
-        )
-        config, fits = self.config, self.capacity is not None and (
-            self.config.num_burnin <= self.capacity[0]
-            and self.config.num_draws <= self.capacity[1]
-        )  # fmt: skip
-        if fits:
-            burnin, draws = self.capacity
-            config = dataclasses.replace(config, num_burnin=burnin, num_draws=draws)
+        run = make_schedule(self.config, data_size(data))._replace(progress_every=progress_every)
+        # an auto plan compiles the progress callback, as the calibration's program does
+        schedule = traced_schedule(run, callback=self.capacity is not None)
         result = sample_llc_jit(
-            loss_fn, params, data, key, config=config, schedule=traced_schedule(run, progress=fits),
-            **self.traced,
+            loss_fn, params, data, key, config=program_config(self.config, self.capacity),
+            schedule=schedule, **self.traced,
         )  # fmt: skip
         return trimmed(result, run)
 
@@ -202,8 +199,7 @@ def resolve(
         params, step_size=step_size, localization=localization,
         nbeta=default_nbeta(n) if nbeta is None else nbeta,
     )  # fmt: skip
-    capacity = None if calibration is None else calibration.capacity
-    return Plan(config, **scalars, restrict=restrict, calibration=calibration, capacity=capacity)
+    return Plan(config, **scalars, restrict=restrict, calibration=calibration)
 
 
 def _calibrate(loss_fn, params, data, key, config, *, nbeta, localization, restrict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import warnings
@@ -123,6 +124,21 @@ def test_the_calibration_program_holds_the_longest_final_run_within_a_trace_budg
     assert 4 * 4096 * (burnin + draws) <= cal_module.TRACE_BUDGET
     assert (burnin, draws) == (int(100_000 * 16384 / 180_000), int(80_000 * 16384 / 180_000))
     assert cal_module.program_capacity(10**6, 1000, 2000) == (1000, 2000)
+
+
+def test_a_run_longer_than_the_capacity_gets_a_program_of_its_own():
+    """A run that fits the capacity runs in the program of that size; one that does not (a
+    burn-in raised past a capacity cut to the trace budget, a retried final run) runs in a
+    program of its own length, never in a smaller one (whose traces would clip)."""
+    from jaxslt.core import program_config
+
+    config = jaxslt.SamplingConfig(num_burnin=1_000, num_draws=2_000)
+    sized = program_config(config, (5_000, 8_000))
+    assert (sized.num_burnin, sized.num_draws) == (5_000, 8_000)
+    assert dataclasses.replace(sized, num_burnin=1_000, num_draws=2_000) == config
+    assert program_config(config, (900, 8_000)) is config
+    assert program_config(config, (5_000, 1_999)) is config
+    assert program_config(config, None) is config
 
 
 def test_step_size_auto_compiles_one_sampler_program_whatever_lengths_it_settles_on(traces):
