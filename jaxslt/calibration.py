@@ -5,8 +5,13 @@ one compiled program, ``estimate_llc``'s own (cells one at a time, so the final 
 nothing and no compile depends on the number of cells; or ``cell_batch_size``
 cells vmapped at once), all cells sharing the key (common random numbers, so differences
 between cells are not noise; a cell is exactly the ``estimate_llc`` run of its settings on that
-key) — and diagnoses each cell. The derived grid does not run the cells whose burn-in is short
-of ``MIN_RELAXATIONS`` relaxation times (the rule would refuse them unseen).
+key) — and diagnoses each cell. The derived grid does not run the cells that cannot qualify:
+those whose burn-in is short of ``MIN_RELAXATIONS`` relaxation times or whose stiffness at w*
+exceeds ``MAX_MARGIN`` (the rule would refuse them unseen), and, running the steps of each γ in
+increasing order, those above a cell whose bias bound scaled ∝ ε predicts more than
+``SKIP_BIAS_FACTOR`` × the healthy limit (or whose chains diverged). A raised burn-in serves the
+smallest steps: each cell runs its own ``MIN_RELAXATIONS`` relaxation times (at least
+``num_burnin``).
 
 The default step sizes come from pilot chains: the curvature at w* alone misleads at singular
 points (a normal crossing or a deep linear network at 0 has h_max ≈ 0 there), so a pilot at
@@ -59,7 +64,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -107,10 +112,12 @@ __all__ = [
     "MAX_STEP_CUT",
     "MIN_RELAXATIONS",
     "PILOT_GRID",
+    "SKIP_BIAS_FACTOR",
     "TARGET_BIAS",
     "TARGET_MC_ERROR",
     "TRACE_BUDGET",
     "Calibration",
+    "Grid",
     "calibrate",
     "extrapolate",
     "program_capacity",
@@ -122,6 +129,10 @@ MAX_MARGIN = HEALTHY_SHARE * STIFFNESS_LIMIT  # ε·(nβ·h_max + γ) at w*; see
 BURNIN_RELAXATIONS = 5.0  # a recommended burn-in covers this many relaxation times 1/(εγ)
 MIN_RELAXATIONS = 3.0  # burn-in·ε·γ of a healthy cell: flat directions within e⁻³ of equilibrium
 MAX_CALIBRATION_BURNIN = 20_000  # the most calibration raises its burn-in to, to reach that
+# a derived grid's step is not run when the bias bound of the step below it, scaled ∝ ε,
+# exceeds this many times the healthy limit (the bound grows faster than ε: measured 2.1–2.4×
+# per doubling of ε on the README demo's deep linear network)
+SKIP_BIAS_FACTOR = 1.2
 GAMMA_PROBE = 3.0  # with one healthy γ, λ̂ is also measured at this multiple of it (flat in γ?)
 # the final run's error budget, relative to |λ̂|: its discretisation bias bound and its
 # Monte-Carlo SE, so that |error| ≤ 10% at 3 SE (a cell is healthy at twice that bias bound)
@@ -143,13 +154,29 @@ _DISQUALIFYING = frozenset(
 )
 
 
+class Grid(NamedTuple):
+    """A calibration grid, one entry per cell: its ``step_size``, ``localization`` and
+    ``nbeta``; ``burnin``, the burn-in it ran (None: the calibration's, every cell); ``ran``
+    (None: every cell ran); ``skipped``: cell index → why it did not run, when not for a
+    burn-in short of ``MIN_RELAXATIONS`` relaxation times 1/(εγ)."""
+
+    step_size: np.ndarray
+    localization: np.ndarray
+    nbeta: np.ndarray
+    burnin: np.ndarray | None = None
+    ran: np.ndarray | None = None
+    skipped: dict[int, str] | None = None
+
+
 @dataclass(eq=False)
 class Calibration:
     """Result of ``calibrate``: the grid's table and the settings the module's rule chose.
 
     Attributes:
       table: a pandas DataFrame, one row per cell: its settings (``step_size``,
-        ``localization``, ``nbeta``), estimate (``llc_mean``, ``llc_std``, ``llc_se``), checks
+        ``localization``, ``nbeta``, ``num_burnin``: with the default step grid each cell
+        runs ``MIN_RELAXATIONS`` relaxation times 1/(εγ), at least ``calibrate``'s
+        ``num_burnin``), estimate (``llc_mean``, ``llc_std``, ``llc_se``), checks
         (``mala_accept``, ``rhat``, ``ess``, ``trend``, ``diverged``, ``margin``,
         ``bias_bound``, ``issues``), verdict ``ok``, ``ran`` (False: refused unseen, its
         burn-in too short to judge it), ``selected`` and ``probe`` (True for the one cell
@@ -343,12 +370,14 @@ def calibrate(
       key: a PRNG key; it fully determines the result.
       step_sizes: the ε of the grid; ``None`` derives them from pilot chains at the smallest
         localization: ``PILOT_GRID`` (0.1× to 3×) times the pilot's healthy step (and raises
-        the burn-in, up to ``MAX_CALIBRATION_BURNIN``, so that the largest γ can qualify).
+        the burn-in, up to ``MAX_CALIBRATION_BURNIN``, so that the largest γ can qualify),
+        running only the cells that can qualify, one at a time in increasing ε per γ.
       localizations: the γ of the grid (≥ 0).
       nbetas: the nβ of the grid; ``None`` uses n / log n only.
       num_chains: chains per cell.
       num_draws: kept draws per chain.
-      num_burnin: burn-in steps per chain.
+      num_burnin: burn-in steps per chain (with the derived grid, the least: each cell runs
+        ``MIN_RELAXATIONS`` relaxation times 1/(εγ), up to the raised burn-in).
       batch_size: minibatch size; ``None`` means min(n, 256), or n for a full-batch sampler
         (``SamplerCapabilities.full_batch``, e.g. ``"mala"``), as in ``estimate_llc``.
       sampler: a sampler name, as for ``estimate_llc``.
@@ -356,8 +385,9 @@ def calibrate(
         that adapts during burn-in, rmsprop_sgld's ``adapt_steps``, defaults to each run's
         burn-in there too).
       cell_batch_size: how many cells run at once, vmapped (faster for small models on an
-        accelerator, at that many times the memory); ``None``: one at a time, in
-        ``estimate_llc``'s own program.
+        accelerator, at that many times the memory; a group runs its longest burn-in, and
+        no step is left unrun for the bias its neighbour predicts); ``None``: one at a time,
+        in ``estimate_llc``'s own program.
 
     Returns:
       A ``Calibration``: ``recommended`` (pass it as ``estimate_llc(..., **recommended)``;
@@ -395,6 +425,7 @@ def calibrate(
 
     capacity = program_capacity(num_chains, num_burnin, num_draws)
 
+    @functools.cache
     def sampling(burnin: int, draws: int) -> tuple[SamplingConfig, Schedule]:
         """The program estimate_llc runs for a run that fits ``capacity``, and this run's
         schedule in it."""
@@ -418,20 +449,19 @@ def calibrate(
         )  # fmt: skip
         return trimmed(result, run)
 
-    def run_cells(sampled, cell_key, eps, gam, nbs, group) -> LLCResult:
-        """Cells batched over cells: one at a time (``group`` 1), or ``group`` at once, vmapped
-        (padded to whole groups, so no compile depends on the number of cells)."""
-        if group == 1:
-            cells = [run_cell(sampled, cell_key, *c) for c in zip(eps, gam, nbs, strict=True)]
-            return jax.tree.map(lambda *x: jnp.stack(x), *cells)
-        program, run = sampled
-        return trimmed(_in_groups(
-            lambda i: run_grid(
-                loss_fn, params, data, cell_key, jnp.asarray(eps[i], dtype),
+    def run_vmapped(eps, gam, nbs, burnins, group) -> LLCResult:
+        """Cells ``group`` at once, vmapped (padded to whole groups, so no compile depends on
+        the number of cells), each group at its burn-in; burn-in traces NaN past a cell's."""
+
+        def vmapped(i):
+            program, run = sampling(int(burnins[i[0]]), num_draws)
+            return _padded_burnin(trimmed(run_grid(
+                loss_fn, params, data, key, jnp.asarray(eps[i], dtype),
                 jnp.asarray(gam[i], dtype), jnp.asarray(nbs[i], dtype), config=program,
                 schedule=traced_schedule(run),
-            ), len(eps), group,
-        ), run)  # fmt: skip
+            ), run), width=int(burnins.max()))  # fmt: skip
+
+        return with_geometry(_in_groups(vmapped, len(eps), group), at)
 
     nbetas = (
         [default_nbeta(n)]
@@ -455,6 +485,7 @@ def calibrate(
     validation.check_curvature(h_max)
     pilots: list[str] = []
     derived = step_sizes is None
+    floor = num_burnin  # the least burn-in of a derived grid's cell
     if derived:
         # the pilot is a cell of the grid's own length (one program serves both, and the
         # final run, whatever their lengths); on small models a compile costs more than the
@@ -473,8 +504,11 @@ def calibrate(
         )
         if needed > num_burnin:
             longer = min(needed, MAX_CALIBRATION_BURNIN)
-            pilots.append(f"burn-in raised from {num_burnin} to {longer} to equilibrate")
-            num_burnin = longer
+            pilots.append(
+                f"burn-in raised from {num_burnin} to up to {longer} to equilibrate (each cell "
+                f"{MIN_RELAXATIONS:g} relaxation times 1/(εγ), at least {num_burnin})"
+            )
+            floor, num_burnin = num_burnin, longer
     step_sizes = [float(e) for e in step_sizes]
     if not step_sizes or min(step_sizes) <= 0:
         raise ValueError(f"step_sizes must be positive; got {step_sizes}")
@@ -488,17 +522,64 @@ def calibrate(
     ran = eps * gam * num_burnin >= MIN_RELAXATIONS if derived else np.ones(len(eps), bool)
     if not ran.any():  # nothing could qualify: run them all, so the table shows what they do
         ran[:] = True
-    sampled = sampling(num_burnin, num_draws)
-    results = run_cells(sampled, key, eps[ran], gam[ran], nbs[ran], cell_batch_size or 1)
-    results = with_geometry(results, at)
+    burnins = np.full(len(eps), num_burnin)
+    if derived:
+        # a raised burn-in serves the smallest steps: each cell runs only its own
+        # MIN_RELAXATIONS relaxation times (at least the floor), in the one program whose
+        # lengths are traced
+        burnins = np.array(
+            [_cell_burnin(e, g, floor, num_burnin) for e, g in zip(eps, gam, strict=True)]
+        )
+    skipped: dict[int, str] = {}
+    if derived:
+        # a cell stiffer than MAX_MARGIN at w* cannot qualify (the margin is known unrun);
+        # when no other cell is left, they run, so that the table shows what they do
+        stiff = ran & (eps * (nbs * h_max + gam) > MAX_MARGIN)
+        if (ran & ~stiff).any():
+            for i in np.flatnonzero(stiff):
+                skipped[int(i)] = f"its stiffness ε·(nβ·h_max + γ) at w* exceeds {MAX_MARGIN:g}"
+            ran &= ~stiff
+        # cells vmapped together share one schedule: the longest in their group
+        burnins[ran] = _group_max(burnins[ran], cell_batch_size or 1)
+    group = cell_batch_size or 1
+    if group == 1:
+        # one at a time, the steps of each (nβ, γ) in increasing order: in the derived grid a
+        # step is not run when the cell below it shows it cannot qualify
+        # (``_larger_steps_fail``: its bias bound scaled ∝ ε, or divergence)
+        cells: dict[int, LLCResult] = {}
+        stopped: dict[tuple[float, float], str] = {}
+        order = sorted(np.flatnonzero(ran), key=lambda i: (nbs[i], gam[i], eps[i]))
+        for i, after in zip(order, [*order[1:], None], strict=True):
+            if (nbs[i], gam[i]) in stopped:
+                skipped[int(i)] = stopped[nbs[i], gam[i]]
+                continue
+            cell = run_cell(sampling(int(burnins[i]), num_draws), key, eps[i], gam[i], nbs[i])
+            cells[int(i)] = cell = with_geometry(cell, at)
+            if derived and after is not None and (nbs[after], gam[after]) == (nbs[i], gam[i]):
+                row = _cell_row(jax.tree.map(np.asarray, cell), diagnose, eps[i], gam[i],
+                                nbs[i], h_max, int(burnins[i]))  # fmt: skip
+                reason = _larger_steps_fail(row, eps[after])
+                if reason:
+                    stopped[nbs[i], gam[i]] = reason
+        ran[list(skipped)] = False
+        width = int(burnins[ran].max())
+        results = jax.tree.map(
+            lambda *x: jnp.stack(x),
+            *(_padded_burnin(cells[i], width=width) for i in np.flatnonzero(ran)),
+        )
+    else:
+        results = run_vmapped(eps[ran], gam[ran], nbs[ran], burnins[ran], group)
     validation.check_init_loss(results.init_loss[0])  # the loss's fault, not the grid's
 
-    def probe(e, g, b):  # one more cell, in the grid's program
-        return with_geometry(run_cell(sampled, key, e, g, b), at)
+    def probe(e, g, b):  # one more cell, in the grid's program; burn-in ≤ the chosen cell's
+        burnin = _cell_burnin(e, g, floor, num_burnin) if derived else num_burnin
+        cell = run_cell(sampling(burnin, num_draws), key, e, g, b)
+        width = results.burnin_loss_trace.shape[-1]
+        return with_geometry(_padded_burnin(cell, width=width), at), burnin
 
     calibration = recommend(
-        _scatter_cells(results, ran), eps, gam, nbs, diagnose, h_max, num_burnin, num_draws,
-        ran=ran, probe=probe,
+        _scatter_cells(results, ran), Grid(eps, gam, nbs, burnins, ran, skipped), diagnose,
+        h_max, num_burnin, num_draws, probe=probe,
     )  # fmt: skip
     if pilots:
         calibration.explanation = "\n".join(
@@ -552,15 +633,59 @@ def _in_groups(run: Callable, count: int, size: int) -> LLCResult:
     return jax.tree.map(lambda x: x[:count], joined)
 
 
-def _unrun_row(eps, gamma, nbeta, h_max, relaxations) -> dict[str, Any]:
-    """The table row of a cell refused before it ran (its burn-in is too short to judge it)."""
+def _cell_burnin(step_size: float, localization: float, floor: int, cap: int) -> int:
+    """A derived grid's cell burn-in: ``MIN_RELAXATIONS`` relaxation times 1/(εγ) of the flat
+    directions, at least ``floor`` and at most ``cap`` (the calibration's raised burn-in)."""
+    if localization <= 0:
+        return cap
+    # a hair above the quotient, so that ε·γ·burn-in ≥ MIN_RELAXATIONS survives float rounding
+    needed = math.ceil(MIN_RELAXATIONS / (step_size * localization) * (1 + 1e-9))
+    return int(min(max(floor, needed), cap))
+
+
+def _larger_steps_fail(row: dict[str, Any], step: float) -> str | None:
+    """Why the cell at the next larger ``step`` (same γ, nβ) cannot qualify, from the table
+    ``row`` of the cell below it, or None: a chain of it diverged, or its bias bound, scaled
+    ∝ ε (its first order; measured growth is faster, so the scaling errs toward running),
+    exceeds ``SKIP_BIAS_FACTOR`` × the healthy limit."""
+    if row["diverged"]:
+        return f"the cell at ε = {row['step_size']:.3g} below it had diverged chains"
+    limit = HEALTHY_SHARE * MAX_RELATIVE_BIAS * abs(row["llc_mean"])
+    predicted = row["bias_bound"] * step / row["step_size"]
+    if predicted > SKIP_BIAS_FACTOR * limit:
+        return (
+            f"the bias bound of the cell at ε = {row['step_size']:.3g} below it, scaled ∝ ε, "
+            f"predicts {predicted / abs(row['llc_mean']):.1%} of λ̂ here, above the healthy "
+            f"{HEALTHY_SHARE * MAX_RELATIVE_BIAS:.0%}"
+        )
+    return None
+
+
+def _padded_burnin(result: LLCResult, *, width: int) -> LLCResult:
+    """``result`` with its burn-in trace NaN-padded to ``width`` steps (cells of different
+    burn-ins, stacked)."""
+    trace = result.burnin_loss_trace
+    pad = [(0, 0)] * (trace.ndim - 1) + [(0, width - trace.shape[-1])]
+    return result._replace(burnin_loss_trace=jnp.pad(trace, pad, constant_values=jnp.nan))
+
+
+def _group_max(values: np.ndarray, size: int) -> np.ndarray:
+    """Each entry replaced by the largest in its group of ``size`` consecutive entries."""
+    out = values.copy()
+    for i in range(0, len(values), size):
+        out[i : i + size] = values[i : i + size].max()
+    return out
+
+
+def _unrun_row(eps, gamma, nbeta, h_max, burnin, why) -> dict[str, Any]:
+    """The table row of a cell refused before it ran, and ``why``."""
     nan = math.nan
     return dict(
-        step_size=float(eps), localization=float(gamma), nbeta=float(nbeta), llc_mean=nan,
-        llc_std=nan, llc_se=nan, mala_accept=nan, rhat=nan, ess=nan, trend=nan, diverged=0,
-        ok=False, ran=False, margin=float(eps * (nbeta * h_max + gamma)), bias_bound=nan,
-        issues=f"not run: its burn-in would be {relaxations:.2g} relaxation times 1/(εγ), short "
-        f"of {MIN_RELAXATIONS:g}",
+        step_size=float(eps), localization=float(gamma), nbeta=float(nbeta), num_burnin=burnin,
+        llc_mean=nan, llc_std=nan, llc_se=nan, mala_accept=nan, rhat=nan, ess=nan, trend=nan,
+        diverged=0, ok=False, ran=False, margin=float(eps * (nbeta * h_max + gamma)),
+        bias_bound=nan,
+        issues=f"not run: {why}",
     )  # fmt: skip
 
 
@@ -604,7 +729,8 @@ def _cell_row(cell, diagnose, eps, gamma, nbeta, h_max, num_burnin) -> dict[str,
     )
     return dict(
         step_size=float(eps), localization=float(gamma), nbeta=float(nbeta),
-        llc_mean=float(cell.llc_mean), llc_std=float(cell.llc_std), llc_se=se,
+        num_burnin=int(num_burnin), llc_mean=float(cell.llc_mean),
+        llc_std=float(cell.llc_std), llc_se=se,
         mala_accept=accept, rhat=diag.rhat, ess=diag.ess_bulk, trend=diag.trend,
         diverged=int(cell.diverged.sum()),
         ok=not bad and margin <= MAX_MARGIN and not biased and math.isfinite(se), ran=True,
@@ -652,26 +778,40 @@ def _recommended_draws(row, num_draws: int, num_burnin: int, slower: float) -> t
 
 
 def recommend(
-    results, eps, gam, nbs, diagnose, h_max, num_burnin, num_draws, *, ran=None, probe=None
+    results: Any,
+    grid: Grid,
+    diagnose: Callable,
+    h_max: float,
+    num_burnin: int,
+    num_draws: int,
+    *,
+    probe: Callable | None = None,
 ) -> Calibration:
-    """The recommendation rule of this module's docstring applied to the grid's ``results``
-    (batched over cells with settings ``eps``, ``gam``, ``nbs``), each cell judged by
-    ``diagnose``; ``ran`` (default: all) marks the cells that ran, the others are refused
-    unseen. ``probe(ε, γ, nβ)`` runs one more cell (an ``LLCResult``): with it, when a single
-    γ is healthy, the cell at ``GAMMA_PROBE``·γ and the chosen step is run and judged too (its
-    row is appended to the table and its result to ``results``). Returns the ``Calibration``
-    (table, recommended settings, explanation, ε → 0 extrapolations, cautions). Host-side
-    bookkeeping apart from the probe, unit-tested on synthetic tables."""
+    """The recommendation rule of this module's docstring applied to the ``results`` of the
+    cells of ``grid`` (batched over cells), each cell judged by ``diagnose``; ``num_burnin``
+    is the calibration's burn-in (the most a cell ran; the final run's rules scale from it),
+    ``num_draws`` its draws. ``probe(ε, γ, nβ)`` runs one more cell (an ``LLCResult`` and its
+    burn-in): with it, when a single γ is healthy, the cell at ``GAMMA_PROBE``·γ and the
+    chosen step is run and judged too (its row is appended to the table and its result to
+    ``results``). Returns the ``Calibration`` (table, recommended settings, explanation,
+    ε → 0 extrapolations, cautions). Host-side bookkeeping apart from the probe, unit-tested
+    on synthetic tables."""
     import pandas as pd
 
+    eps, gam, nbs = grid.step_size, grid.localization, grid.nbeta
+    burnins = np.full(len(eps), num_burnin) if grid.burnin is None else grid.burnin
     rows = []
     for i in range(len(eps)):
-        relaxations = float(eps[i] * gam[i] * num_burnin)
-        if ran is not None and not ran[i]:
-            rows.append(_unrun_row(eps[i], gam[i], nbs[i], h_max, relaxations))
+        if grid.ran is not None and not grid.ran[i]:
+            relaxations = float(eps[i] * gam[i] * num_burnin)
+            why = (grid.skipped or {}).get(i) or (
+                f"its burn-in would be {relaxations:.2g} relaxation times 1/(εγ), short of "
+                f"{MIN_RELAXATIONS:g}"
+            )
+            rows.append(_unrun_row(eps[i], gam[i], nbs[i], h_max, num_burnin, why))
             continue
         cell = jax.tree.map(lambda x, i=i: np.asarray(x[i]), results)
-        rows.append(_cell_row(cell, diagnose, eps[i], gam[i], nbs[i], h_max, num_burnin))
+        rows.append(_cell_row(cell, diagnose, eps[i], gam[i], nbs[i], h_max, int(burnins[i])))
     table = pd.DataFrame(rows)
     table["selected"] = False
     table["probe"] = False
@@ -728,8 +868,9 @@ def recommend(
                 # the calibration's burn-in covers it) to see whether λ̂ still moves with γ
                 row = table.loc[chosen]
                 g1 = GAMMA_PROBE * gammas[0]
-                cell = jax.tree.map(np.asarray, probe(row.step_size, g1, nbeta))
-                probed = _cell_row(cell, diagnose, row.step_size, g1, nbeta, h_max, num_burnin)
+                cell, burnin = probe(row.step_size, g1, nbeta)
+                cell = jax.tree.map(np.asarray, cell)
+                probed = _cell_row(cell, diagnose, row.step_size, g1, nbeta, h_max, burnin)
                 table.loc[len(table)] = probed | {"selected": False, "probe": True}
                 results = jax.tree.map(lambda x, c: np.concatenate([x, c[None]]), results, cell)
                 # usable to compare λ̂ with: no disqualifying issue and a stable step (its bias

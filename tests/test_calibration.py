@@ -61,11 +61,17 @@ def test_grid_table_and_recommendation_follow_the_rule(calibration):
     assert (ok.step_size * ok.localization * 1000 >= cal_module.MIN_RELAXATIONS).all()
     short = table[table.step_size * table.localization * 1000 < cal_module.MIN_RELAXATIONS]
     assert len(short) and not short.ok.any()
-    # the derived grid does not run them (refused unseen: 2/3 of the README demo's grid time)
-    assert not short.ran.any() and short.llc_mean.isna().all()
-    assert table.drop(short.index).ran.all() and table.drop(short.index).llc_mean.notna().all()
-    assert np.isnan(np.asarray(calibration.results.llc_mean)[short.index]).all()
-    assert (np.asarray(calibration.results.divergence_step)[short.index] == -1).all()
+    # the derived grid does not run them (refused unseen: 2/3 of the README demo's grid time),
+    # nor the cells stiffer than MAX_MARGIN at w* (they cannot qualify)
+    stiff = table.drop(short.index)
+    stiff = stiff[stiff.margin > cal_module.MAX_MARGIN]
+    assert len(stiff) and stiff.issues.str.contains("stiffness").all()
+    unrun = short.index.union(stiff.index)
+    assert not table.ran[unrun].any() and table.llc_mean[unrun].isna().all()
+    assert table.issues[unrun].str.startswith("not run: ").all()
+    assert table.drop(unrun).ran.all() and table.drop(unrun).llc_mean.notna().all()
+    assert np.isnan(np.asarray(calibration.results.llc_mean)[unrun]).all()
+    assert (np.asarray(calibration.results.divergence_step)[unrun] == -1).all()
     rec = calibration.recommended
     assert table.selected.sum() == 1
     row = table[table.selected].iloc[0]
@@ -76,6 +82,47 @@ def test_grid_table_and_recommendation_follow_the_rule(calibration):
     assert rec["localization"] == row.localization
     assert rec["num_burnin"] >= 5 / (rec["step_size"] * rec["localization"])
     assert "Chosen" in calibration.explanation
+
+
+def test_the_derived_grid_skips_only_cells_that_cannot_qualify(calibration):
+    """The cells the derived grid leaves unrun for stiffness fail when run (an explicit grid of
+    the same steps runs every cell); the cells that ran are those runs, bit for bit (same key,
+    same burn-in)."""
+    table = calibration.table[~calibration.table.probe]
+    burnin = int(table.num_burnin.max())
+    full = jaxslt.calibrate(
+        quadratic_loss, quadratic_params(), dummy_data(), key=jax.random.key(0),
+        step_sizes=sorted(table.step_size.unique()), num_burnin=burnin, **KW,
+    ).table  # fmt: skip
+    full = full[~full.probe]
+    assert full.ran.all()
+    stiff = table.issues.str.contains("stiffness")
+    assert stiff.any() and not full.ok[stiff].any()
+    same = table.ran & (table.num_burnin == burnin)
+    assert same.sum() >= 3
+    np.testing.assert_array_equal(table.llc_mean[same], full.llc_mean[same])
+    assert (table.ok[same] == full.ok[same]).all()
+
+
+def test_a_step_whose_predicted_bias_fails_is_not_run(calibration, monkeypatch):
+    """Steps run in increasing order per γ; when the bias bound of one, scaled ∝ ε to the next,
+    exceeds SKIP_BIAS_FACTOR × the healthy limit, the larger steps of that γ are not run, and
+    the table says why. Here the factor is lowered to make it bite on the fixture."""
+    monkeypatch.setattr(cal_module, "SKIP_BIAS_FACTOR", 0.5)
+    table = calibration.table[~calibration.table.probe]
+    lowered = jaxslt.calibrate(
+        quadratic_loss, quadratic_params(), dummy_data(), key=jax.random.key(0), **KW
+    ).table
+    lowered = lowered[~lowered.probe]
+    at10 = table[table.ran & (table.localization == 10.0)].sort_values("step_size")
+    limit = 0.5 * 0.05 * at10.llc_mean.abs()
+    growth = at10.step_size.shift(-1) / at10.step_size
+    first = at10.index[(at10.bias_bound * growth > limit).to_numpy()][0]  # the last one run
+    above = at10.index[at10.step_size > at10.step_size[first]]
+    assert len(above) and not lowered.ran[above].any()
+    assert lowered.issues[above].str.contains(f"ε = {at10.step_size[first]:.3g} below it").all()
+    kept = at10.index[at10.step_size <= at10.step_size[first]]
+    np.testing.assert_array_equal(lowered.llc_mean[kept], table.llc_mean[kept])
 
 
 def test_the_grid_compiles_once(calibration, traces):
@@ -430,10 +477,10 @@ def _recommend(
     results = _Cells(col("mean", 0.0), np.full(len(cells), 0.04), diverged,
                      np.full((len(cells), 4), 0.95), col("code", ""), nbeta,
                      np.broadcast_to(spread, (len(cells), 4, 2)))  # fmt: skip
+    grid = cal_module.Grid(col("eps", 0.0), col("gamma", 0.0), nbeta, ran=ran)
     return cal_module.recommend(
-        results, col("eps", 0.0), col("gamma", 0.0), nbeta, _stub_diagnose(wording, bias), h_max,
-        num_burnin, num_draws, ran=ran, probe=probe,
-    )  # fmt: skip
+        results, grid, _stub_diagnose(wording, bias), h_max, num_burnin, num_draws, probe=probe
+    )
 
 
 def _probe(mean, code="", calls=None):
@@ -443,8 +490,9 @@ def _probe(mean, code="", calls=None):
         if calls is not None:
             calls.append((eps, gamma, nbeta))
         spread = np.broadcast_to(0.4 / nbeta * np.array([-1.0, 1.0]), (4, 2))
-        return _Cells(np.float64(mean), np.float64(0.04), np.zeros(4, bool), np.full(4, 0.95),
+        cell = _Cells(np.float64(mean), np.float64(0.04), np.zeros(4, bool), np.full(4, 0.95),
                       np.array(code), np.float64(nbeta), spread)  # fmt: skip
+        return cell, 40_000  # and its burn-in
 
     return probe
 
