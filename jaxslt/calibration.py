@@ -102,6 +102,7 @@ from jaxslt.diagnostics import (
 )
 from jaxslt.memory import with_chain_groups
 from jaxslt.posterior import default_nbeta
+from jaxslt.progress import progress_steps
 from jaxslt.types import PyTree
 
 __all__ = [
@@ -356,6 +357,7 @@ def calibrate(
     sampler: str = "sgld",
     sampler_options: dict[str, Any] | None = None,
     cell_batch_size: int | None = None,
+    progress: bool | None = None,
 ) -> Calibration:
     """Run short chains on a grid and recommend ``step_size``, ``localization`` (and ``nbeta``
     when several are given) for ``estimate_llc`` by the rule in this module's docstring.
@@ -388,6 +390,9 @@ def calibrate(
         accelerator, at that many times the memory; a group runs its longest burn-in, and
         no step is left unrun for the bias its neighbour predicts); ``None``: one at a time,
         in ``estimate_llc``'s own program.
+      progress: a progress bar for each cell run one at a time (the pilot's and the probe's
+        too; in the compiled program's callback, which it compiles anyway); ``None`` shows one
+        on a terminal for cells of 2000 steps or more.
 
     Returns:
       A ``Calibration``: ``recommended`` (pass it as ``estimate_llc(..., **recommended)``;
@@ -439,14 +444,18 @@ def calibrate(
 
     dtype = validation.setting_dtype(params)
 
-    def run_cell(sampled, cell_key, eps, gamma, nbeta) -> LLCResult:
-        """One cell, in estimate_llc's own program (the same key for every cell)."""
+    def run_cell(sampled, cell_key, eps, gamma, nbeta, label="cell") -> LLCResult:
+        """One cell, in estimate_llc's own program (the same key for every cell), with a
+        progress bar when asked."""
         program, run = sampled
-        result = sample_llc_jit(
-            loss_fn, params, data, cell_key, config=program, restrict=None,
-            schedule=traced_schedule(run),
-            **validation.cast_settings(params, step_size=eps, nbeta=nbeta, localization=gamma),
-        )  # fmt: skip
+        total = (run.num_burnin + run.num_draws) * program.chain_groups
+        desc = f"calibration {label}: ε = {eps:.3g}, γ = {gamma:g}"
+        with progress_steps(progress, total, desc) as every:
+            result = jax.block_until_ready(sample_llc_jit(
+                loss_fn, params, data, cell_key, config=program, restrict=None,
+                schedule=traced_schedule(run._replace(progress_every=every)),
+                **validation.cast_settings(params, step_size=eps, nbeta=nbeta, localization=gamma),
+            ))  # fmt: skip
         return trimmed(result, run)
 
     def run_vmapped(eps, gam, nbs, burnins, group) -> LLCResult:
@@ -493,7 +502,7 @@ def calibrate(
         pilot_key, piloted = jax.random.fold_in(key, 3), sampling(num_burnin, num_draws)
 
         def pilot(eps, gamma, nbeta):
-            return with_geometry(run_cell(piloted, pilot_key, eps, gamma, nbeta), at)
+            return with_geometry(run_cell(piloted, pilot_key, eps, gamma, nbeta, "pilot"), at)
 
         scale, pilots = _pilot_step(pilot, diagnose, h_max, max(nbetas), min(localizations))
         step_sizes = list(scale * PILOT_GRID)
@@ -549,11 +558,12 @@ def calibrate(
         cells: dict[int, LLCResult] = {}
         stopped: dict[tuple[float, float], str] = {}
         order = sorted(np.flatnonzero(ran), key=lambda i: (nbs[i], gam[i], eps[i]))
-        for i, after in zip(order, [*order[1:], None], strict=True):
+        for k, (i, after) in enumerate(zip(order, [*order[1:], None], strict=True)):
             if (nbs[i], gam[i]) in stopped:
                 skipped[int(i)] = stopped[nbs[i], gam[i]]
                 continue
-            cell = run_cell(sampling(int(burnins[i]), num_draws), key, eps[i], gam[i], nbs[i])
+            sampled, label = sampling(int(burnins[i]), num_draws), f"cell {k + 1}/{len(order)}"
+            cell = run_cell(sampled, key, eps[i], gam[i], nbs[i], label)
             cells[int(i)] = cell = with_geometry(cell, at)
             if derived and after is not None and (nbs[after], gam[after]) == (nbs[i], gam[i]):
                 row = _cell_row(jax.tree.map(np.asarray, cell), diagnose, eps[i], gam[i],
@@ -573,7 +583,7 @@ def calibrate(
 
     def probe(e, g, b):  # one more cell, in the grid's program; burn-in ≤ the chosen cell's
         burnin = _cell_burnin(e, g, floor, num_burnin) if derived else num_burnin
-        cell = run_cell(sampling(burnin, num_draws), key, e, g, b)
+        cell = run_cell(sampling(burnin, num_draws), key, e, g, b, "probe")
         width = results.burnin_loss_trace.shape[-1]
         return with_geometry(_padded_burnin(cell, width=width), at), burnin
 

@@ -138,6 +138,14 @@ class SamplingConfig:
         """Sampler steps per chain: burn-in plus kept draws times thinning."""
         return self.num_burnin + self.num_draws * self.thinning
 
+    @property
+    def chain_groups(self) -> int:
+        """Chain groups run one after another (``chain_batch_size`` resolved; 1 without)."""
+        size = self.chain_batch_size
+        if not size or size == "auto":
+            return 1
+        return self.num_chains // min(size, self.num_chains)
+
 
 DEFAULTS = SamplingConfig()
 """The default ``SamplingConfig``: ``estimate_llc``'s keyword defaults are read from it."""

@@ -173,7 +173,7 @@ def estimate_llc(
     )  # fmt: skip
     plan = stages.resolve(
         loss_fn, params, data, key, step_size, config, nbeta=nbeta, localization=localization,
-        restrict=restrict,
+        restrict=restrict, progress=progress,
     )  # fmt: skip
     label = f"LLC ({num_chains} chains)"
     result = stages.run(

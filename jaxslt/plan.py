@@ -17,12 +17,10 @@ warning; all of them: ``FloatingPointError``, so a NaN is never returned silentl
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -53,7 +51,7 @@ from jaxslt.core import (
 from jaxslt.curvature import LocalGeometry, healthy_step
 from jaxslt.memory import with_chain_groups
 from jaxslt.posterior import default_nbeta
-from jaxslt.progress import progress_bar
+from jaxslt.progress import progress_steps
 from jaxslt.restriction import Restriction, make_restriction
 from jaxslt.sharding import place_params
 from jaxslt.types import PyTree
@@ -63,7 +61,6 @@ __all__ = [
     "Plan",
     "check_divergence",
     "finish",
-    "progress_steps",
     "resolve",
     "retry_auto_step",
     "run",
@@ -97,11 +94,7 @@ class Plan(NamedTuple):
     @property
     def total_steps(self) -> int:
         """Sampler steps summed over chain groups (what a progress bar counts)."""
-        config = self.config
-        groups = 1
-        if config.chain_batch_size:
-            groups = config.num_chains // min(config.chain_batch_size, config.num_chains)
-        return config.total_steps * groups
+        return self.config.total_steps * self.config.chain_groups
 
     @property
     def traced(self) -> dict[str, Any]:
@@ -147,11 +140,12 @@ def resolve(
     nbeta: Any = None,
     localization: Any = None,
     restrict: Any = None,
+    progress: bool | None = False,
 ) -> Plan:
     """Validate everything (before anything compiles), resolve defaults and ``"auto"``; the
     arguments are ``estimate_llc``'s (``config`` holds its static settings; ``key`` is already
     checked and typed by ``validation.check_key``, so that an old-style key compiles nothing
-    of its own)."""
+    of its own); ``progress`` is for ``step_size="auto"``'s calibration cells."""
     n = validation.check_data(data)
     validation.check_params(params)
     config = dataclasses.replace(
@@ -169,7 +163,8 @@ def resolve(
         if step_size != "auto":
             raise TypeError(f'step_size must be a number or "auto"; got {step_size!r}')
         calibration, config = _calibrate(loss_fn, params, data, key, config, nbeta=nbeta,
-                                         localization=localization, restrict=restrict)  # fmt: skip
+                                         localization=localization, restrict=restrict,
+                                         progress=progress)  # fmt: skip
         rec = calibration.recommended
         step_size, localization, nbeta = rec["step_size"], rec["localization"], rec["nbeta"]
     localization = DEFAULT_LOCALIZATION if localization is None else localization
@@ -202,7 +197,7 @@ def resolve(
     return Plan(config, **scalars, restrict=restrict, calibration=calibration)
 
 
-def _calibrate(loss_fn, params, data, key, config, *, nbeta, localization, restrict):
+def _calibrate(loss_fn, params, data, key, config, *, nbeta, localization, restrict, progress):
     """``step_size="auto"``: ``calibrate`` on a key folded from ``key``; the calibration and
     ``config`` with at least the burn-in and draws it recommends. Its cautions are warned."""
     cal_loss, cal_params = (
@@ -215,7 +210,7 @@ def _calibrate(loss_fn, params, data, key, config, *, nbeta, localization, restr
         sampler=sampler if isinstance(sampler, str) else "sgld",
         sampler_options=config.options if isinstance(sampler, str) else None,
         **({} if localization is None else {"localizations": [localization]}),
-        **({} if nbeta is None else {"nbetas": [nbeta]}),
+        **({} if nbeta is None else {"nbetas": [nbeta]}), progress=progress,
     )  # fmt: skip
     if not calibration.recommended:
         raise RuntimeError(f"step_size='auto' found no usable setting:\n{calibration}")
@@ -297,18 +292,6 @@ def run(
     if measure and result.geometry is not None:
         result = with_geometry(result, plan.measure(loss_fn, params, data, key))
     return jax.block_until_ready(result)
-
-
-@contextlib.contextmanager
-def progress_steps(progress: bool | None, total: int, label: str) -> Iterator[int]:
-    """Yield ``progress_every`` for the compiled core: 0 (no callback compiled) unless a bar is
-    shown; ``None`` shows one on a terminal for runs of 2000 steps or more."""
-    show = progress if progress is not None else (total >= 2000 and sys.stderr.isatty())
-    if not show:
-        yield 0
-        return
-    with progress_bar(total, label):
-        yield max(1, total // 100)
 
 
 def check_divergence(result: LLCResult, step_size: Any, *, raise_if_all: bool) -> None:

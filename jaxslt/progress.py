@@ -9,6 +9,7 @@ is not a terminal.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 
 import jax
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 
 __all__ = [
     "progress_bar",
+    "progress_steps",
     "report",
 ]
 
@@ -40,3 +42,15 @@ def progress_bar(total: int, desc: str) -> Iterator[tqdm]:
     finally:
         _bars.remove(bar)
         bar.close()
+
+
+@contextlib.contextmanager
+def progress_steps(progress: bool | None, total: int, label: str) -> Iterator[int]:
+    """Yield ``progress_every`` for the compiled core: 0 (no callback compiled) unless a bar is
+    shown; ``None`` shows one on a terminal for runs of 2000 steps or more."""
+    show = progress if progress is not None else (total >= 2000 and sys.stderr.isatty())
+    if not show:
+        yield 0
+        return
+    with progress_bar(total, label):
+        yield max(1, total // 100)

@@ -170,7 +170,9 @@ def llc_trajectory(
         validation.check_positive_int(
             "checkpoint_batch_size", checkpoint_batch_size, "how many checkpoints to vmap at once"
         )  # fmt: skip
-    plan = stages.resolve(loss_fn, trees[-1], data, key, step_size, config, **traced)
+    plan = stages.resolve(
+        loss_fn, trees[-1], data, key, step_size, config, progress=progress, **traced
+    )
     if checkpoint_batch_size == 1:
         results = [
             stages.run(loss_fn, params, data, key, plan, progress=progress,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -17,6 +18,7 @@ from conftest import HESSIAN, dummy_data, quadratic_loss, quadratic_params
 
 import jaxslt
 from jaxslt import calibration as cal_module
+from jaxslt import progress as progress_module
 from jaxslt.diagnostics import (
     CODES,
     DIVERGED,
@@ -123,6 +125,39 @@ def test_a_step_whose_predicted_bias_fails_is_not_run(calibration, monkeypatch):
     assert lowered.issues[above].str.contains(f"ε = {at10.step_size[first]:.3g} below it").all()
     kept = at10.index[at10.step_size <= at10.step_size[first]]
     np.testing.assert_array_equal(lowered.llc_mean[kept], table.llc_mean[kept])
+
+
+def test_each_calibration_cell_shows_a_progress_bar_of_its_steps(monkeypatch):
+    """With progress=True the pilot, every cell and the probe open a bar of their own steps,
+    named for the cell's settings (a long calibration is not silent); the callback that feeds
+    it is in the calibration's program anyway (auto with a bar compiles one sampler program:
+    test_step_size_auto_compiles_one_sampler_program_whatever_lengths_it_settles_on)."""
+    bars = []
+
+    @contextlib.contextmanager
+    def recorder(total, desc):
+        bars.append((total, desc))
+        yield None
+
+    monkeypatch.setattr(progress_module, "progress_bar", recorder)
+    p = jaxslt.problems.regular_linear_gaussian(2, key=jax.random.key(0), num_examples=300)
+    cal = jaxslt.calibrate(
+        p.loss_fn, p.params, p.data, key=jax.random.key(1), localizations=[10.0], num_chains=2,
+        num_draws=80, num_burnin=40, batch_size=64, progress=True,
+    )  # fmt: skip
+    assert bars[0][1].startswith("calibration pilot: ε = ")
+    cells = [(total, desc) for total, desc in bars if desc.startswith("calibration cell ")]
+    ran = cal.table[cal.table.ran & ~cal.table.probe]
+    assert len(cells) == len(ran)
+    for (total, desc), (_, row) in zip(cells, ran.sort_values("step_size").iterrows(), strict=True):
+        assert desc.endswith(f"ε = {row.step_size:.3g}, γ = 10") and total == row.num_burnin + 80
+    assert sum(d.startswith("calibration probe: ") for _, d in bars) == cal.table.probe.sum()
+    bars.clear()
+    jaxslt.calibrate(
+        p.loss_fn, p.params, p.data, key=jax.random.key(1), localizations=[10.0], num_chains=2,
+        num_draws=80, num_burnin=40, batch_size=64, progress=False,
+    )  # fmt: skip
+    assert bars == []
 
 
 def test_the_grid_compiles_once(calibration, traces):
