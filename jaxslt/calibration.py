@@ -179,10 +179,11 @@ class Calibration:
         runs ``MIN_RELAXATIONS`` relaxation times 1/(εγ), at least ``calibrate``'s
         ``num_burnin``), estimate (``llc_mean``, ``llc_std``, ``llc_se``), checks
         (``mala_accept``, ``rhat``, ``ess``, ``trend``, ``diverged``, ``margin``,
-        ``bias_bound``, ``issues``), verdict ``ok``, ``ran`` (False: refused unseen, its
-        burn-in too short to judge it), ``selected`` and ``probe`` (True for the one cell
-        run beyond the grid: with a single healthy γ, ``GAMMA_PROBE``·γ at the chosen step, to
-        see whether λ̂ still moves with γ).
+        ``bias_bound``, ``issues``), verdict ``ok``, ``ran`` (False: refused unseen, as
+        its burn-in is too short to judge it, its stiffness at w* too high, or the cell at the
+        next smaller step predicts its failure; ``issues`` says which), ``selected`` and
+        ``probe`` (True for the one cell run beyond the grid: with a single healthy γ,
+        ``GAMMA_PROBE``·γ at the chosen step, to see whether λ̂ still moves with γ).
       recommended: keyword arguments for ``estimate_llc`` (``step_size``, ``localization``,
         ``nbeta``, ``num_burnin``, ``num_draws``); empty when no cell is healthy.
       explanation: the reasons, one line per step of the rule.
