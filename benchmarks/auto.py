@@ -1,6 +1,7 @@
 """The user's path: ``estimate_llc(..., step_size="auto")`` with nothing else tuned.
 
     python benchmarks/auto.py            # writes benchmarks/results/auto-<platform>.md
+    python benchmarks/auto.py --only ICL --trace   # and prints each sampler run as it ends
 
 For each problem: the estimate, the exact target of the same finite-(nβ, γ) posterior at the γ
 auto chose (quadrature for normal crossings, the Gaussian closed form for the regular model,
@@ -18,6 +19,7 @@ linear network, and, without an exact answer (cost only), the README Quickstart'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import platform
 import sys
@@ -33,7 +35,7 @@ import optax
 from _common import write_result
 
 import jaxslt
-from jaxslt import gibbs, problems
+from jaxslt import calibration, gibbs, plan, problems
 
 
 def _target(name, p, gamma, nbeta):
@@ -129,12 +131,48 @@ def _warm_up():
     jax.clear_caches()
 
 
-def _row(name, p, kw, seed):
+@contextlib.contextmanager
+def _traced_sampler_runs():
+    """Print every compiled sampler run of auto (the calibration's pilot, cells and probe,
+    the final run) as it ends: its lengths, settings and wall time, compile included."""
+    start = time.perf_counter()
+
+    def traced(run, who):
+        def call(*args, **kwargs):
+            t0 = time.perf_counter()
+            result = jax.block_until_ready(run(*args, **kwargs))
+            lengths = kwargs.get("schedule")
+            burnin, draws = (
+                ("-", "-") if lengths is None else (int(lengths.num_burnin), int(lengths.num_draws))
+            )
+            print(
+                f"  [{time.perf_counter() - start:7.1f} s] {who}: burn-in {burnin}, draws {draws}, "
+                f"ε = {float(kwargs['step_size']):.3g}, γ = {float(kwargs['localization']):g}: "
+                f"{time.perf_counter() - t0:.1f} s",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
+            return result
+
+        return call
+
+    patched = [(calibration, "calibration"), (plan, "final run")]
+    originals = [module.sample_llc_jit for module, _ in patched]
+    for module, who in patched:
+        module.sample_llc_jit = traced(module.sample_llc_jit, who)
+    try:
+        yield
+    finally:
+        for (module, _), original in zip(patched, originals, strict=True):
+            module.sample_llc_jit = original
+
+
+def _row(name, p, kw, seed, trace=False):
     """One problem, one key: auto's estimate, its target, error and cost, as a table row."""
     jax.clear_caches()  # auto pays its compiles, as a fresh call would
     nbeta = p.nbeta if name.startswith("normal crossing") else None
     t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
+    traced = _traced_sampler_runs() if trace else contextlib.nullcontext()
+    with warnings.catch_warnings(record=True) as caught, traced:
         warnings.simplefilter("always")
         try:
             r = jaxslt.estimate_llc(
@@ -144,6 +182,8 @@ def _row(name, p, kw, seed):
         except (RuntimeError, FloatingPointError) as err:
             return (name, str(seed), "raised", str(err).splitlines()[0][:80])
     auto_s = time.perf_counter() - t0
+    if trace:
+        print(r.calibration.explanation, file=sys.stderr, flush=True)
     llcw = [str(c.message) for c in caught if issubclass(c.category, jaxslt.LLCWarning)]
     gamma, nb = float(r.localization), float(r.nbeta)
     jax.clear_caches()  # the final run alone pays its own compiles, as a fresh call would
@@ -190,6 +230,10 @@ def main():
         "--keys", type=int, nargs="+", default=[1], help="auto's key(s); the timed final run "
         "uses key + 1"
     )  # fmt: skip
+    parser.add_argument(
+        "--trace", action="store_true", help="print each sampler run of auto as it ends (its "
+        "lengths, settings and wall time) and the calibration's explanation"
+    )  # fmt: skip
     args = parser.parse_args()
     _warm_up()
     rows = []
@@ -197,7 +241,7 @@ def main():
         if args.only not in name or (args.skip and args.skip in name):
             continue
         for seed in args.keys:
-            rows.append(_row(name, p, kw, seed))
+            rows.append(_row(name, p, kw, seed, trace=args.trace))
             print(rows[-1], flush=True)
     header = (
         "| problem | key | auto λ̂ ± SE | exact target at its (nβ, γ) | λ | error vs target | ε | "
