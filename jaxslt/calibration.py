@@ -127,6 +127,7 @@ __all__ = [
 ]
 
 MAX_MARGIN = HEALTHY_SHARE * STIFFNESS_LIMIT  # ε·(nβ·h_max + γ) at w*; see the module docstring
+HEALTHY_BIAS = HEALTHY_SHARE * MAX_RELATIVE_BIAS  # a healthy cell's bias bound, share of |λ̂|
 BURNIN_RELAXATIONS = 5.0  # a recommended burn-in covers this many relaxation times 1/(εγ)
 MIN_RELAXATIONS = 3.0  # burn-in·ε·γ of a healthy cell: flat directions within e⁻³ of equilibrium
 MAX_CALIBRATION_BURNIN = 20_000  # the most calibration raises its burn-in to, to reach that
@@ -143,7 +144,7 @@ MAX_DRAWS_FACTOR = 20  # the recommended draws are at most this many times the c
 MAX_BURNIN_FACTOR = 100  # the recommended burn-in is at most this many times the calibration's
 # the final run's step is at most this many times smaller than its cell's: a healthy cell's
 # bias bound is at most HEALTHY_SHARE·MAX_RELATIVE_BIAS of λ̂, the final run's TARGET_BIAS
-MAX_STEP_CUT = HEALTHY_SHARE * MAX_RELATIVE_BIAS / TARGET_BIAS
+MAX_STEP_CUT = HEALTHY_BIAS / TARGET_BIAS
 TRACE_BUDGET = 2**28  # bytes of loss traces a calibration's program may hold (float32)
 # diagnostics issues (their codes) that disqualify a cell. Not ESS nor the Monte-Carlo error:
 # short calibration runs are noisy by design (with one chain, every cell of a regular model
@@ -533,6 +534,7 @@ def calibrate(
     if not ran.any():  # nothing could qualify: run them all, so the table shows what they do
         ran[:] = True
     burnins = np.full(len(eps), num_burnin)
+    skipped: dict[int, str] = {}
     if derived:
         # a raised burn-in serves the smallest steps: each cell runs only its own
         # MIN_RELAXATIONS relaxation times (at least the floor), in the one program whose
@@ -540,11 +542,9 @@ def calibrate(
         burnins = np.array(
             [_cell_burnin(e, g, floor, num_burnin) for e, g in zip(eps, gam, strict=True)]
         )
-    skipped: dict[int, str] = {}
-    if derived:
         # a cell stiffer than MAX_MARGIN at w* cannot qualify (the margin is known unrun);
         # when no other cell is left, they run, so that the table shows what they do
-        stiff = ran & (eps * (nbs * h_max + gam) > MAX_MARGIN)
+        stiff = ran & (_stiffness(eps, gam, nbs, h_max) > MAX_MARGIN)
         if (ran & ~stiff).any():
             for i in np.flatnonzero(stiff):
                 skipped[int(i)] = f"its stiffness ε·(nβ·h_max + γ) at w* exceeds {MAX_MARGIN:g}"
@@ -644,6 +644,11 @@ def _in_groups(run: Callable, count: int, size: int) -> LLCResult:
     return jax.tree.map(lambda x: x[:count], joined)
 
 
+def _stiffness(step_size, localization, nbeta, h_max):
+    """A cell's stiffness at w*, ε·(nβ·h_max + γ): healthy at most ``MAX_MARGIN``."""
+    return step_size * (nbeta * h_max + localization)
+
+
 def _cell_burnin(step_size: float, localization: float, floor: int, cap: int) -> int:
     """A derived grid's cell burn-in: ``MIN_RELAXATIONS`` relaxation times 1/(εγ) of the flat
     directions, at least ``floor`` and at most ``cap`` (the calibration's raised burn-in)."""
@@ -661,13 +666,13 @@ def _larger_steps_fail(row: dict[str, Any], step: float) -> str | None:
     exceeds ``SKIP_BIAS_FACTOR`` × the healthy limit."""
     if row["diverged"]:
         return f"the cell at ε = {row['step_size']:.3g} below it had diverged chains"
-    limit = HEALTHY_SHARE * MAX_RELATIVE_BIAS * abs(row["llc_mean"])
+    limit = HEALTHY_BIAS * abs(row["llc_mean"])
     predicted = row["bias_bound"] * step / row["step_size"]
     if predicted > SKIP_BIAS_FACTOR * limit:
         return (
             f"the bias bound of the cell at ε = {row['step_size']:.3g} below it, scaled ∝ ε, "
             f"predicts {predicted / abs(row['llc_mean']):.1%} of λ̂ here, above the healthy "
-            f"{HEALTHY_SHARE * MAX_RELATIVE_BIAS:.0%}"
+            f"{HEALTHY_BIAS:.0%}"
         )
     return None
 
@@ -694,7 +699,7 @@ def _unrun_row(eps, gamma, nbeta, h_max, burnin, why) -> dict[str, Any]:
     return dict(
         step_size=float(eps), localization=float(gamma), nbeta=float(nbeta), num_burnin=burnin,
         llc_mean=nan, llc_std=nan, llc_se=nan, mala_accept=nan, rhat=nan, ess=nan, trend=nan,
-        diverged=0, ok=False, ran=False, margin=float(eps * (nbeta * h_max + gamma)),
+        diverged=0, ok=False, ran=False, margin=float(_stiffness(eps, gamma, nbeta, h_max)),
         bias_bound=nan,
         issues=f"not run: {why}",
     )  # fmt: skip
@@ -715,9 +720,9 @@ def _cell_row(cell, diagnose, eps, gamma, nbeta, h_max, num_burnin) -> dict[str,
     bad = [issue.message for issue in diag.issues if issue.code in _DISQUALIFYING]
     if cell.diverged.any() and DIVERGED not in diag.codes:
         bad.append(f"{int(cell.diverged.sum())} chain(s) diverged")
-    margin = float(eps * (nbeta * h_max + gamma))
+    margin = float(_stiffness(eps, gamma, nbeta, h_max))
     # the final run's own step check (diagnostics) must pass with room to spare
-    biased = not diag.bias_bound <= HEALTHY_SHARE * MAX_RELATIVE_BIAS * abs(diag.llc)
+    biased = not diag.bias_bound <= HEALTHY_BIAS * abs(diag.llc)
     # a cell whose burn-in is short of MIN_RELAXATIONS relaxation times 1/(εγ) of the flat
     # directions measured chains that had not yet spread: neither its λ̂ nor the curvature
     # its chains saw predicts the long run (measured: a DLN cell at γ = 1 passed at a 5%
