@@ -11,7 +11,9 @@ exceeds ``MAX_MARGIN`` (the rule would refuse them unseen), and, running the ste
 increasing order, those above a cell whose bias bound scaled ∝ ε predicts more than
 ``SKIP_BIAS_FACTOR`` × the healthy limit (or whose chains diverged). A raised burn-in serves the
 smallest steps: each cell runs its own ``MIN_RELAXATIONS`` relaxation times (at least
-``num_burnin``).
+``num_burnin``). When no cell can qualify (a stiff model whose healthy steps need more burn-in
+than ``MAX_CALIBRATION_BURNIN`` at every γ), none runs: the explanation names the explicit grid
+and burn-in that would let one be judged, and ``step_size="auto"`` raises it after the pilot.
 
 The default step sizes come from pilot chains: the curvature at w* alone misleads at singular
 points (a normal crossing or a deep linear network at 0 has h_max ≈ 0 there), so a pilot at
@@ -513,7 +515,7 @@ def calibrate(
         needed = math.ceil(
             MIN_RELAXATIONS / (PILOT_GRID[2] * scale * max(max(localizations), 1e-12))
         )
-        if needed > num_burnin:
+        if needed > num_burnin and MAX_CALIBRATION_BURNIN > num_burnin:  # never lowered
             longer = min(needed, MAX_CALIBRATION_BURNIN)
             pilots.append(
                 f"burn-in raised from {num_burnin} to up to {longer} to equilibrate (each cell "
@@ -530,9 +532,9 @@ def calibrate(
     # the derived grid skips the cells the rule would refuse before seeing them (burn-in short
     # of MIN_RELAXATIONS relaxation times): on the README demo's DLN 11 of its 18 cells; an
     # explicit grid runs every cell (its λ̂ may interest the user)
+    # (a derived grid runs no cell that cannot qualify, not even when none can: on a stiff
+    # model such a cell costs as much as the final run, and the table says what would qualify)
     ran = eps * gam * num_burnin >= MIN_RELAXATIONS if derived else np.ones(len(eps), bool)
-    if not ran.any():  # nothing could qualify: run them all, so the table shows what they do
-        ran[:] = True
     burnins = np.full(len(eps), num_burnin)
     skipped: dict[int, str] = {}
     if derived:
@@ -542,17 +544,17 @@ def calibrate(
         burnins = np.array(
             [_cell_burnin(e, g, floor, num_burnin) for e, g in zip(eps, gam, strict=True)]
         )
-        # a cell stiffer than MAX_MARGIN at w* cannot qualify (the margin is known unrun);
-        # when no other cell is left, they run, so that the table shows what they do
+        # a cell stiffer than MAX_MARGIN at w* cannot qualify (the margin is known unrun)
         stiff = ran & (_stiffness(eps, gam, nbs, h_max) > MAX_MARGIN)
-        if (ran & ~stiff).any():
-            for i in np.flatnonzero(stiff):
-                skipped[int(i)] = f"its stiffness ε·(nβ·h_max + γ) at w* exceeds {MAX_MARGIN:g}"
-            ran &= ~stiff
+        for i in np.flatnonzero(stiff):
+            skipped[int(i)] = f"its stiffness ε·(nβ·h_max + γ) at w* exceeds {MAX_MARGIN:g}"
+        ran &= ~stiff
         # cells vmapped together share one schedule: the longest in their group
         burnins[ran] = _group_max(burnins[ran], cell_batch_size or 1)
     group = cell_batch_size or 1
-    if group == 1:
+    if not ran.any():  # a derived grid none of whose cells can qualify: the table says why
+        results = None
+    elif group == 1:
         # one at a time, the steps of each (nβ, γ) in increasing order: in the derived grid a
         # step is not run when the cell below it shows it cannot qualify
         # (``_larger_steps_fail``: its bias bound scaled ∝ ε, or divergence)
@@ -580,7 +582,8 @@ def calibrate(
         )
     else:
         results = run_vmapped(eps[ran], gam[ran], nbs[ran], burnins[ran], group)
-    validation.check_init_loss(results.init_loss[0])  # the loss's fault, not the grid's
+    if results is not None:
+        validation.check_init_loss(results.init_loss[0])  # the loss's fault, not the grid's
 
     def probe(e, g, b):  # one more cell, in the grid's program; burn-in ≤ the chosen cell's
         burnin = _cell_burnin(e, g, floor, num_burnin) if derived else num_burnin
@@ -588,9 +591,11 @@ def calibrate(
         width = results.burnin_loss_trace.shape[-1]
         return with_geometry(_padded_burnin(cell, width=width), at), burnin
 
+    if results is not None:
+        results = _scatter_cells(results, ran)
     calibration = recommend(
-        _scatter_cells(results, ran), Grid(eps, gam, nbs, burnins, ran, skipped), diagnose,
-        h_max, num_burnin, num_draws, probe=probe,
+        results, Grid(eps, gam, nbs, burnins, ran, skipped), diagnose, h_max, num_burnin,
+        num_draws, probe=probe,
     )  # fmt: skip
     if pilots:
         calibration.explanation = "\n".join(
@@ -703,6 +708,30 @@ def _unrun_row(eps, gamma, nbeta, h_max, burnin, why) -> dict[str, Any]:
         bias_bound=nan,
         issues=f"not run: {why}",
     )  # fmt: skip
+
+
+def _nothing_ran(table, num_burnin: int) -> str:
+    """What to do when no cell of a derived grid could qualify, so none ran: an explicit grid
+    (the derived grid's steps within the stiffness margin, at the γ where the flat directions
+    relax fastest) with the burn-in that covers ``MIN_RELAXATIONS`` relaxation times 1/(εγ)
+    at its largest step."""
+    calm = table[(table.margin <= MAX_MARGIN) & (table.localization > 0)]
+    if calm.empty:
+        return (
+            "No cell ran: every step of the grid is stiffer than the margin at w*; pass "
+            "smaller step_sizes."
+        )
+    gamma = float(calm.localization[(calm.step_size * calm.localization).idxmax()])
+    steps = sorted({float(f"{e:.3g}") for e in calm.step_size[calm.localization == gamma]})
+    needed = math.ceil(MIN_RELAXATIONS / (steps[-1] * gamma) * (1 + 1e-9))
+    return (
+        f"No cell ran: none could qualify within {num_burnin} burn-in steps (the flat "
+        f"directions relax in 1/(εγ) steps, {1 / (steps[-1] * gamma):.3g} at best: ε = "
+        f"{steps[-1]:.3g}, γ = {gamma:g}), so none was run. calibrate(..., step_sizes="
+        f"{steps}, localizations=[{gamma:g}], num_burnin={needed}) would let them be judged, "
+        "and passing its recommended settings to estimate_llc runs at least that long too; a "
+        "larger localization relaxes the flat directions faster, but confines them more."
+    )
 
 
 def relaxed_burnin(step_size: float, localization: float) -> int:
@@ -841,8 +870,14 @@ def recommend(
             sub = table[(table.localization == gamma) & (table.nbeta == nbeta) & table.ok]
             if sub.empty:
                 at = table[(table.localization == gamma) & (table.nbeta == nbeta)]
-                if not at.ran.any() and gamma > 0:  # refused unseen: say what would do
-                    needed = math.ceil(MIN_RELAXATIONS / (at.step_size.max() * gamma))
+                calm = at[at.margin <= MAX_MARGIN]
+                if not at.ran.any() and gamma > 0 and calm.empty:
+                    notes.append(
+                        f"γ = {gamma:g}: not run, every step of the grid is stiffer than "
+                        f"{MAX_MARGIN:g} at w*."
+                    )
+                elif not at.ran.any() and gamma > 0:  # refused unseen: say what would do
+                    needed = math.ceil(MIN_RELAXATIONS / (calm.step_size.max() * gamma))
                     notes.append(
                         f"γ = {gamma:g}: not run, the burn-in ({num_burnin} steps) is short of "
                         f"{MIN_RELAXATIONS:g} relaxation times 1/(εγ) at every step of the grid "
@@ -904,11 +939,14 @@ def recommend(
                     )
             _check_flat_in_gamma(table, results, estimates, gammas, cautions, num_burnin, notes)
             break
-    if chosen is None:
+    if chosen is None and not table.ran.any():
+        notes.append(_nothing_ran(table, num_burnin))
+    elif chosen is None:
         notes.append(
             "No cell is healthy: lower the step sizes, raise num_burnin/num_draws or check that "
             "w* is a local minimum."
         )
+    if chosen is None:
         return Calibration(table, {}, "\n".join(notes), extrapolation, h_max, results)
     table.loc[chosen, "selected"] = True
     row = table.loc[chosen]

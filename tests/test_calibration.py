@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import re
 import warnings
@@ -125,6 +126,66 @@ def test_a_step_whose_predicted_bias_fails_is_not_run(calibration, monkeypatch):
     assert lowered.issues[above].str.contains(f"ε = {at10.step_size[first]:.3g} below it").all()
     kept = at10.index[at10.step_size <= at10.step_size[first]]
     np.testing.assert_array_equal(lowered.llc_mean[kept], table.llc_mean[kept])
+
+
+def _counting_sampler(monkeypatch) -> list:
+    """Patch calibration's compiled sampler to record the burn-in of each run."""
+    runs, compiled = [], cal_module.sample_llc_jit
+
+    def counted(*args, **kwargs):
+        runs.append(int(kwargs["schedule"].num_burnin))
+        return compiled(*args, **kwargs)
+
+    monkeypatch.setattr(cal_module, "sample_llc_jit", counted)
+    return runs
+
+
+def test_a_derived_grid_runs_no_cell_when_none_can_qualify(monkeypatch):
+    """At γ = 0.3 the quadratic's flat-enough steps need more burn-in than the cap allows: no
+    cell can qualify. The derived grid used to run every cell then (on a stiff transformer,
+    hours of cells that could not qualify); now only the pilot runs, and the explanation names
+    the burn-in that lets a cell be judged. A num_burnin above the cap is kept, not lowered to
+    it, so following that advice works."""
+    monkeypatch.setattr(cal_module, "MAX_CALIBRATION_BURNIN", 1000)
+    runs = _counting_sampler(monkeypatch)
+    kw = dict(key=jax.random.key(0), localizations=(0.3,), num_chains=4, batch_size=64)
+    cal = jaxslt.calibrate(quadratic_loss, quadratic_params(), dummy_data(), **kw)
+    pilots = cal.explanation.count("pilot at ε")
+    assert len(runs) == pilots >= 1  # the pilot only
+    assert cal.recommended == {} and cal.results is None and not cal.table.ran.any()
+    assert cal.table.issues.str.startswith("not run: ").all()
+    found = re.search(
+        r"No cell ran: .*calibrate\(\.\.\., step_sizes=(\[.*\]), localizations=\[0\.3\], "
+        r"num_burnin=(\d+)\)", cal.explanation,
+    )  # fmt: skip
+    assert found, cal.explanation
+    steps, needed = json.loads(found.group(1)), int(found.group(2))
+    calm = cal.table[cal.table.margin <= cal_module.MAX_MARGIN]
+    np.testing.assert_allclose(steps, np.sort(calm.step_size), rtol=5e-3)  # 3 digits
+    assert needed == math.ceil(3 / (max(steps) * 0.3)) > 1000
+    runs.clear()  # the derived grid with a num_burnin above the cap: kept, not lowered to it
+    jaxslt.calibrate(quadratic_loss, quadratic_params(), dummy_data(), num_burnin=needed, **kw)
+    assert min(runs) >= needed
+    runs.clear()
+    kw = dict(kw, localizations=[0.3], step_sizes=steps)
+    cal = jaxslt.calibrate(
+        quadratic_loss, quadratic_params(), dummy_data(), num_burnin=needed, **kw
+    )  # fmt: skip
+    # an explicit grid: every cell at that burn-in (then the probe at 3γ)
+    assert runs[: len(steps)] == [needed] * len(steps)
+    assert cal.recommended and cal.table.ok[cal.table.step_size == max(steps)].all()
+
+
+def test_auto_says_at_once_when_no_cell_can_qualify(monkeypatch):
+    """estimate_llc(step_size="auto") raises after the pilot alone, with the advice."""
+    monkeypatch.setattr(cal_module, "MAX_CALIBRATION_BURNIN", 1000)
+    runs = _counting_sampler(monkeypatch)
+    with pytest.raises(RuntimeError, match=r"found no usable setting(.|\n)*No cell ran"):
+        jaxslt.estimate_llc(
+            quadratic_loss, quadratic_params(), dummy_data(), key=jax.random.key(0),
+            step_size="auto", localization=0.3, batch_size=64, progress=False,
+        )  # fmt: skip
+    assert 1 <= len(runs) <= 2  # pilot tries, no cell
 
 
 def test_each_calibration_cell_shows_a_progress_bar_of_its_steps(monkeypatch):
