@@ -506,7 +506,9 @@ def calibrate(
         pilot_key, piloted = jax.random.fold_in(key, 3), sampling(num_burnin, num_draws)
 
         def pilot(eps, gamma, nbeta):
-            return with_geometry(run_cell(piloted, pilot_key, eps, gamma, nbeta, "pilot"), at)
+            cell = run_cell(piloted, pilot_key, eps, gamma, nbeta, "pilot")
+            validation.check_init_loss(cell.init_loss)  # the loss's fault: before any retry
+            return with_geometry(cell, at)
 
         scale, pilots = _pilot_step(pilot, diagnose, h_max, max(nbetas), min(localizations))
         step_sizes = list(scale * PILOT_GRID)
