@@ -1,6 +1,7 @@
 """Does ``detect_stages`` find the stages that are there, and only those?
 
     python benchmarks/stages.py      # writes benchmarks/results/stages-cpu.md
+    python benchmarks/stages.py --oracle 12 --draws 2000   # what any detector could do at N = 12
 
 Curves on log-spaced steps 10^(1 + 4x), x ∈ [0, 1], N checkpoints evenly spaced in x, with
 Gaussian errors of adjacent-checkpoint correlation ρ (AR(1) in checkpoint order: the
@@ -18,6 +19,7 @@ correlation that one key for every checkpoint, common random numbers, creates) p
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 import warnings
 from pathlib import Path
@@ -81,12 +83,63 @@ def rise_fall(n: int, draws: int, rho: float, seed: int) -> tuple[int, int, int,
     return right, bounds_right, silent, float(np.median(chi2))
 
 
+def oracle_power(n: int, draws: int, seed: int = 0) -> list[tuple[float, float, float]]:
+    """What any detector could do at ρ = 0: the likelihood-ratio test of the best continuous
+    3-knot line against the best 2-knot line (knots on a 50-point grid of x), which knows the
+    curve has at most three corners. Null: the 2-knot curve closest to the truth. Returns
+    (false rate, threshold in χ² units, power under the truth) at false rates 5% and 1%."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0.0, 1.0, n)
+    truth = np.interp(x, CORNERS_X, CORNERS_Y)
+    grid = np.linspace(0.01, 0.99, 50)
+
+    def residual_makers(k):  # I − P for every set of k knots
+        out = []
+        for knots in itertools.combinations(grid, k):
+            design = np.array([np.ones(n), x, *(np.maximum(x - q, 0.0) for q in knots)]).T
+            q, _ = np.linalg.qr(design)
+            out.append(np.eye(n) - q @ q.T)
+        return np.array(out)
+
+    m2, m3 = residual_makers(2), residual_makers(3)
+
+    def best(m, ys):  # the least residual sum of squares over the knot sets, per curve
+        out = np.full(len(ys), np.inf)
+        for i in range(0, len(m), 500):
+            out = np.minimum(out, np.einsum("dn,snm,dm->sd", ys, m[i : i + 500], ys).min(0))
+        return out
+
+    closest = m2[np.argmin(np.einsum("n,snm,m->s", truth, m2, truth))]
+    null = truth - closest @ truth  # the projection of the truth on that 2-knot model
+    sigma = 0.03
+    gains = []
+    for mean in (null, truth):
+        ys = mean + sigma * rng.standard_normal((draws, n))
+        gains.append((best(m2, ys) - best(m3, ys)) / sigma**2)
+    return [
+        (
+            q,
+            float(np.quantile(gains[0], 1 - q)),
+            float(np.mean(gains[1] > np.quantile(gains[0], 1 - q))),
+        )
+        for q in (0.05, 0.01)
+    ]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--draws", type=int, default=400)
     parser.add_argument("--rho", type=float, default=DEFAULT_CORRELATION)
+    parser.add_argument(
+        "--oracle", type=int, default=None, metavar="N",
+        help="print the power of the oracle test (oracle_power) at N checkpoints and exit",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    if args.oracle is not None:
+        for rate, threshold, power in oracle_power(args.oracle, args.draws):
+            print(f"false rate {rate:.0%}: threshold {threshold:.1f}, power {power:.1%}")
+        return
     rho, draws = args.rho, args.draws
     start = time.perf_counter()
     lines = [
