@@ -661,9 +661,13 @@ def _cell_burnin(step_size: float, localization: float, floor: int, cap: int) ->
     directions, at least ``floor`` and at most ``cap`` (the calibration's raised burn-in)."""
     if localization <= 0:
         return cap
-    # a hair above the quotient, so that ε·γ·burn-in ≥ MIN_RELAXATIONS survives float rounding
-    needed = math.ceil(MIN_RELAXATIONS / (step_size * localization) * (1 + 1e-9))
-    return int(min(max(floor, needed), cap))
+    return int(min(max(floor, _judged_burnin(step_size, localization)), cap))
+
+
+def _judged_burnin(step_size: float, localization: float) -> int:
+    """The least burn-in that covers ``MIN_RELAXATIONS`` relaxation times 1/(εγ) (γ > 0): a
+    hair above the quotient, so that ε·γ·burn-in ≥ MIN_RELAXATIONS survives float rounding."""
+    return math.ceil(MIN_RELAXATIONS / (step_size * localization) * (1 + 1e-9))
 
 
 def _larger_steps_fail(row: dict[str, Any], step: float) -> str | None:
@@ -725,7 +729,7 @@ def _nothing_ran(table, num_burnin: int) -> str:
         )
     gamma = float(calm.localization[(calm.step_size * calm.localization).idxmax()])
     steps = sorted({float(f"{e:.3g}") for e in calm.step_size[calm.localization == gamma]})
-    needed = math.ceil(MIN_RELAXATIONS / (steps[-1] * gamma) * (1 + 1e-9))
+    needed = _judged_burnin(steps[-1], gamma)
     return (
         f"No cell ran: none could qualify within {num_burnin} burn-in steps (the flat "
         f"directions relax in 1/(εγ) steps, {1 / (steps[-1] * gamma):.3g} at best: ε = "
@@ -879,7 +883,7 @@ def recommend(
                         f"{MAX_MARGIN:g} at w*."
                     )
                 elif not at.ran.any() and gamma > 0:  # refused unseen: say what would do
-                    needed = math.ceil(MIN_RELAXATIONS / (calm.step_size.max() * gamma))
+                    needed = _judged_burnin(calm.step_size.max(), gamma)
                     notes.append(
                         f"γ = {gamma:g}: not run, the burn-in ({num_burnin} steps) is short of "
                         f"{MIN_RELAXATIONS:g} relaxation times 1/(εγ) at every step of the grid "
@@ -941,14 +945,13 @@ def recommend(
                     )
             _check_flat_in_gamma(table, results, estimates, gammas, cautions, num_burnin, notes)
             break
-    if chosen is None and not table.ran.any():
-        notes.append(_nothing_ran(table, num_burnin))
-    elif chosen is None:
-        notes.append(
-            "No cell is healthy: lower the step sizes, raise num_burnin/num_draws or check that "
-            "w* is a local minimum."
-        )
     if chosen is None:
+        notes.append(
+            _nothing_ran(table, num_burnin)
+            if not table.ran.any()
+            else "No cell is healthy: lower the step sizes, raise num_burnin/num_draws or check "
+            "that w* is a local minimum."
+        )
         return Calibration(table, {}, "\n".join(notes), extrapolation, h_max, results)
     table.loc[chosen, "selected"] = True
     row = table.loc[chosen]
