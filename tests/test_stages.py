@@ -190,10 +190,10 @@ def test_too_few_points_even_with_llc_std():
 @pytest.mark.parametrize("n", [6, 12, 30])
 def test_rise_plateau_rise_fall_few_checkpoints(n):
     """Corners at x = 0.2, 0.4, 0.6 of log-spaced steps; noise 3% of the peak, llc_std given.
-    Measured over 200 draws (benchmarks/results/stages-cpu.md): right in 99% and 95.5% of
-    draws at n = 6 and 30, 64.5% at n = 12, where the plateau holds two checkpoints and the
-    step's expected χ² gain over a line (36) barely exceeds the 4σ pair threshold (32).
-    Binomial lower tails at 10 draws: P(≥ 8 | 0.95) = 0.99, P(≥ 2 | 0.5) = 0.99; the seeds are
+    Measured over 400 draws (benchmarks/results/stages-cpu.md): right in ≥ 96% of draws at
+    n = 6 and 30, 86% at n = 12, where the plateau holds two checkpoints (59% with the pair
+    of knees admitted at the single knee's threshold; these seeds: 4 of 10 then, 7 now).
+    Binomial lower tails at 10 draws: P(≥ 8 | 0.95) = 0.99, P(≥ 6 | 0.86) = 0.99; the seeds are
     fixed, so a regression below that fails."""
     x = np.linspace(0.0, 1.0, n)
     steps = 10.0 ** (1.0 + 4.0 * x)
@@ -205,7 +205,53 @@ def test_rise_plateau_rise_fall_few_checkpoints(n):
             warnings.simplefilter("ignore", StagesWarning)
             stages = detect_stages(steps, y, llc_std=0.03)
         right += list(stages.stages.kind) == ["rising", "flat", "rising", "falling"]
-    assert right >= (2 if n == 12 else 8), right
+    assert right >= (6 if n == 12 else 8), right
+
+
+def test_a_two_checkpoint_plateau_needs_the_pair_only_at_its_own_level():
+    """The noise-free rise–plateau–rise–fall at 12 log-spaced checkpoints, llc_std 0.036: the
+    plateau holds two checkpoints (x = 3/11, 4/11), and before the peak (knot 7) the best pair of
+    knees lowers χ² by 15.1 below the best single knee and 25.2 below the line: more than
+    the pair's own thresholds (f·16 = 10.8, 2f·16 = 21.6, f = PAIR_FRACTION) and less than 16
+    and 32. At 16 and 32 the plateau was lost (rising, falling, with a misfit warning)."""
+    x = np.linspace(0.0, 1.0, 12)
+    y = np.interp(x, [0.0, 0.2, 0.4, 0.6, 1.0], [0.0, 0.5, 0.5, 1.0, 0.4])
+    xs, ys = x[:8], y[:8] / 0.036
+
+    def rss(knots):
+        design = np.array([np.ones(8), xs, *(np.maximum(xs - x[k], 0.0) for k in knots)]).T
+        return float(np.sum((ys - design @ np.linalg.lstsq(design, ys, rcond=None)[0]) ** 2))
+
+    line = rss([])
+    single = min(rss([k]) for k in range(1, 7))
+    pair = min(rss([i, j]) for i in range(1, 7) for j in range(i + 1, 7))
+    assert 10.8 < single - pair < 16.0 and 21.6 < line - pair < 32.0, (line, single, pair)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stages = detect_stages(10.0 ** (1.0 + 4.0 * x), y, llc_std=0.036)
+    assert list(stages.stages.kind) == ["rising", "flat", "rising", "falling"]
+    assert list(np.round((np.log10(stages.boundaries) - 1.0) * 11 / 4)) == [0, 2, 4, 7, 11]
+
+
+@pytest.mark.parametrize("n", [6, 12, 30, 100])
+def test_a_rise_that_only_steepens_has_no_plateau(n):
+    """The price of admitting knee pairs at PAIR_FRACTION of the knee threshold: a rise that
+    steepens (at x = 0.465: the two-corner curve closest to rise–plateau–rise–fall) may read as
+    rise–plateau–rise. Noise-free it never does (llc_std 0.01–0.06); with noise 3% of the peak
+    it did in 1.5, 0.5, 1.0, 0% of 400 draws at n = 6, 12, 30, 100
+    (benchmarks/results/stages-cpu.md). P(≥ 2 of 10 | 0.03) = 0.035; the seeds are fixed."""
+    x = np.linspace(0.0, 1.0, n)
+    steps = 10.0 ** (1.0 + 4.0 * x)
+    truth = np.interp(x, [0.0, 0.465, 0.6, 1.0], [0.143, 0.664, 1.0, 0.4])
+    for sd in (0.01, 0.03, 0.06):
+        assert list(detect_stages(steps, truth, llc_std=sd).stages.kind) == ["rising", "falling"]
+    flat = 0
+    for seed in range(10):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StagesWarning)
+            stages = detect_stages(steps, _noisy(seed, 0.03, truth), llc_std=0.03)
+        flat += "flat" in list(stages.stages.kind)
+    assert flat <= 1, flat
 
 
 @pytest.mark.parametrize("n, seeds", [(30, range(5)), (100, (100, 184))])
