@@ -65,8 +65,8 @@ drop begins, where the drop ends, loss spikes) become boundaries too, unless an 
 lies within ``min_stage``·X; a stage then has the kind of the LLC stage holding it.
 
 Measured in ``benchmarks/stages.py`` (results in ``benchmarks/results/stages-cpu.md``): false
-stages on pure noise with and without correlation, and the recovery of rise–plateau–rise–fall
-curves at 6–100 checkpoints.
+stages on pure noise with and without correlation, the recovery of rise–plateau–rise–fall
+curves at 6–100 checkpoints, and plateaus read into a rise that only steepens.
 """
 
 from __future__ import annotations
