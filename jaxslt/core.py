@@ -40,6 +40,7 @@ __all__ = [
     "flag_exploded",
     "full_data_checks",
     "geometry_at",
+    "lower_geometry",
     "make_schedule",
     "program_config",
     "restricted_loss",
@@ -490,6 +491,22 @@ def _geometry_at(loss_fn, params, data, key, batch_size, compute_dtype, restrict
         loss_fn, params, data, jax.random.fold_in(key, 7), batch_size=batch_size,
         sample_size=4 * batch_size,
     )  # fmt: skip
+
+
+def lower_geometry(
+    loss_fn: Callable[[PyTree, PyTree], jax.Array],
+    params: PyTree,
+    data: PyTree,
+    key: jax.Array,
+    *,
+    batch_size: int | None,
+    compute_dtype: Any = None,
+    restrict: Restriction | None = None,
+) -> jax.stages.Lowered:
+    """``geometry_at``'s program on these arguments, traced and lowered, not compiled: its
+    ``compile()`` fills the cache that a ``geometry_at`` call on the same arguments then finds
+    (so the shell can compile it on another thread while the sampling program compiles)."""
+    return _geometry_at.lower(loss_fn, params, data, key, batch_size, compute_dtype, restrict)
 
 
 def with_geometry(result: LLCResult, at: LocalGeometry) -> LLCResult:

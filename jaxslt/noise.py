@@ -13,6 +13,10 @@ the parameter update so no noise array is ever stored. On GPU/TPU, JAX's own low
 already this unrolled form (read from JAX's source; not measured here), so there the gain is
 nil and the numbers are again the same.
 
+``sign_normal`` gives the signs of those draws (the Rademacher probes of the step check's
+curvature) without the inverse error function, about half of what each leaf's draw costs to
+compile (3.8 of 8.6 s in that program's compile, MLP of 48 leaves).
+
 Keys other than Threefry (``jax.random.key(0, impl="rbg")``), dtypes other than float32,
 leaves of 2**32 elements or more, and the non-default ``jax_threefry_partitionable=False`` mode
 are drawn by ``jax.random.normal`` itself, so the numbers always equal JAX's.
@@ -33,8 +37,10 @@ from jaxslt.types import PyTree
 
 __all__ = [
     "normal",
+    "sign_normal",
     "threefry2x32",
     "tree_normal",
+    "tree_sign_normal",
 ]
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -84,15 +90,35 @@ def normal(key: jax.Array, shape: tuple[int, ...] = (), dtype: Any = jnp.float32
     """Standard normal draws of ``shape``, equal bit for bit to ``jax.random.normal(key, shape,
     dtype)`` (JAX's default partitionable Threefry mode), computed so XLA can fuse them into
     the consumer. Falls back to ``jax.random.normal`` where the fused form does not apply."""
-    shape = tuple(int(d) for d in shape)
-    dtype = jnp.dtype(dtype)
-    if (
-        dtype != jnp.float32
-        or math.prod(shape) >= 2**32
-        or not _is_threefry(key)
-        or not jax.config.jax_threefry_partitionable
-    ):
+    shape, dtype = tuple(int(d) for d in shape), jnp.dtype(dtype)
+    if not _fused(key, shape, dtype):
         return jax.random.normal(key, shape, dtype)
+    return np.float32(np.sqrt(2.0)) * lax.erf_inv(_open_uniform(key, shape))
+
+
+def sign_normal(key: jax.Array, shape: tuple[int, ...] = (), dtype: Any = jnp.float32) -> jax.Array:
+    """``jnp.sign(normal(key, shape, dtype))`` bit for bit (a Rademacher draw), without the
+    inverse error function: √2·erfinv(u) = u·p(u) with p > 0 (XLA's polynomial approximates
+    erfinv(u)/u ≥ √π/2), so its sign is the sign of u. Compiles in a fraction of the time."""
+    shape, dtype = tuple(int(d) for d in shape), jnp.dtype(dtype)
+    if not _fused(key, shape, dtype):
+        return jnp.sign(jax.random.normal(key, shape, dtype))
+    return jnp.sign(_open_uniform(key, shape))
+
+
+def _fused(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> bool:
+    """Whether the fused form equals ``jax.random.normal`` here (see the module docstring)."""
+    return (
+        dtype == jnp.float32
+        and math.prod(shape) < 2**32
+        and _is_threefry(key)
+        and jax.config.jax_threefry_partitionable
+    )
+
+
+def _open_uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``jax.random.uniform(key, shape, minval=−1, maxval=1)`` clipped to the open interval, as
+    ``jax.random.normal`` draws it before its erfinv."""
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
     k1, k2 = key[..., 0], key[..., 1]
@@ -101,11 +127,15 @@ def normal(key: jax.Array, shape: tuple[int, ...] = (), dtype: Any = jnp.float32
     # scaled to [−1, 1) and clipped to jax's open interval, exactly as jax.random.uniform does.
     mantissa = lax.shift_right_logical(hi ^ lo, np.uint32(9)) | np.uint32(0x3F800000)
     unit = lax.bitcast_convert_type(mantissa, jnp.float32) - np.float32(1.0)
-    u = lax.max(_LOW, unit * (np.float32(1.0) - _LOW) + _LOW)
-    return np.float32(np.sqrt(2.0)) * lax.erf_inv(u)
+    return lax.max(_LOW, unit * (np.float32(1.0) - _LOW) + _LOW)
 
 
 def tree_normal(key: jax.Array, tree: PyTree) -> PyTree:
     """A standard normal draw shaped like ``tree``, one key per leaf as
     ``optax.tree.random_like`` splits them, each leaf in its own dtype."""
     return optax.tree.random_like(key, tree, normal)
+
+
+def tree_sign_normal(key: jax.Array, tree: PyTree) -> PyTree:
+    """The signs of ``tree_normal(key, tree)`` (a Rademacher probe), by ``sign_normal``."""
+    return optax.tree.random_like(key, tree, sign_normal)

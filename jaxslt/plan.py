@@ -21,6 +21,7 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
@@ -39,6 +40,7 @@ from jaxslt.config import DEFAULT_LOCALIZATION, SamplingConfig
 from jaxslt.core import (
     LLCResult,
     geometry_at,
+    lower_geometry,
     make_schedule,
     program_config,
     restricted_loss,
@@ -65,6 +67,10 @@ __all__ = [
     "retry_auto_step",
     "run",
 ]
+
+
+# one worker: a program compiles there while the caller's thread traces and compiles another
+_COMPILER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxslt-compile")
 
 
 class LLCWarning(RuntimeWarning):
@@ -122,11 +128,22 @@ class Plan(NamedTuple):
     ) -> LocalGeometry:
         """The step check's curvature at w* for this plan's loss, batch and key
         (``jaxslt.core.geometry_at``: its own program, shared by every config)."""
+        return geometry_at(loss_fn, params, data, key, **self._geometry_settings)
+
+    def compile_measure(
+        self, loss_fn: Callable, params: PyTree, data: PyTree, key: jax.Array
+    ) -> Future:
+        """``measure``'s program traced here and compiled on a worker thread (XLA releases the
+        GIL while it compiles), so that it compiles while the sampling program does; the future
+        resolves once it is compiled, and ``measure`` then finds it compiled."""
+        lowered = lower_geometry(loss_fn, params, data, key, **self._geometry_settings)
+        return _COMPILER.submit(lowered.compile)
+
+    @property
+    def _geometry_settings(self) -> dict[str, Any]:
         config = self.config
-        return geometry_at(
-            loss_fn, params, data, key, batch_size=config.batch_size,
-            compute_dtype=config.compute_dtype, restrict=self.restrict,
-        )  # fmt: skip
+        return dict(batch_size=config.batch_size, compute_dtype=config.compute_dtype,
+                    restrict=self.restrict)  # fmt: skip
 
 
 def resolve(
@@ -287,9 +304,12 @@ def run(
     with ``measure`` (the run will be diagnosed) complete the step check's geometry
     (``Plan.measure``). Blocks until the result is ready."""
     params = place_params(params, plan.config.mesh, plan.config.param_specs)
+    measure = measure and plan.config.step_check  # the run records its part of the geometry
+    compiled = plan.compile_measure(loss_fn, params, data, key) if measure else None
     with progress_steps(progress, plan.total_steps, label) as every:
         result = plan.sample(loss_fn, params, data, key, every)
-    if measure and result.geometry is not None:
+    if measure:
+        compiled.result()
         result = with_geometry(result, plan.measure(loss_fn, params, data, key))
     return jax.block_until_ready(result)
 

@@ -180,6 +180,8 @@ def llc_trajectory(
             for i, (step, params) in enumerate(zip(steps, trees, strict=True))
         ]  # fmt: skip
     else:
+        # the curvature at each w*: one small program, compiled while the checkpoints' compiles
+        compiled = plan.compile_measure(loss_fn, trees[-1], data, key) if diagnostics else None
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *trees)  # stays on device
         batched = _mapped(
             loss_fn, stacked, data, key, plan.traced, config=plan.config,
@@ -187,7 +189,8 @@ def llc_trajectory(
             else min(checkpoint_batch_size, len(trees)),
         )  # fmt: skip
         results = [jax.tree.map(lambda x, i=i: x[i], batched) for i in range(len(trees))]
-        if diagnostics:  # the curvature at each w*: one small program, compiled once
+        if diagnostics:
+            compiled.result()
             results = [
                 with_geometry(result, plan.measure(loss_fn, params, data, key))
                 for result, params in zip(results, trees, strict=True)

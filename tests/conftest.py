@@ -110,6 +110,25 @@ def traces():
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
+@pytest.fixture
+def compiles():
+    """A Counter of XLA compiles since the test started, by (function name, thread name), from
+    JAX's public monitoring events."""
+    import collections
+    import threading
+
+    seen: collections.Counter = collections.Counter()
+
+    def listener(event, duration, **kwargs):
+        del duration
+        if event == "/jax/core/compile/backend_compile_duration":
+            seen[kwargs.get("fun_name"), threading.current_thread().name] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield seen
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 

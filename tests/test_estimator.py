@@ -254,6 +254,21 @@ def test_the_step_check_curvature_compiles_once_per_loss_not_per_config(traces):
     assert traces["_geometry_at"] == before and np.isnan(float(lazy.geometry.h_max))
 
 
+@pytest.mark.xla_internals  # JAX's caches: an ahead-of-time compile fills the one a call reads
+def test_the_step_check_curvature_compiles_on_a_worker_while_the_sampler_compiles(compiles):
+    """``plan.run`` traces the curvature program, compiles it on the ``jaxslt-compile`` thread
+    while the caller compiles the sampler, and the measurement then runs it without compiling
+    it again (MLP of 24 layers: the first call fell from 33 to 23 s; ``benchmarks/compile.py``)."""
+    loss = functools.partial(quadratic_loss)  # a new function: nothing of it is compiled yet
+    result = jaxslt.estimate_llc(loss, quadratic_params(), dummy_data(), key=jax.random.key(0),
+                                 step_size=1e-3, num_chains=2, num_draws=20, num_burnin=5,
+                                 progress=False)  # fmt: skip
+    assert np.isfinite(float(result.geometry.h_max))
+    where = [thread for (name, thread) in compiles if name == "jit(_geometry_at)"]
+    assert len(where) == 1 and where[0].startswith("jaxslt-compile"), compiles
+    assert compiles["jit(_geometry_at)", where[0]] == 1
+
+
 def test_result_is_a_pytree_with_a_readable_summary():
     result = _estimate(step_size=1e-3, nbeta=100.0, num_chains=3, num_draws=20, num_burnin=5)
     chex.assert_shape(result.llc_per_chain, (3,))

@@ -76,6 +76,35 @@ def test_tree_normal_splits_keys_like_optax():
     )
 
 
+@pytest.mark.jax_internals
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), raw=st.booleans())
+def test_sign_normal_is_the_sign_of_the_normal_bit_for_bit(seed, raw):
+    # 2**16 draws per key: both signs, and any draw where erfinv could flip or zero the sign
+    key = jax.random.PRNGKey(seed) if raw else jax.random.key(seed)
+    got = noise.sign_normal(key, (256, 256))
+    chex.assert_trees_all_equal(got, jnp.sign(jax.random.normal(key, (256, 256))))
+    assert got.dtype == jnp.float32
+
+
+@pytest.mark.parametrize(
+    "key, dtype",
+    [(jax.random.key(1, impl="rbg"), jnp.float32), (jax.random.key(1), jnp.bfloat16)],
+    ids=["rbg-key", "bfloat16"],
+)
+def test_sign_normal_falls_back_to_jax_like_normal(key, dtype):
+    got = noise.sign_normal(key, (5, 3), dtype)
+    chex.assert_trees_all_equal(got, jnp.sign(jax.random.normal(key, (5, 3), dtype)))
+
+
+def test_tree_sign_normal_is_the_sign_of_tree_normal():
+    tree = {"a": jnp.zeros((5, 4)), "b": (jnp.zeros(3), jnp.zeros((2, 2), jnp.bfloat16))}
+    key = jax.random.key(12)
+    chex.assert_trees_all_equal(
+        noise.tree_sign_normal(key, tree), jax.tree.map(jnp.sign, noise.tree_normal(key, tree))
+    )
+
+
 def test_threefry2x32_known_answer():
     # Random123's known-answer vectors for threefry2x32_20 (also in JAX's own tests)
     cases = [
