@@ -2,6 +2,7 @@
 
     python benchmarks/auto.py            # writes benchmarks/results/auto-<platform>.md
     python benchmarks/auto.py --only ICL --trace   # and prints each sampler run as it ends
+    python benchmarks/auto.py --big --trace        # the 1e6-parameter DLN alone (hours)
 
 For each problem: the estimate, the exact target of the same finite-(nβ, γ) posterior at the γ
 auto chose (quadrature for normal crossings, the Gaussian closed form for the regular model,
@@ -105,7 +106,13 @@ def _icl_transformer():
     return SimpleNamespace(loss_fn=loss_fn, params=params, data=data, truth=None)
 
 
-def _problems():
+def _problems(big=False):
+    if big:  # issue 13's at-scale case: an hour or more on 2 CPU cores, Gibbs target included
+        p = problems.deep_linear_network(
+            [1000, 500, 1000], 100, key=jax.random.key(0), num_examples=100_000
+        )
+        yield "DLN 1000-500-1000 r=100 (1e6 parameters, n = 1e5)", p, {}
+        return
     nbeta = 1000 / np.log(1000)
     for k in [(1, 1), (1, 2), (2, 2), (0, 1)]:
         p = problems.normal_crossing(k, t=nbeta)
@@ -234,10 +241,14 @@ def main():
         "--trace", action="store_true", help="print each sampler run of auto as it ends (its "
         "lengths, settings and wall time) and the calibration's explanation"
     )  # fmt: skip
+    parser.add_argument(
+        "--big", action="store_true", help="only the 1e6-parameter deep linear network "
+        "(1000-500-1000, rank 100, n = 1e5) instead of the other problems"
+    )  # fmt: skip
     args = parser.parse_args()
     _warm_up()
     rows = []
-    for name, p, kw in _problems():
+    for name, p, kw in _problems(args.big):
         if args.only not in name or (args.skip and args.skip in name):
             continue
         for seed in args.keys:
