@@ -99,7 +99,7 @@ def normal(key: jax.Array, shape: tuple[int, ...] = (), dtype: Any = jnp.float32
 def sign_normal(key: jax.Array, shape: tuple[int, ...] = (), dtype: Any = jnp.float32) -> jax.Array:
     """``jnp.sign(normal(key, shape, dtype))`` bit for bit (a Rademacher draw), without the
     inverse error function: √2·erfinv(u) = u·p(u) with p > 0 (XLA's polynomial approximates
-    erfinv(u)/u ≥ √π/2), so its sign is the sign of u. Compiles in a fraction of the time."""
+    erfinv(u)/u ≥ √π/2), so its sign is the sign of u. About half the draw's compile time."""
     shape, dtype = tuple(int(d) for d in shape), jnp.dtype(dtype)
     if not _fused(key, shape, dtype):
         return jnp.sign(jax.random.normal(key, shape, dtype))

@@ -180,7 +180,7 @@ def llc_trajectory(
             for i, (step, params) in enumerate(zip(steps, trees, strict=True))
         ]  # fmt: skip
     else:
-        # the curvature at each w*: one small program, compiled while the checkpoints' compiles
+        # the curvature at each w*: one small program, compiled while the checkpoints' one does
         compiled = plan.compile_measure(loss_fn, trees[-1], data, key) if diagnostics else None
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *trees)  # stays on device
         batched = _mapped(
