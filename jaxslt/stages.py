@@ -35,9 +35,18 @@ transformers"). ``detect_stages`` finds them in a noisy curve y_t at steps s_t a
    and ``min_stage`` then holds the next knee off the true corner). (c) The stage
    model is the continuous piecewise-linear GLS fit with knots at the boundaries; each knot
    moves to the checkpoint within max(2h, the largest spacing) that minimises its χ²
-   (coordinate descent).
-5. **Stages.** With c_k the stage model at knot k (the weighted least-squares fit with those
-   knots, which follows the points; the GLS χ² only places them) and se(c_{k+1} − c_k) from its
+   (coordinate descent). (d) Corners between checkpoints: each knot then moves, by coordinate
+   descent of χ², to its best position within a checkpoint interval of its checkpoint (a grid
+   of ~16 per half interval), keeping two checkpoints in every piece, and the checkpoint
+   nearest to it becomes its boundary (a corner pinned to a checkpoint bends the neighbouring
+   piece onto the next stage: a plateau's end one checkpoint late reads as rising). (e) Pairs
+   over the whole curve: the best pair of new knots in one piece (at checkpoints, by the exact
+   update of χ² for added hinge functions), with every corner then placed as in (d), is added
+   while it lowers χ² by 2f·``significance``² and beats the best single new corner, placed
+   the same way, by f·``significance``² (the stretch-wise search of (b) holds the corners of
+   its ends at checkpoints, which costs it the third corner of rise–plateau–rise–peak).
+5. **Stages.** With c_k the stage model at corner k (the weighted least-squares fit with those
+   corners, which follows the points; the GLS χ² only places them) and se(c_{k+1} − c_k) from its
    sandwich covariance under Σ, a piece is "flat" when |c_{k+1} − c_k| ≤ ``significance``·se
    + min(``flat``·R·Δx/X, ``significance``·se) (a slow drift of at most ``flat`` times the
    mean slope is tolerated, never more than the significance threshold again), otherwise
@@ -45,19 +54,22 @@ transformers"). ``detect_stages`` finds them in a noisy curve y_t at steps s_t a
    interval, or less than ``min_stage``·X, is the apex of a peak (trough) sampled on both
    sides, not a plateau: it takes the kind of its change's sign.
    Neighbouring pieces of the same kind are one stage; the stage model keeps every knot, so it
-   follows the points. Critical points are read off the stage sequence: rising → falling is a
-   peak, falling → rising a trough, a flat stage a plateau.
-6. **Goodness of fit.** With ``llc_std`` the stage model's χ² is compared with χ²_ν
-   (ν = N − knots): beyond its 1 − 10⁻³ quantile the boundaries are searched again without
-   the ``min_stage`` limit (a fast transition between slow stretches needs close knots), kept
-   when they fit or when each extra knot lowers χ² by ``significance``²; if the fit is still
-   improbable the stated σ is too small, or the curve has structure finer than its
-   checkpoints, or some values are no LLC measurement (λ̂ < 0 where w is no minimum): with
-   ν ≥ 12 σ is scaled by the misfit's typical size, √(median of the squared whitened
-   residuals / 0.455, the median of χ²_1), which a σ understated everywhere raises and a few
-   missed checkpoints do not, and steps 3–5 are repeated with Student-t(ν) thresholds; a fit
-   still improbable after that (or with ν < 12) gets a ``StagesWarning`` naming the
-   checkpoints it misses by more than ``significance``·σ.
+   follows the points. A stage's boundaries are the checkpoints nearest its corners, except
+   where that would give a flat stage a change (between its boundary checkpoints) that the
+   flat test rejects, a checkpoint of the neighbouring rise or fall: then it keeps only the
+   checkpoints within its corners. Critical points are read off the stage sequence: rising →
+   falling is a peak, falling → rising a trough, a flat stage a plateau.
+6. **Goodness of fit.** With ``llc_std`` the stage model's χ² is compared with χ²_ν (ν = N −
+   knots − corners placed between checkpoints): beyond its 1 − 10⁻³ quantile the boundaries are
+   searched again without the ``min_stage`` limit (a fast transition between slow stretches
+   needs close knots), kept when they fit or when each extra knot lowers χ² by
+   ``significance``²; if the fit is still improbable the stated σ is too small, or the curve
+   has structure finer than its checkpoints, or some values are no LLC measurement (λ̂ < 0
+   where w is no minimum): with ν ≥ 12 σ is scaled by the misfit's typical size, √(median of
+   the squared whitened residuals / 0.455, the median of χ²_1), which a σ understated
+   everywhere raises and a few missed checkpoints do not, and steps 3–5 are repeated with
+   Student-t(ν) thresholds; a fit still improbable after that (or with ν < 12) gets a
+   ``StagesWarning`` naming the checkpoints it misses by more than ``significance``·σ.
 
 With ``loss``, the loss curve goes through steps 2–5 on its own (σ always estimated from its
 scatter, so at least 12 checkpoints). Its boundaries (where a loss plateau ends and a sudden
@@ -345,11 +357,18 @@ class _Noise(NamedTuple):
         return _whitener(self.sigma[lo : hi + 1], self.rho)
 
 
+def _whiten(white: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """W a for the lower-bidiagonal W of ``_whitener`` (two diagonals, not a dense product:
+    the knot searches whiten thousands of designs)."""
+    out = np.diagonal(white)[:, None] * a
+    out[..., 1:, :] += np.diagonal(white, -1)[:, None] * a[..., :-1, :]
+    return out
+
+
 def _gls(design: np.ndarray, y: np.ndarray, white: np.ndarray):
     """Generalised least squares: coefficients, their covariance (XᵀΣ⁻¹X)⁻¹ and χ² =
     (y − Xc)ᵀ Σ⁻¹ (y − Xc), with W Σ Wᵀ = I. ``design`` may carry leading batch axes."""
-    xw = white @ design
-    yw = white @ y
+    xw, yw = _whiten(white, design), white @ y
     gram = np.swapaxes(xw, -1, -2) @ xw
     cov = np.linalg.inv(gram)
     coef = (cov @ (np.swapaxes(xw, -1, -2) @ yw[:, None]))[..., 0]
@@ -357,12 +376,12 @@ def _gls(design: np.ndarray, y: np.ndarray, white: np.ndarray):
     return coef, cov, chi2
 
 
-def _knee_chi2(x, y, noise: _Noise, lo, hi, knots):
+def _knee_chi2(x, y, noise: _Noise, lo, hi, corners):
     """χ² (generalised RSS) of the continuous two-piece line through points lo..hi with its knee
-    at each checkpoint in ``knots``, and of the single line."""
+    at each x position in ``corners``, and of the single line."""
     xs, ys = x[lo : hi + 1], y[lo : hi + 1]
     white = noise.whitener(lo, hi)
-    c = x[knots][:, None]
+    c = np.asarray(corners, dtype=float)[:, None]
     design = np.stack(
         [np.ones((c.size, xs.size)), np.minimum(xs - c, 0.0), np.maximum(xs - c, 0.0)], -1
     )
@@ -372,9 +391,11 @@ def _knee_chi2(x, y, noise: _Noise, lo, hi, knots):
 
 
 def _pair_chi2(x, y, noise: _Noise, lo, hi, pairs):
-    """χ² of the continuous three-piece line through points lo..hi with knees at each pair."""
+    """χ² of the continuous three-piece line through points lo..hi with knees at each pair of
+    x positions (rows of ``pairs``)."""
     xs, ys = x[lo : hi + 1], y[lo : hi + 1]
-    a, b = x[pairs[:, 0]][:, None], x[pairs[:, 1]][:, None]
+    pairs = np.asarray(pairs, dtype=float)
+    a, b = pairs[:, :1], pairs[:, 1:]
     design = np.stack(
         [
             np.ones((a.size, xs.size)),
@@ -387,6 +408,23 @@ def _pair_chi2(x, y, noise: _Noise, lo, hi, pairs):
     return _gls(design, ys, noise.whitener(lo, hi))[2]
 
 
+REFINE_GRID = 16  # candidate corner positions per half checkpoint interval
+
+
+def _near(x, i, ends, tol):
+    """Corner positions within a checkpoint interval of x[i], on a grid of about
+    ``REFINE_GRID`` per half interval, keeping two checkpoints (ends included) between the
+    corner and each x position of ``ends``: one point would leave a piece's slope to the
+    noise, and the knots would then zigzag through the points."""
+    # no midpoint on the grid: the checkpoint nearest to a corner is never a tie
+    f = np.arange(2 - 2 * REFINE_GRID, 2 * REFINE_GRID - 1) / (2.0 * REFINE_GRID - 1.0)
+    grid = x[i] + np.where(f < 0, f * (x[i] - x[i - 1]), f * (x[i + 1] - x[i]))
+    left, right = ends
+    before = np.searchsorted(x, grid + tol, "right") - np.searchsorted(x, left - tol)
+    after = np.searchsorted(x, right + tol, "right") - np.searchsorted(x, grid - tol)
+    return grid[(before >= 2) & (after >= 2)]
+
+
 PAIR_SEARCH_MAX = 100  # stretches with at most this many candidate knees also try knee pairs
 # A pair of knees is admitted at this fraction of the single-knee threshold: its knots are no
 # stage by themselves (a piece between them is a plateau only if its change passes the
@@ -394,9 +432,9 @@ PAIR_SEARCH_MAX = 100  # stretches with at most this many candidate knees also t
 # plateau needs it. At significance 4 the weaker knee must lower χ² by 10.8, the 1%-false-rate
 # threshold of the likelihood-ratio test of a third corner against two on a 12-checkpoint
 # curve (benchmarks/stages.py --oracle 12). Measured there (400 draws, ρ = 0): rise–plateau–
-# rise–fall right at N = 12 in 86–89% of draws (59% at fraction 1); a plateau read into a rise
-# that only steepens in 3.0, 0.5, 1.5% at N = 6, 12, 30 (2.75, 0, 0.75% at fraction 1); pure
-# noise: no more false stages.
+# rise–fall right at N = 12 in 86–89% of draws with corners at checkpoints (59% at fraction 1),
+# 94% with corners between them; a plateau read into a rise that only steepens in 2.0, 0.8,
+# 0.8% at N = 6, 12, 30 (2.75, 0, 0.75% at fraction 1); pure noise: no more false stages.
 PAIR_FRACTION = 0.675
 
 
@@ -410,7 +448,7 @@ def _knees(x, y, noise, lo, hi, min_len, threshold):
     inner = inner[(x[inner] - x[lo] >= min_len) & (x[hi] - x[inner] >= min_len)]
     if inner.size == 0:
         return []
-    chi2, line_chi2 = _knee_chi2(x, y, noise, lo, hi, inner)
+    chi2, line_chi2 = _knee_chi2(x, y, noise, lo, hi, x[inner])
     best = int(np.argmin(chi2))
     cuts, fit = [], line_chi2
     if line_chi2 - chi2[best] > threshold:
@@ -420,7 +458,7 @@ def _knees(x, y, noise, lo, hi, min_len, threshold):
             [(i, j) for i in inner for j in inner if j > i and x[j] - x[i] >= min_len], dtype=int
         )
         if pairs.size:
-            pair_chi2 = _pair_chi2(x, y, noise, lo, hi, pairs)
+            pair_chi2 = _pair_chi2(x, y, noise, lo, hi, x[pairs])
             k = int(np.argmin(pair_chi2))
             # the pair wins when it beats the line by 2·f·threshold and the best single knee
             # (if any) by f·threshold: each of its knees counts given the other
@@ -438,19 +476,15 @@ def _knees(x, y, noise, lo, hi, min_len, threshold):
     return out
 
 
-def _basis(x: np.ndarray, bounds, knots_x: np.ndarray | None = None) -> np.ndarray:
-    """Hat functions with knots at x[bounds] (or ``knots_x``), evaluated at x: the
-    coefficients are the values at the knots."""
-    kx = x[bounds] if knots_x is None else knots_x
-    return np.stack([np.interp(x, kx, e) for e in np.eye(len(kx))], 1)
-
-
-def _spline(x, y, noise: _Noise, bounds, white=None):
-    """Generalised least-squares continuous piecewise-linear fit with knots at x[bounds]: knot
-    values c, their covariance (BᵀΣ⁻¹B)⁻¹ and the χ²."""
-    white = noise.whitener() if white is None else white
-    knots, cov, chi2 = _gls(_basis(x, bounds), y, white)
-    return knots, cov, float(chi2)
+def _basis(x: np.ndarray, knots_x: np.ndarray) -> np.ndarray:
+    """Hat functions with knots at ``knots_x`` (increasing; leading axes batch), evaluated at x
+    (constant beyond the end knots): the coefficients are the values at the knots. With t_j(x)
+    the progress through interval j, clipped to [0, 1], the interpolant is
+    c_0 + Σ_j (c_{j+1} − c_j) t_j, so B = [1 − t_0, t_0 − t_1, …, t_{K−2}]."""
+    kx = np.asarray(knots_x, dtype=float)[..., None, :]
+    t = np.clip((np.asarray(x, dtype=float)[:, None] - kx[..., :-1]) / np.diff(kx, axis=-1), 0, 1)
+    ones = np.ones((*t.shape[:-1], 1))
+    return np.concatenate([ones, t], -1) - np.concatenate([t, 0.0 * ones], -1)
 
 
 def _descend(x, y, noise, bounds, min_len, window):
@@ -466,15 +500,120 @@ def _descend(x, y, noise, bounds, min_len, window):
             options = options[(options > bounds[k - 1]) & (options < bounds[k + 1])]
             if options.size < 2:
                 continue
-            chi2 = [
-                _spline(x, y, noise, [*bounds[:k], j, *bounds[k + 1 :]], white)[2] for j in options
-            ]
-            best = int(options[int(np.argmin(chi2))])
+            candidates = np.repeat(x[bounds][None], options.size, 0)
+            candidates[:, k] = x[options]
+            best = int(options[int(np.argmin(_gls(_basis(x, candidates), y, white)[2]))])
             moved |= best != bounds[k]
             bounds[k] = best
         if not moved:
             break
     return bounds
+
+
+def _refine(x, y, noise: _Noise, bounds) -> tuple[list[int], np.ndarray]:
+    """Corner positions between checkpoints: each interior knot of the GLS spline moves, by
+    coordinate descent of χ², to its best position within a checkpoint interval of its
+    checkpoint (``_near``), and the checkpoint nearest to that position becomes its own. A
+    corner that falls between checkpoints, pinned to one, bends the neighbouring piece onto
+    the next stage (a plateau's end placed one checkpoint late reads as rising). Returns the
+    checkpoints nearest the corners and the corners."""
+    bounds, kx = list(bounds), x[bounds].astype(float)
+    white = noise.whitener()
+    tol = 1e-12 * float(x[-1] - x[0])
+    for _ in range(4 * len(bounds)):
+        moved = False
+        for k in range(1, len(bounds) - 1):
+            grid = _near(x, bounds[k], (kx[k - 1], kx[k + 1]), tol)
+            if grid.size < 2:
+                continue
+            old, candidates = kx[k], np.repeat(kx[None], grid.size, 0)
+            candidates[:, k] = grid
+            kx[k] = float(grid[int(np.argmin(_gls(_basis(x, candidates), y, white)[2]))])
+            nearest = int(np.argmin(np.abs(x - kx[k])))
+            if bounds[k - 1] < nearest < bounds[k + 1]:
+                bounds[k] = nearest
+            moved |= kx[k] != old
+        if not moved:
+            break
+    return bounds, kx
+
+
+def _added_chi2(x, y, white, knots_x, free, pairs):
+    """χ² of the GLS spline with knots ``knots_x`` plus one knot at each checkpoint of
+    ``free``, and plus the two of each row of ``pairs`` (checkpoint indices in ``free``). A
+    knot at c adds the hinge max(x − c, 0) to the spline space, so χ² = |r|² − uᵀG⁻¹u, with r
+    the whitened residual of the current fit, H̃ the whitened hinges projected off the current
+    basis, G = H̃ᵀH̃ and u = H̃ᵀr: one Gram matrix for every pair instead of a fit each."""
+    q = np.linalg.qr(_whiten(white, _basis(x, knots_x)))[0]
+    r = white @ y - q @ (q.T @ (white @ y))
+    h = _whiten(white, np.maximum(x[:, None] - x[free][None, :], 0.0))
+    h -= q @ (q.T @ h)
+    g, u = h.T @ h, h.T @ r
+    d = np.maximum(np.diagonal(g), 1e-300)
+    i, j = np.searchsorted(free, pairs[:, 0]), np.searchsorted(free, pairs[:, 1])
+    det = np.maximum(d[i] * d[j] - g[i, j] ** 2, 1e-300)
+    two = r @ r - (u[i] ** 2 * d[j] - 2 * u[i] * u[j] * g[i, j] + u[j] ** 2 * d[i]) / det
+    return r @ r - u**2 / d, two
+
+
+def _add_pairs(x, y, noise, bounds, knots_x, min_len, threshold):
+    """Corners in pairs over the whole curve, every corner placed between checkpoints
+    (``_refine``): the best pair is added while it lowers χ² by more than 2·``threshold`` and
+    beats the best single corner by ``threshold``."""
+    white = noise.whitener()
+    tol = 1e-12 * float(x[-1] - x[0])
+    bounds, knots_x = list(bounds), np.asarray(knots_x, dtype=float)
+
+    def chi2(kx):
+        return _gls(_basis(x, kx), y, white)[2]
+
+    def refined(new):
+        b, kx = _refine(x, y, noise, sorted([*bounds, *(int(i) for i in new)]))
+        return float(chi2(kx)), b, kx
+
+    def fits(kx):  # two checkpoints in every piece, and min_len
+        inside = np.searchsorted(x, kx[:, 1:] + tol, "right") - np.searchsorted(x, kx[:, :-1] - tol)
+        return np.all(inside >= 2, 1) & np.all(np.diff(kx, axis=1) >= min_len - tol, 1)
+
+    for _ in range(x.size):
+        current = float(chi2(knots_x))
+        free = np.setdiff1d(np.arange(1, x.size - 1), bounds)
+        # both corners of a pair in one piece (rise–flat–rise), as in ``_knees``
+        gap = np.searchsorted(bounds, free)
+        a, b = np.triu_indices(free.size, 1)
+        sizes = np.bincount(gap, minlength=len(bounds) + 1)
+        same = (gap[a] == gap[b]) & (sizes[gap[a]] <= PAIR_SEARCH_MAX)
+        pairs = np.stack([free[a[same]], free[b[same]]], 1)
+        if pairs.size == 0:
+            break
+        singles = np.sort(np.concatenate([np.tile(knots_x, (free.size, 1)), x[free, None]], 1))
+        doubles = np.sort(np.concatenate([np.tile(knots_x, (len(pairs), 1)), x[pairs]], 1))
+        ok1, ok2 = fits(singles), fits(doubles)
+        if not ok2.any():
+            break
+        one, two = _added_chi2(x, y, white, knots_x, free, pairs)
+        # the best corner and the best pair at checkpoints, then placed between them
+        double = refined(list(pairs[int(np.argmin(np.where(ok2, two, np.inf)))]))
+        if current - double[0] <= 2 * threshold:
+            break
+        if ok1.any():
+            single = refined([free[int(np.argmin(np.where(ok1, one, np.inf)))]])
+            if single[0] - double[0] <= threshold:
+                break
+        _, bounds, knots_x = double
+    return bounds, knots_x
+
+
+def _changes(knots_x, knots, cov, at):
+    """The spline's change between consecutive x positions ``at`` and its standard error."""
+    diff = np.diff(_basis(np.asarray(at, dtype=float), knots_x), axis=0)
+    return diff @ knots, np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", diff, cov, diff), 0.0))
+
+
+def _flat(change, se, length, slope_tol, significance):
+    """Step 5's test: |change| ≤ significance·se + min(slope_tol·length, significance·se)."""
+    level = significance * se
+    return np.abs(change) <= level + np.minimum(slope_tol * length, level)
 
 
 class _Pieces(NamedTuple):
@@ -484,17 +623,18 @@ class _Pieces(NamedTuple):
     knots: np.ndarray  # fitted value at each boundary
     kinds: list[str]
     cov: np.ndarray  # covariance of the knot values
+    knots_x: np.ndarray  # the corners on the x axis (``bounds``: checkpoints near them)
 
 
-def _pieces(x, y, noise, bounds, slope_tol, significance, apex_len=0.0) -> _Pieces:
-    """The stage model: the weighted least-squares linear spline with knots at x[bounds]
-    (hat-function basis B, so the coefficients are the knot values c = (BᵀWB)⁻¹BᵀWy, W = diag
-    1/σ²), which follows the points; its covariance is the sandwich
-    (BᵀWB)⁻¹ BᵀWΣWB (BᵀWB)⁻¹ under the correlated errors Σ. (The GLS fit, used to place the
-    knots, is more efficient but under strong correlation may sit off the points by an offset
-    the noise model allows.) Stage k is "flat" when |c_{k+1} − c_k| ≤ significance·se
-    (+ the capped drift tolerance), "rising" or "falling" otherwise."""
-    basis = _basis(x, bounds)
+def _pieces(x, y, noise, bounds, knots_x, slope_tol, significance, apex_len) -> _Pieces:
+    """The stage model: the weighted least-squares linear spline with knots at ``knots_x``
+    (corners near the checkpoints ``bounds``; hat-function basis B, so the coefficients are the
+    knot values c = (BᵀWB)⁻¹BᵀWy, W = diag 1/σ²), which follows the points; its covariance is
+    the sandwich (BᵀWB)⁻¹ BᵀWΣWB (BᵀWB)⁻¹ under the correlated errors Σ. (The GLS fit, used to
+    place the knots, is more efficient but under strong correlation may sit off the points by
+    an offset the noise model allows.) Stage k is "flat" when |c_{k+1} − c_k| ≤
+    significance·se (+ the capped drift tolerance), "rising" or "falling" otherwise."""
+    basis = _basis(x, knots_x)
     sigma = noise.sigma
     w = 1.0 / sigma**2
     bread = np.linalg.inv(basis.T @ (w[:, None] * basis))
@@ -502,11 +642,8 @@ def _pieces(x, y, noise, bounds, slope_tol, significance, apex_len=0.0) -> _Piec
     cov_y = sigma[:, None] * _correlation(x.size, noise.rho) * sigma[None, :]
     meat = (basis * w[:, None]).T @ cov_y @ (basis * w[:, None])
     cov = bread @ meat @ bread
-    change = np.diff(knots)
-    var = np.diag(cov)
-    se = np.sqrt(np.maximum(var[1:] + var[:-1] - 2.0 * np.diag(cov, 1), 0.0))
-    noise_level = significance * se
-    flat = np.abs(change) <= noise_level + np.minimum(slope_tol * np.diff(x[bounds]), noise_level)
+    change, se = _changes(knots_x, knots, cov, knots_x)
+    flat = _flat(change, se, np.diff(knots_x), slope_tol, significance)
     kinds = np.where(flat, "flat", np.where(change > 0, "rising", "falling"))
     # a "flat" piece between a rise and a fall that spans one checkpoint interval, or less
     # than the shortest stage (``apex_len``), is the top of a peak (or the bottom of a trough)
@@ -522,11 +659,11 @@ def _pieces(x, y, noise, bounds, slope_tol, significance, apex_len=0.0) -> _Piec
             and 0 < a
             and b < len(kinds)
             and {kinds[a - 1], kinds[b]} == {"rising", "falling"}
-            and (bounds[b] - bounds[a] == 1 or x[bounds[b]] - x[bounds[a]] < apex_len)
+            and (bounds[b] - bounds[a] == 1 or knots_x[b] - knots_x[a] < apex_len)
         ):
             for k in run:
                 kinds[k] = "rising" if knots[b] > knots[a] else "falling"
-    return _Pieces(list(bounds), knots, [str(k) for k in kinds], cov)
+    return _Pieces(list(bounds), knots, [str(k) for k in kinds], cov, knots_x)
 
 
 class _Curve(NamedTuple):
@@ -545,7 +682,7 @@ class _Curve(NamedTuple):
     def model(self) -> np.ndarray:
         """The stage model at every checkpoint, on the curve's own scale."""
         own = self.model_pieces
-        return self.back(np.interp(self.fit.x, self.fit.x[own.bounds], own.knots))
+        return self.back(np.interp(self.fit.x, own.knots_x, own.knots))
 
     def at(self, bounds: list[int]) -> tuple[np.ndarray, list[str], np.ndarray]:
         """This curve's stage model at boundaries that include its own: values, the kind of
@@ -553,10 +690,8 @@ class _Curve(NamedTuple):
         (on the segmented scale)."""
         own, model = self.pieces, self.model_pieces
         x = self.fit.x
-        interp = _basis(np.asarray(x[bounds]), None, x[model.bounds])  # values = interp @ knots
-        values = self.back(interp @ model.knots)
-        diff = np.diff(interp, axis=0)
-        se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", diff, model.cov, diff), 0.0))
+        values = self.back(_basis(x[bounds], model.knots_x) @ model.knots)
+        se = _changes(model.knots_x, model.knots, model.cov, x[bounds])[1]
         holder = np.searchsorted(own.bounds, bounds[:-1], side="right") - 1
         return values, [own.kinds[k] for k in holder], se
 
@@ -606,17 +741,35 @@ def _segment_curve(
     spacing = float(np.max(np.diff(x))) if x.size > 1 else 0.0
     bounds = _descend(x, y, noise, bounds, min_len, max(2.0 * bandwidth, spacing))
     slope_tol = flat * float(np.ptp(fit.value)) / float(x[-1] - x[0])
-    model = _pieces(x, y, noise, bounds, slope_tol, significance, apex_len)
+    bounds, knots_x = _refine(x, y, noise, bounds)
+    bounds, knots_x = _add_pairs(x, y, noise, bounds, knots_x, min_len, PAIR_FRACTION * threshold)
+    model = _pieces(x, y, noise, bounds, knots_x, slope_tol, significance, apex_len)
     keep = [
         0,
         *(k for k in range(1, len(bounds) - 1) if model.kinds[k - 1] != model.kinds[k]),
         len(bounds) - 1,
     ]
+    kinds = [model.kinds[k] for k in keep[:-1]]
+    # a stage's boundary is the checkpoint nearest its corner, unless that puts into a flat
+    # stage a checkpoint of the neighbouring rise (or fall) and with it a change the flat test
+    # rejects: then the flat stage keeps only the checkpoints inside its corners
+    stage_bounds = [bounds[k] for k in keep]
+    tol = 1e-12 * float(x[-1] - x[0])
+    for m, kind in enumerate(kinds):
+        ends = x[stage_bounds[m : m + 2]]
+        change, se = _changes(model.knots_x, model.knots, model.cov, ends)
+        if kind == "flat" and not _flat(change, se, np.diff(ends), slope_tol, significance)[0]:
+            if m > 0:
+                stage_bounds[m] = int(np.searchsorted(x, model.knots_x[keep[m]] - tol))
+            if m + 1 < len(kinds):
+                corner = model.knots_x[keep[m + 1]]
+                stage_bounds[m + 1] = int(np.searchsorted(x, corner + tol, side="right")) - 1
     pieces = _Pieces(
-        [bounds[k] for k in keep],
+        stage_bounds,
         model.knots[keep],
-        [model.kinds[k] for k in keep[:-1]],
+        kinds,
         model.cov[np.ix_(keep, keep)],
+        model.knots_x[keep],
     )
     return _Curve(name, noise.sigma, fit, pieces, model)
 
@@ -701,12 +854,14 @@ def _curve(name, x, values, given, rho, rule: _Rule, transform="none", steps=Non
         # fit still improbable is warned (with fewer ν, inflating σ by an estimate that
         # uncertain would turn any change "flat")
         def misfit(curve):
-            """ν, χ², whether χ² is improbable, and the residuals y − (GLS stage model)."""
-            knots = curve.model_pieces.bounds
-            values, _, chi2 = _spline(x, y, _Noise(sigma, rho), knots)
-            dof = y.size - len(knots)
+            """ν, χ², whether χ² is improbable, and the residuals y − (GLS stage model); a
+            corner placed between checkpoints is one more fitted parameter."""
+            model = curve.model_pieces
+            basis = _basis(x, model.knots_x)
+            values, _, chi2 = _gls(basis, y, _Noise(sigma, rho).whitener())
+            dof = y.size - basis.shape[1] - int(np.sum(model.knots_x != x[model.bounds]))
             improbable = dof >= 1 and chi2_dist.sf(chi2, dof) < GOF_TAIL
-            return dof, chi2, improbable, y - _basis(x, knots) @ values
+            return dof, float(chi2), improbable, y - basis @ values
 
         dof, chi2, bad, resid = misfit(curve)
         if bad and min_len > 0:
