@@ -187,7 +187,7 @@ def plot_trajectory(
     lim = robust_limits(np.concatenate([b[finite] for b in band])) if ylim is None else ylim
     if lim is not None and (beyond := draw_outliers(ax, s, y, lim, ok)):
         handles.append(Line2D([], [], color=_FAILED_COLOR, marker=r"$\uparrow$", ls="none"))
-        labels.append(f"{beyond} point(s) beyond the axis (arrows; values of up to 4)")
+        labels.append(f"{beyond} point(s) beyond the axis (arrows at the edge; at most 4 labelled)")
 
     if w is not None and np.isfinite(w).any():
         ax_loss = ax.twinx()
