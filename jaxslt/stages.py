@@ -411,18 +411,28 @@ def _pair_chi2(x, y, noise: _Noise, lo, hi, pairs):
 REFINE_GRID = 16  # candidate corner positions per half checkpoint interval
 
 
-def _near(x, i, ends, tol):
+def _near(x, i):
     """Corner positions within a checkpoint interval of x[i], on a grid of about
-    ``REFINE_GRID`` per half interval, keeping two checkpoints (ends included) between the
-    corner and each x position of ``ends``: one point would leave a piece's slope to the
-    noise, and the knots would then zigzag through the points."""
-    # no midpoint on the grid: the checkpoint nearest to a corner is never a tie
+    ``REFINE_GRID`` per half interval (no midpoint on it: the checkpoint nearest to a corner is
+    never a tie)."""
     f = np.arange(2 - 2 * REFINE_GRID, 2 * REFINE_GRID - 1) / (2.0 * REFINE_GRID - 1.0)
-    grid = x[i] + np.where(f < 0, f * (x[i] - x[i - 1]), f * (x[i + 1] - x[i]))
-    left, right = ends
-    before = np.searchsorted(x, grid + tol, "right") - np.searchsorted(x, left - tol)
-    after = np.searchsorted(x, right + tol, "right") - np.searchsorted(x, grid - tol)
-    return grid[(before >= 2) & (after >= 2)]
+    return x[i] + np.where(f < 0, f * (x[i] - x[i - 1]), f * (x[i + 1] - x[i]))
+
+
+def _two_per_piece(x, knots_x):
+    """Whether every piece between consecutive knots (rows of ``knots_x``) holds two
+    checkpoints, its ends included: one point would leave a piece's slope to the noise, and the
+    knots would then zigzag through the points."""
+    tol = _tolerance(x)
+    inside = np.searchsorted(x, knots_x[:, 1:] + tol, "right") - np.searchsorted(
+        x, knots_x[:, :-1] - tol
+    )
+    return np.all(inside >= 2, axis=1)
+
+
+def _tolerance(x):
+    """Positions on the x axis closer than this are one."""
+    return 1e-12 * float(x[-1] - x[0])
 
 
 PAIR_SEARCH_MAX = 100  # stretches with at most this many candidate knees also try knee pairs
@@ -519,15 +529,16 @@ def _refine(x, y, noise: _Noise, bounds) -> tuple[list[int], np.ndarray]:
     checkpoints nearest the corners and the corners."""
     bounds, kx = list(bounds), x[bounds].astype(float)
     white = noise.whitener()
-    tol = 1e-12 * float(x[-1] - x[0])
     for _ in range(4 * len(bounds)):
         moved = False
         for k in range(1, len(bounds) - 1):
-            grid = _near(x, bounds[k], (kx[k - 1], kx[k + 1]), tol)
-            if grid.size < 2:
-                continue
-            old, candidates = kx[k], np.repeat(kx[None], grid.size, 0)
+            grid = _near(x, bounds[k])
+            candidates = np.repeat(kx[None], grid.size, 0)
             candidates[:, k] = grid
+            keep = _two_per_piece(x, candidates)
+            if keep.sum() < 2:
+                continue
+            old, grid, candidates = kx[k], grid[keep], candidates[keep]
             kx[k] = float(grid[int(np.argmin(_gls(_basis(x, candidates), y, white)[2]))])
             nearest = int(np.argmin(np.abs(x - kx[k])))
             if bounds[k - 1] < nearest < bounds[k + 1]:
@@ -561,7 +572,7 @@ def _add_pairs(x, y, noise, bounds, knots_x, min_len, threshold):
     (``_refine``): the best pair is added while it lowers χ² by more than 2·``threshold`` and
     beats the best single corner by ``threshold``."""
     white = noise.whitener()
-    tol = 1e-12 * float(x[-1] - x[0])
+    tol = _tolerance(x)
     bounds, knots_x = list(bounds), np.asarray(knots_x, dtype=float)
 
     def chi2(kx):
@@ -572,8 +583,7 @@ def _add_pairs(x, y, noise, bounds, knots_x, min_len, threshold):
         return float(chi2(kx)), b, kx
 
     def fits(kx):  # two checkpoints in every piece, and min_len
-        inside = np.searchsorted(x, kx[:, 1:] + tol, "right") - np.searchsorted(x, kx[:, :-1] - tol)
-        return np.all(inside >= 2, 1) & np.all(np.diff(kx, axis=1) >= min_len - tol, 1)
+        return _two_per_piece(x, kx) & np.all(np.diff(kx, axis=1) >= min_len - tol, 1)
 
     for _ in range(x.size):
         current = float(chi2(knots_x))
@@ -754,7 +764,7 @@ def _segment_curve(
     # stage a checkpoint of the neighbouring rise (or fall) and with it a change the flat test
     # rejects: then the flat stage keeps only the checkpoints inside its corners
     stage_bounds = [bounds[k] for k in keep]
-    tol = 1e-12 * float(x[-1] - x[0])
+    tol = _tolerance(x)
     for m, kind in enumerate(kinds):
         ends = x[stage_bounds[m : m + 2]]
         change, se = _changes(model.knots_x, model.knots, model.cov, ends)
