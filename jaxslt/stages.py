@@ -629,10 +629,15 @@ def _changes(knots_x, knots, cov, at):
     return diff @ knots, np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", diff, cov, diff), 0.0))
 
 
-def _flat(change, se, length, slope_tol, significance):
-    """Step 5's test: |change| ≤ significance·se + min(slope_tol·length, significance·se)."""
+def _flat_level(se, length, slope_tol, significance):
+    """Step 5's threshold: significance·se + min(slope_tol·length, significance·se)."""
     level = significance * se
-    return np.abs(change) <= level + np.minimum(slope_tol * length, level)
+    return level + np.minimum(slope_tol * length, level)
+
+
+def _flat(change, se, length, slope_tol, significance):
+    """Step 5's test: |change| ≤ ``_flat_level``."""
+    return np.abs(change) <= _flat_level(se, length, slope_tol, significance)
 
 
 def _wls(basis: np.ndarray, y: np.ndarray, noise: _Noise) -> tuple[np.ndarray, np.ndarray]:
@@ -701,19 +706,19 @@ def _flatten(x, y, noise, model: _Pieces, slope_tol, significance, apex_len) -> 
     """Step 5's placement of a plateau's corners: a rising (falling) piece becomes flat when
     its corners can move, each within a checkpoint interval (``_near``), to a placement where
     it passes the flat test and whose χ² exceeds the best fit's by at most ``FLAT_ALLOWANCE``
-    (every piece moved counts against the same allowance). A
-    corner's position is known only to about a checkpoint interval, and the least-squares
-    one can put the first corner of a two-checkpoint plateau inside the rise before it: the
-    piece then holds part of that rise and fails the test by the corner's error alone. Only
-    pieces between two interior corners, failing the test by at most twice its threshold, are
-    tried: a curve's first or last piece has one corner to move, and trying those too put a
-    plateau into 6.5% of the bent rises at 6 checkpoints (``benchmarks/stages.py``), where a
-    two-checkpoint end piece of a real rise often tests flat at the margin."""
+    (every piece moved counts against the same allowance). A corner's position is known only
+    to about a checkpoint interval, and the least-squares one can put the first corner of a
+    two-checkpoint plateau inside the rise before it: the piece then holds part of that rise
+    and fails the test by the corner's error alone. Only pieces between two interior corners,
+    failing the test by at most twice its threshold, are tried: a curve's first or last piece
+    has one corner to move, and trying those too put a plateau into 6.5% of the bent rises at
+    6 checkpoints (``benchmarks/stages.py``), where a two-checkpoint end piece of a real rise
+    often tests flat at the margin."""
     white = noise.whitener()
     best = float(_gls(_basis(x, model.knots_x), y, white)[2])
     bounds, kx = list(model.bounds), model.knots_x.copy()
     change, se = _changes(model.knots_x, model.knots, model.cov, model.knots_x)
-    level = significance * se + np.minimum(slope_tol * np.diff(model.knots_x), significance * se)
+    level = _flat_level(se, np.diff(model.knots_x), slope_tol, significance)
     last = len(bounds) - 1
     changed = False
     for k in range(1, last - 1):
@@ -723,10 +728,11 @@ def _flatten(x, y, noise, model: _Pieces, slope_tol, significance, apex_len) -> 
         grid = np.stack(np.meshgrid(*ends, indexing="ij"), -1).reshape(-1, 2)
         cand = np.repeat(kx[None], len(grid), 0)
         cand[:, k : k + 2] = grid
-        cand = cand[_two_per_piece(x, cand) & np.all(np.diff(cand, axis=1) > 0, 1)]
+        cand = cand[_two_per_piece(x, cand)]  # two checkpoints per piece: ordered corners
         if cand.size:
             chi2 = _gls(_basis(x, cand), y, white)[2]
-            cand, chi2 = cand[chi2 - best <= FLAT_ALLOWANCE], chi2[chi2 - best <= FLAT_ALLOWANCE]
+            close = chi2 - best <= FLAT_ALLOWANCE
+            cand, chi2 = cand[close], chi2[close]
         if not cand.size:
             continue
         # the stage model's own fit and test (``_pieces``) at each placement
