@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxslt.noise import tree_normal
-from jaxslt.posterior import LocalizedPosterior, sq_distance
+from jaxslt.posterior import LocalizedPosterior
 from jaxslt.types import PyTree
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "SamplingKernel",
     "StepInfo",
     "from_blackjax",
+    "langevin_log_ratio",
     "make_kernel",
     "mala",
     "register_sampler",
@@ -314,7 +315,6 @@ def sgnht(posterior: LocalizedPosterior, *, friction: float = DEFAULT_FRICTION) 
 class MALAState(NamedTuple):
     position: PyTree
     loss: jax.Array
-    logdensity: jax.Array
     grad: PyTree
 
 
@@ -336,38 +336,80 @@ def mala(posterior: LocalizedPosterior) -> SamplingKernel:
       A ``SamplingKernel`` (``init``, ``step``).
     """
 
-    def evaluate(position, batch):
-        loss, grad = posterior.value_and_grad(position, batch)
-        return loss, posterior.logdensity_from_loss(position, loss), grad
-
     def init(position, rng_key=None, minibatch=None) -> MALAState:
         del rng_key
-        return MALAState(position, *evaluate(position, minibatch))
-
-    def log_q(to, frm, grad_frm, step_size):
-        mean = _axpy(frm, (0.5 * step_size, grad_frm))
-        return -sq_distance(to, mean) / (2 * step_size)
+        return MALAState(position, *posterior.value_and_grad(position, minibatch))
 
     def step(rng_key, state: MALAState, minibatch, step_size):
         key_prop, key_accept = jax.random.split(rng_key)
         noise = tree_normal(key_prop, state.position)
         proposal = _axpy(state.position, (0.5 * step_size, state.grad),
                          (jnp.sqrt(step_size), noise))  # fmt: skip
-        loss, logdensity, grad = evaluate(proposal, minibatch)
-        log_ratio = (
-            logdensity
-            - state.logdensity
-            + log_q(state.position, proposal, grad, step_size)
-            - log_q(proposal, state.position, state.grad, step_size)
+        loss, grad = posterior.value_and_grad(proposal, minibatch)
+        log_ratio = langevin_log_ratio(
+            posterior, state.position, proposal, step_size, (state.loss, state.grad), (loss, grad)
         )
         log_ratio = jnp.where(jnp.isfinite(log_ratio), log_ratio, -jnp.inf)
         accept_prob = jnp.minimum(1.0, jnp.exp(log_ratio))
         accept = jax.random.uniform(key_accept) < accept_prob
-        new = MALAState(proposal, loss, logdensity, grad)
+        new = MALAState(proposal, loss, grad)
         state_out = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, state)
         return state_out, StepInfo(state.loss, accept_prob)
 
     return SamplingKernel(init, step)
+
+
+def langevin_log_ratio(
+    posterior: LocalizedPosterior,
+    old: PyTree,
+    new: PyTree,
+    step_size,
+    old_value_and_grad: tuple[jax.Array, PyTree],
+    new_value_and_grad: tuple[jax.Array, PyTree],
+) -> jax.Array:
+    """log [p(w′)·q(w|w′) / (p(w)·q(w′|w))] for the Langevin proposal w → w′, with
+    log q(w′|w) = −||w′ − w − (ε/2)·g||²/(2ε), g = ∇log p(w) and g′ = ∇log p(w′) on the batch.
+    Taken in differences, δ = w′ − w:
+
+        log p(w′) − log p(w) − δ·(g + g′)/2 − (ε/8)·(||g′||² − ||g||²)
+
+    (exact algebra), the first term by ``LocalizedPosterior.logdensity_change``. Every term is
+    small, where the direct form subtracts two float32 sums of about d/2 (||√ε·ξ||²/(2ε)) and
+    two localizer terms: that rounds the ratio by ~1e-7·d, e.g. −0.125 (α 0.88 for an exact
+    1.0) at d = 3·10⁶ (docs/method.md §5.3). float32 or wider."""
+    (loss0, g0), (loss1, g1) = old_value_and_grad, new_value_and_grad
+    move = _difference(new, old)
+    terms = _langevin_terms(move, g0), _langevin_terms(move, g1)
+    return _log_ratio(posterior, old, new, step_size, (loss0, loss1), *terms)
+
+
+def _difference(a: PyTree, b: PyTree) -> PyTree:
+    return jax.tree.map(lambda x, y: x - y, a, b)
+
+
+def _langevin_terms(move: PyTree, grad: PyTree) -> tuple[jax.Array, jax.Array]:
+    """One end's share of the Langevin log ratio: (δ·g, ||g||²), in float32 or wider."""
+    return _vdot(move, grad), _vdot(grad, grad)
+
+
+def _log_ratio(posterior, old, new, step_size, losses, terms0, terms1) -> jax.Array:
+    (along0, norm0), (along1, norm1) = terms0, terms1
+    change = posterior.logdensity_change(old, new, *losses)
+    return change - 0.5 * (along0 + along1) - 0.125 * step_size * (norm1 - norm0)
+
+
+def _vdot(a: PyTree, b: PyTree) -> jax.Array:
+    """a·b over every leaf, in float32 or wider."""
+
+    def leaf(x, y):
+        wide = jnp.promote_types(x.dtype, jnp.float32)
+        return jnp.vdot(x.astype(wide), y.astype(wide))
+
+    return sum(leaf(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def _accept(log_ratio: jax.Array) -> jax.Array:
+    return jnp.where(jnp.isfinite(log_ratio), jnp.minimum(1.0, jnp.exp(log_ratio)), 0.0)
 
 
 def sgld_acceptance(
@@ -382,24 +424,20 @@ def sgld_acceptance(
     """MALA acceptance probability of an SGLD transition w → w′ (docs/method.md §5.3), on its batch:
 
         U = nβ·L_B + (γ/2)·||w − w*||²,   log q(w′|w) = −||w′ − w + (ε/2)∇U(w)||² / (2ε),
-        α = min(1, exp(U(w) − U(w′) + log q(w|w′) − log q(w′|w))).
+        α = min(1, exp(U(w) − U(w′) + log q(w|w′) − log q(w′|w))),
 
-    A healthy chain sits near 0.9; low values mean ε is too large for the local curvature.
-    Costs one value-and-gradient on the batch at w′, plus one at w unless the step's own
-    (loss, gradient) is passed as ``old_value_and_grad``.
+    the log ratio taken in differences (``langevin_log_ratio``). A healthy chain sits near 0.9;
+    low values mean ε is too large for the local curvature. Costs one value-and-gradient on
+    the batch at w′, plus one at w unless the step's own (loss, gradient) is passed as
+    ``old_value_and_grad``.
     """
     if old_value_and_grad is None:
         old_value_and_grad = posterior.value_and_grad(old, minibatch)
-    loss0, g0 = old_value_and_grad
     if new_value_and_grad is None:
         new_value_and_grad = posterior.value_and_grad(new, minibatch)
-    loss1, g1 = new_value_and_grad
-    u0 = -posterior.logdensity_from_loss(old, loss0)
-    u1 = -posterior.logdensity_from_loss(new, loss1)
-    forward = sq_distance(new, _axpy(old, (0.5 * step_size, g0))) / (2 * step_size)
-    backward = sq_distance(old, _axpy(new, (0.5 * step_size, g1))) / (2 * step_size)
-    log_ratio = u0 - u1 - backward + forward
-    return jnp.where(jnp.isfinite(log_ratio), jnp.minimum(1.0, jnp.exp(log_ratio)), 0.0)
+    return _accept(
+        langevin_log_ratio(posterior, old, new, step_size, old_value_and_grad, new_value_and_grad)
+    )
 
 
 def sgld_checks(
@@ -413,20 +451,21 @@ def sgld_checks(
     """[α, q]: the MALA acceptance α of an SGLD transition w → w′ (``sgld_acceptance``) and
     q = −(w′ − w)·(∇log p(w′) − ∇log p(w))/ε, the step's curvature along its own move. With
     w′ − w = (ε/2)∇log p + √ε·ξ, q ≈ ξᵀ∇²U ξ, so its mean over checks is Hutchinson's estimate
-    of tr ∇²U = nβ·tr ∇²L_B + γ·d where the chain is (docs/method.md §4)."""
+    of tr ∇²U = nβ·tr ∇²L_B + γ·d where the chain is (docs/method.md §4).
+
+    Everything the old gradient enters is reduced before the new one is computed (an
+    optimization barrier orders them), so a check holds w, w′ and one gradient at a time."""
     if old_value_and_grad is None:
         old_value_and_grad = posterior.value_and_grad(old, minibatch)
-    g0 = old_value_and_grad[1]
-    new_value_and_grad = posterior.value_and_grad(new, minibatch)
-    accept = sgld_acceptance(
-        posterior, old, new, minibatch, step_size, old_value_and_grad, new_value_and_grad
-    )
-    move = jax.tree.map(lambda a, b: (a - b).astype(jnp.float32), new, old)
-    change = jax.tree.map(lambda a, b: (a - b).astype(jnp.float32), new_value_and_grad[1], g0)
-    curvature = -sum(
-        jnp.vdot(m, c) for m, c in zip(jax.tree.leaves(move), jax.tree.leaves(change), strict=True)
-    )
-    return jnp.stack([accept.astype(jnp.float32), curvature / step_size])
+    loss0, g0 = old_value_and_grad
+    move = _difference(new, old)
+    terms0 = _langevin_terms(move, g0)
+    new, terms0 = jax.lax.optimization_barrier((new, terms0))
+    loss1, g1 = posterior.value_and_grad(new, minibatch)
+    terms1 = _langevin_terms(move, g1)
+    log_ratio = _log_ratio(posterior, old, new, step_size, (loss0, loss1), terms0, terms1)
+    curvature = -(terms1[0] - terms0[0]) / step_size
+    return jnp.stack([_accept(log_ratio).astype(jnp.float32), curvature.astype(jnp.float32)])
 
 
 def state_position(state: Any) -> PyTree:

@@ -1,7 +1,7 @@
 """How much memory a run needs, and how many chains to run at once.
 
 The memory model (``chain_memory``): per live chain its kernel state, one gradient and what an
-acceptance check holds (~3 more parameter copies), plus per-example moments with observables;
+acceptance check holds (~2 more parameter copies), plus per-example moments with observables;
 fixed: w*, one working copy of the sampled part, and the data. ``chain_batch_size="auto"``
 compares it with 80% of the free memory of the devices (``available_memory``) and picks the
 largest group of chains that fits (``auto_chain_batch_size``); ``benchmarks/memory_model.py``
@@ -116,8 +116,8 @@ def chain_memory(
         return kernel.init(sampled, jax.random.key(0), batch)
 
     state_bytes, param_bytes = _nbytes(jax.eval_shape(init_state)), _nbytes(sampled)
-    # one gradient; at an acceptance check XLA also holds the previous position, its gradient
-    # and the new gradient: ~2.7 more copies (benchmarks/memory_model.py)
+    # one gradient; at an acceptance check XLA also holds the new position and its gradient
+    # (the step's own gradient is reduced first): ~2.1 more copies (benchmarks/memory_model.py)
     chain_bytes = state_bytes + param_bytes * (4 if checks else 1)
     if config.observables:
         chain_bytes += 3 * 4 * data_size(data)  # running mean, M2 and log-sum-exp per example

@@ -90,6 +90,11 @@ class LocalizedPosterior(NamedTuple):
         already hold the loss (MALA) and need no second forward pass.
       localizer_grad: ``w ->`` −γ·(w − w*), the localizer's part of the gradient
         (preconditioners subtract it to see the loss gradient alone).
+      logdensity_change: ``(w, w′, loss, loss′) ->`` log p(w′) − log p(w) from the two
+        losses, taken in differences, −nβ·(loss′ − loss) − (γ/2)·Σ(w′ − w)·(w′ + w − 2w*):
+        each of the two log densities holds (γ/2)·||w − w*||², up to ~d/2, whose float32
+        rounding their plain difference would keep (the Metropolis ratios of
+        ``jaxslt.kernels``).
     """
 
     logdensity_fn: Callable[[PyTree, PyTree], jax.Array]
@@ -97,6 +102,7 @@ class LocalizedPosterior(NamedTuple):
     value_and_grad: Callable[[PyTree, PyTree], tuple[jax.Array, PyTree]]
     logdensity_from_loss: Callable[[PyTree, jax.Array], jax.Array]
     localizer_grad: Callable[[PyTree], PyTree]
+    logdensity_change: Callable[[PyTree, PyTree, jax.Array, jax.Array], jax.Array]
 
 
 def localized_posterior(
@@ -137,6 +143,16 @@ def localized_posterior(
     def logdensity_fn(w, batch):
         return logdensity_from_loss(w, loss_fn(w, batch))
 
+    def logdensity_change(w, w_new, loss, loss_new):
+        def leaf(a, b, c):  # ||b − c||² − ||a − c||² = (b − a)·(b + a − 2c), in float32 or wider
+            wide = jnp.promote_types(a.dtype, jnp.float32)
+            a, b, c = (x.astype(wide) for x in (a, b, c))
+            return jnp.sum((b - a) * (b + a - 2 * c))
+
+        pull = sum(jax.tree.leaves(jax.tree.map(leaf, w, w_new, center)))
+        losses = (loss_new - loss).astype(jnp.promote_types(jnp.result_type(loss), jnp.float32))
+        return -nbeta * losses - 0.5 * localization * pull
+
     def localizer_grad(w):
         return jax.tree.map(lambda a, b: (-localization * (a - b)).astype(a.dtype), w, center)
 
@@ -154,8 +170,9 @@ def localized_posterior(
         return value_and_grad(w, batch)[1]
 
     return LocalizedPosterior(
-        logdensity_fn, grad_estimator, value_and_grad, logdensity_from_loss, localizer_grad
-    )
+        logdensity_fn, grad_estimator, value_and_grad, logdensity_from_loss, localizer_grad,
+        logdensity_change,
+    )  # fmt: skip
 
 
 def running_llc(loss_trace: jax.Array, init_loss: jax.Array, nbeta: jax.Array) -> jax.Array:

@@ -560,8 +560,9 @@ def test_a_lone_momentum_chain_holds_its_state_and_one_gradient(sampler):
 
 @pytest.mark.xla_internals
 def test_acceptance_checks_cost_at_most_three_parameter_copies_per_chain():
-    """At a checked step a chain holds w, w′ and both gradients; the check is part of the step
-    under the cond, so no further copies of its operands are made (it was 4.3 copies before)."""
+    """At a checked step a chain holds w, w′ and a gradient (the step's own is reduced before
+    the one at w′ is computed); the check is part of the step under the cond, so no further
+    copies of its operands are made (it was 4.3 copies before)."""
     p = problems.deep_linear_network([256] * 5, 64, key=jax.random.key(0), num_examples=256)
     param_bytes = 4 * sum(int(w.size) for w in p.params)
 
