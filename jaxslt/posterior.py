@@ -150,7 +150,8 @@ def localized_posterior(
             return jnp.sum((b - a) * (b + a - 2 * c))
 
         pull = sum(jax.tree.leaves(jax.tree.map(leaf, w, w_new, center)))
-        losses = (loss_new - loss).astype(jnp.promote_types(jnp.result_type(loss), jnp.float32))
+        wide = jnp.promote_types(jnp.result_type(loss), jnp.float32)  # bf16 losses subtracted wide
+        losses = jnp.asarray(loss_new, wide) - jnp.asarray(loss, wide)
         return -nbeta * losses - 0.5 * localization * pull
 
     def localizer_grad(w):
