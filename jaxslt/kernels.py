@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxslt.noise import tree_normal
 from jaxslt.posterior import LocalizedPosterior
@@ -346,11 +347,10 @@ def mala(posterior: LocalizedPosterior) -> SamplingKernel:
         proposal = _axpy(state.position, (0.5 * step_size, state.grad),
                          (jnp.sqrt(step_size), noise))  # fmt: skip
         loss, grad = posterior.value_and_grad(proposal, minibatch)
-        log_ratio = langevin_log_ratio(
-            posterior, state.position, proposal, step_size, (state.loss, state.grad), (loss, grad)
-        )
-        log_ratio = jnp.where(jnp.isfinite(log_ratio), log_ratio, -jnp.inf)
-        accept_prob = jnp.minimum(1.0, jnp.exp(log_ratio))
+        accept_prob = _accept(
+            langevin_log_ratio(posterior, state.position, proposal, step_size,
+                               (state.loss, state.grad), (loss, grad))
+        )  # fmt: skip
         accept = jax.random.uniform(key_accept) < accept_prob
         new = MALAState(proposal, loss, grad)
         state_out = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, state)
@@ -378,13 +378,9 @@ def langevin_log_ratio(
     two localizer terms: that rounds the ratio by ~1e-7·d, e.g. −0.125 (α 0.88 for an exact
     1.0) at d = 3·10⁶ (docs/method.md §5.3). float32 or wider."""
     (loss0, g0), (loss1, g1) = old_value_and_grad, new_value_and_grad
-    move = _difference(new, old)
+    move = optax.tree.sub(new, old)
     terms = _langevin_terms(move, g0), _langevin_terms(move, g1)
     return _log_ratio(posterior, old, new, step_size, (loss0, loss1), *terms)
-
-
-def _difference(a: PyTree, b: PyTree) -> PyTree:
-    return jax.tree.map(lambda x, y: x - y, a, b)
 
 
 def _langevin_terms(move: PyTree, grad: PyTree) -> tuple[jax.Array, jax.Array]:
@@ -393,6 +389,7 @@ def _langevin_terms(move: PyTree, grad: PyTree) -> tuple[jax.Array, jax.Array]:
 
 
 def _log_ratio(posterior, old, new, step_size, losses, terms0, terms1) -> jax.Array:
+    """``langevin_log_ratio`` from each end's (δ·g, ||g||²) and the two losses."""
     (along0, norm0), (along1, norm1) = terms0, terms1
     change = posterior.logdensity_change(old, new, *losses)
     return change - 0.5 * (along0 + along1) - 0.125 * step_size * (norm1 - norm0)
@@ -409,6 +406,7 @@ def _vdot(a: PyTree, b: PyTree) -> jax.Array:
 
 
 def _accept(log_ratio: jax.Array) -> jax.Array:
+    """min(1, exp(log_ratio)); 0 where it is not finite (a non-finite proposal is rejected)."""
     return jnp.where(jnp.isfinite(log_ratio), jnp.minimum(1.0, jnp.exp(log_ratio)), 0.0)
 
 
@@ -458,7 +456,7 @@ def sgld_checks(
     if old_value_and_grad is None:
         old_value_and_grad = posterior.value_and_grad(old, minibatch)
     loss0, g0 = old_value_and_grad
-    move = _difference(new, old)
+    move = optax.tree.sub(new, old)
     terms0 = _langevin_terms(move, g0)
     new, terms0 = jax.lax.optimization_barrier((new, terms0))
     loss1, g1 = posterior.value_and_grad(new, minibatch)
