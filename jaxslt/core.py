@@ -88,8 +88,9 @@ class LLCResult(NamedTuple):
       calibration: the ``jaxslt.Calibration`` of ``step_size="auto"``; else None.
       geometry: a ``jaxslt.curvature.LocalGeometry`` with ``step_check``: ``estimate_llc``
         measures the loss at w* (h_max, tr ∇²L, minibatch gradient noise) when it diagnoses;
-        ``sample_llc`` records only the chains' part (``trace_h_draws``, ``noise_gain``; the
-        rest NaN until ``with_geometry(result, geometry_at(...))``); else None.
+        ``sample_llc`` records only the chains' part (``trace_h_draws``, ``grad_noise_draws``,
+        ``noise_gain``; the rest NaN until ``with_geometry(result, geometry_at(...))``); else
+        None.
       lowest_excess: (num_chains,) min over evaluated kept draws of nβ·(L_n(w_t) − L_n(w*)),
         the *full-data* excess (never below 0 at a local minimum, where the minibatch trace
         can be), at ``full_data_checks`` evenly spaced draws with ``step_check``, or at the
@@ -298,11 +299,17 @@ def sample_llc(
     )  # fmt: skip
     diverged = divergence_step >= 0
     healthy = ~diverged
-    trace_h_draws = jnp.nan
-    if check is not None:  # tr ∇²L = (tr ∇²U − γ·d)/nβ, over the healthy chains
+    trace_h_draws = grad_noise_draws = jnp.nan
+    if check is not None:  # over the healthy chains: tr ∇²L = (tr ∇²U − γ·d)/nβ and
+        # tr Cov(∇L_B) = (E||∇log p_B||² − tr ∇²U)/nβ² (``sgld_checks``)
         size = sum(x.size for x in jax.tree.leaves(params))
-        probe = jnp.nanmean(jnp.where(healthy, trace.check_mean[:, 1], jnp.nan))
+        probe, norm = (
+            jnp.nanmean(jnp.where(healthy, trace.check_mean[:, i], jnp.nan)) for i in (1, 2)
+        )
         trace_h_draws = ((probe - localization * size) / nbeta).astype(jnp.float32)
+        grad_noise_draws = ((norm - probe) / nbeta**2).astype(jnp.float32)
+        if batch_size >= n:  # full batch: no minibatch noise, whatever the estimate's own noise
+            grad_noise_draws = jnp.zeros_like(grad_noise_draws)
     count = jnp.sum(healthy)
     safe = jnp.where(healthy, per_chain, 0.0)
     mean = jnp.where(count > 0, jnp.sum(safe) / jnp.maximum(count, 1), jnp.nan)
@@ -327,6 +334,7 @@ def sample_llc(
             h_max=jnp.nan, trace_h=jnp.nan, grad_noise=jnp.nan, trace_h_draws=trace_h_draws,
             noise_gain=1.0 if capabilities.noise_gain is None
             else capabilities.noise_gain(dict(sampler_options)),
+            grad_noise_draws=grad_noise_draws,
         ) if config.step_check else None,
         lowest_excess=lowest_excess,
     )  # fmt: skip

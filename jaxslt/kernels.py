@@ -446,10 +446,13 @@ def sgld_checks(
     step_size,
     old_value_and_grad: tuple[jax.Array, PyTree] | None = None,
 ) -> jax.Array:
-    """[α, q]: the MALA acceptance α of an SGLD transition w → w′ (``sgld_acceptance``) and
-    q = −(w′ − w)·(∇log p(w′) − ∇log p(w))/ε, the step's curvature along its own move. With
+    """[α, q, ||g||²]: the MALA acceptance α of an SGLD transition w → w′ (``sgld_acceptance``),
+    q = −(w′ − w)·(∇log p(w′) − ∇log p(w))/ε, the step's curvature along its own move, and the
+    squared norm of the step's own minibatch gradient g = ∇log p_B(w). With
     w′ − w = (ε/2)∇log p + √ε·ξ, q ≈ ξᵀ∇²U ξ, so its mean over checks is Hutchinson's estimate
-    of tr ∇²U = nβ·tr ∇²L_B + γ·d where the chain is (docs/method.md §4).
+    of tr ∇²U = nβ·tr ∇²L_B + γ·d where the chain is; and since E||∇U||² = E tr ∇²U at
+    stationarity (integration by parts), E[||g||² − q]/nβ² is tr Cov(∇L_B) where the chain is,
+    exactly for SGLD on a quadratic at any ε (docs/method.md §4).
 
     Everything the old gradient enters is reduced before the new one is computed (an
     optimization barrier orders them), so a check holds w, w′ and one gradient at a time."""
@@ -463,7 +466,10 @@ def sgld_checks(
     terms1 = _langevin_terms(move, g1)
     log_ratio = _log_ratio(posterior, old, new, step_size, (loss0, loss1), terms0, terms1)
     curvature = -(terms1[0] - terms0[0]) / step_size
-    return jnp.stack([_accept(log_ratio).astype(jnp.float32), curvature.astype(jnp.float32)])
+    return jnp.stack(
+        [_accept(log_ratio).astype(jnp.float32), curvature.astype(jnp.float32),
+         terms0[1].astype(jnp.float32)]
+    )  # fmt: skip
 
 
 def state_position(state: Any) -> PyTree:
