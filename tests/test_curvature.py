@@ -179,7 +179,8 @@ def test_a_noise_free_fit_warns_of_the_gradient_noise_where_the_chains_go():
     assert report.bias_bound >= excess
     assert diagnostics.STEP_SIZE in [issue.code for issue in report.issues]
     assert any("inflate λ̂" in str(w.message) for w in caught)
-    assert float(result.geometry.grad_noise) == 0.0
+    # at w* the noise vanishes (up to the float32 rounding of the fit), along the draws it does not
+    assert float(result.geometry.grad_noise) <= 1e-6 * float(result.geometry.grad_noise_draws)
     at_center = result.geometry._replace(grad_noise_draws=float("nan"))
     old = curvature.step_bias(at_center, step_size=eps, nbeta=p.nbeta, localization=1.0)
     assert old.excess < 0.1 * p.target < excess
