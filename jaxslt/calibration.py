@@ -46,9 +46,10 @@ Recommendation rule (``Calibration.recommended``, explained in ``Calibration.exp
 4. ε: at that γ, the largest healthy step whose estimate agrees with λ̂₀ within
    max(2·√(se² + se₀²), 5%·|λ̂₀|) ("flat in ε"): the fastest-mixing step without visible bias
    (with a single healthy step, that step, and a caution);
-5. the final run's error budget (``TARGET_BIAS``, ``TARGET_MC_ERROR``: each 2.5% of λ̂, so
-   that its error stays within 10% at 3 SE): ε is the chosen cell's, lowered to where its bias
-   bound, ∝ ε to first order, is 2.5% of λ̂; burn-in: at least 5/(ε·γ) steps (flat directions
+5. the final run's error budget (``TARGET_BIAS``, ``TARGET_MC_ERROR``: 2% and 2.5% of λ̂, so
+   that its error stays within 10% at 3 SE, and within 2% on large models, whose Monte-Carlo
+   error is negligible): ε is the chosen cell's, lowered to where its bias bound, ∝ ε to first
+   order, is 2% of λ̂; burn-in: at least 5/(ε·γ) steps (flat directions
    relax in ~1/(εγ) steps; docs/method.md §4); draws: at least twice the calibration's
    burn-in, and enough that the final run's Monte-Carlo SE (scaled from the chosen cell's as
    1/√draws) is ≤ 2.5% of λ̂ (at most ``MAX_DRAWS_FACTOR`` × the calibration's draws), times
@@ -139,8 +140,9 @@ MAX_CALIBRATION_BURNIN = 20_000  # the most calibration raises its burn-in to, t
 SKIP_BIAS_FACTOR = 1.2
 GAMMA_PROBE = 3.0  # with one healthy γ, λ̂ is also measured at this multiple of it (flat in γ?)
 # the final run's error budget, relative to |λ̂|: its discretisation bias bound and its
-# Monte-Carlo SE, so that |error| ≤ 10% at 3 SE (a cell is healthy at twice that bias bound)
-TARGET_BIAS = 0.025
+# Monte-Carlo SE, so that |error| ≤ 10% at 3 SE; the bias is the whole error of a large model
+# (1e6-parameter DLN: SE 0.01%, bias +2.4% at a 2.5% bound), so its bound is held to 2%
+TARGET_BIAS = 0.02
 TARGET_MC_ERROR = 0.025
 MAX_DRAWS_FACTOR = 20  # the recommended draws are at most this many times the calibration's
 MAX_BURNIN_FACTOR = 100  # the recommended burn-in is at most this many times the calibration's

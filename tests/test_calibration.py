@@ -258,14 +258,15 @@ def test_a_cell_is_the_estimate_llc_run_of_its_settings(traces):
 
 
 def test_the_calibration_program_holds_the_longest_final_run_within_a_trace_budget():
-    # burn-in: 100x the calibration's; draws: 20x its draws at a step cut by up to 2x
-    assert cal_module.MAX_STEP_CUT == 2.0
-    assert cal_module.program_capacity(4, 1000, 2000) == (100_000, 80_000)
+    # burn-in: 100x the calibration's; draws: 20x its draws at a step cut by up to 2.5x (a
+    # healthy cell's bias bound, 5% of λ̂, down to the final run's 2%)
+    assert cal_module.MAX_STEP_CUT == pytest.approx(2.5, rel=1e-12)
+    assert cal_module.program_capacity(4, 1000, 2000) == (100_000, 100_000)
     assert cal_module.program_capacity(4, 10, 20) == (20_000, 40_000)  # raised burn-in's draws
     # 4,096 chains: traces scaled down to the budget, never below the calibration's own run
     burnin, draws = cal_module.program_capacity(4096, 1000, 2000)
     assert 4 * 4096 * (burnin + draws) <= cal_module.TRACE_BUDGET
-    assert (burnin, draws) == (int(100_000 * 16384 / 180_000), int(80_000 * 16384 / 180_000))
+    assert (burnin, draws) == (int(100_000 * 16384 / 200_000), int(100_000 * 16384 / 200_000))
     assert cal_module.program_capacity(10**6, 1000, 2000) == (1000, 2000)
 
 
@@ -507,7 +508,9 @@ def test_auto_reruns_a_final_run_that_fails_its_own_step_check(monkeypatch):
         warnings.simplefilter("ignore", jaxslt.LLCWarning)
         strict = jaxslt.estimate_llc(quadratic_loss, quadratic_params(), dummy_data(), **kw)
     cal = strict.calibration
-    eps0 = cal.table.step_size[cal.table.selected].item()  # the calibration's choice
+    # the first final run's step: the chosen cell's, lowered to its bias target
+    row = cal.table[cal.table.selected].iloc[0]
+    eps0 = row.step_size * min(1.0, cal_module.TARGET_BIAS * abs(row.llc_mean) / row.bias_bound)
     eps = float(strict.step_size)
     assert eps < eps0 and cal.recommended["step_size"] == pytest.approx(eps, rel=1e-6)
     assert f"Final run at ε = {eps0:.3g} failed its own step check" in cal.explanation
@@ -757,8 +760,8 @@ def test_recommend_lowers_the_step_to_its_bias_target():
     cells = _line(10.0, 0.0, lam0=0.5, steps=(2e-4, 4e-4))
     kw = dict(num_burnin=1000, num_draws=1000)
     plain = _recommend(cells, **kw)
-    lowered = _recommend(cells, bias=0.04, **kw)  # healthy (≤ 5%), above the 2.5% target
-    within = _recommend(cells, bias=0.02, **kw)
+    lowered = _recommend(cells, bias=0.04, **kw)  # healthy (≤ 5%), above the 2% target
+    within = _recommend(cells, bias=0.015, **kw)
     assert plain.recommended["step_size"] == within.recommended["step_size"] == 4e-4
     ratio = 0.04 / cal_module.TARGET_BIAS
     assert lowered.recommended["step_size"] == pytest.approx(4e-4 / ratio, rel=1e-12)
@@ -766,7 +769,7 @@ def test_recommend_lowers_the_step_to_its_bias_target():
     assert lowered.recommended["num_draws"] == pytest.approx(2560 * ratio, abs=1)
     assert plain.mc_error == lowered.mc_error == pytest.approx(cal_module.TARGET_MC_ERROR)
     assert lowered.recommended["num_burnin"] == math.ceil(5 / (4e-4 / ratio * 10.0))
-    assert "bias bound is 4.0% of λ̂, so the final run takes ε = 0.00025" in lowered.explanation
+    assert "bias bound is 4.0% of λ̂, so the final run takes ε = 0.0002," in lowered.explanation
 
 
 def test_auto_draws_capped_say_what_they_cost_in_precision():
