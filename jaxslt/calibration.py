@@ -47,13 +47,13 @@ Recommendation rule (``Calibration.recommended``, explained in ``Calibration.exp
    max(2·√(se² + se₀²), 5%·|λ̂₀|) ("flat in ε"): the fastest-mixing step without visible bias
    (with a single healthy step, that step, and a caution);
 5. the final run's error budget (``TARGET_BIAS``, ``TARGET_MC_ERROR``: 2% and 2.5% of λ̂, so
-   that its error stays within 10% at 3 SE, and within 2% on large models, whose Monte-Carlo
-   error is negligible): ε is the chosen cell's, lowered to where its bias bound, ∝ ε to first
-   order, is 2% of λ̂; burn-in: at least 5/(ε·γ) steps (flat directions
-   relax in ~1/(εγ) steps; docs/method.md §4); draws: at least twice the calibration's
-   burn-in, and enough that the final run's Monte-Carlo SE (scaled from the chosen cell's as
-   1/√draws) is ≤ 2.5% of λ̂ (at most ``MAX_DRAWS_FACTOR`` × the calibration's draws), times
-   the ratio of the chosen cell's step to the final one (mixing ∝ 1/ε); burn-in at most
+   that its error stays within 10% at 3 SE; on large models, whose Monte-Carlo error is
+   negligible, the bias bound is the whole error budget): ε is the chosen cell's, lowered to
+   where its bias bound, ∝ ε to first order, is 2% of λ̂; burn-in: at least 5/(ε·γ) steps (flat
+   directions relax in ~1/(εγ) steps; docs/method.md §4); draws: at least twice the
+   calibration's burn-in, and enough that the final run's Monte-Carlo SE (scaled from the chosen
+   cell's as 1/√draws) is ≤ 2.5% of λ̂ (at most ``MAX_DRAWS_FACTOR`` × the calibration's draws),
+   times the ratio of the chosen cell's step to the final one (mixing ∝ 1/ε); burn-in at most
    ``MAX_BURNIN_FACTOR`` × the calibration's.
 
 The pilot, the cells and a final run that fits ``Calibration.capacity`` run in one compiled

@@ -79,12 +79,16 @@ def test_grid_table_and_recommendation_follow_the_rule(calibration):
     assert table.selected.sum() == 1
     row = table[table.selected].iloc[0]
     assert row.ok and row.margin <= cal_module.MAX_MARGIN and row.diverged == 0
-    # the final run's ε: the cell's, lowered to where its bias bound (∝ ε) is TARGET_BIAS of λ̂
-    lowered = min(1.0, cal_module.TARGET_BIAS * abs(row.llc_mean) / row.bias_bound)
-    assert rec["step_size"] == pytest.approx(row.step_size * lowered, rel=1e-12)
+    assert rec["step_size"] == pytest.approx(_budgeted_step(row), rel=1e-12)
     assert rec["localization"] == row.localization
     assert rec["num_burnin"] >= 5 / (rec["step_size"] * rec["localization"])
     assert "Chosen" in calibration.explanation
+
+
+def _budgeted_step(row) -> float:
+    """The final run's ε for a chosen cell ``row``: its ε, lowered to where its bias bound
+    (∝ ε) is TARGET_BIAS of |λ̂|."""
+    return row.step_size * min(1.0, cal_module.TARGET_BIAS * abs(row.llc_mean) / row.bias_bound)
 
 
 def test_the_derived_grid_skips_only_cells_that_cannot_qualify(calibration):
@@ -508,9 +512,7 @@ def test_auto_reruns_a_final_run_that_fails_its_own_step_check(monkeypatch):
         warnings.simplefilter("ignore", jaxslt.LLCWarning)
         strict = jaxslt.estimate_llc(quadratic_loss, quadratic_params(), dummy_data(), **kw)
     cal = strict.calibration
-    # the first final run's step: the chosen cell's, lowered to its bias target
-    row = cal.table[cal.table.selected].iloc[0]
-    eps0 = row.step_size * min(1.0, cal_module.TARGET_BIAS * abs(row.llc_mean) / row.bias_bound)
+    eps0 = _budgeted_step(cal.table[cal.table.selected].iloc[0])  # the first final run's
     eps = float(strict.step_size)
     assert eps < eps0 and cal.recommended["step_size"] == pytest.approx(eps, rel=1e-6)
     assert f"Final run at ε = {eps0:.3g} failed its own step check" in cal.explanation
