@@ -262,15 +262,15 @@ def test_a_cell_is_the_estimate_llc_run_of_its_settings(traces):
 
 
 def test_the_calibration_program_holds_the_longest_final_run_within_a_trace_budget():
-    # burn-in: 100x the calibration's; draws: 20x its draws at a step cut by up to 2.5x (a
+    # burn-in: 100x the calibration's; draws: 50x its draws at a step cut by up to 2.5x (a
     # healthy cell's bias bound, 5% of λ̂, down to the final run's 2%)
     assert cal_module.MAX_STEP_CUT == pytest.approx(2.5, rel=1e-12)
-    assert cal_module.program_capacity(4, 1000, 2000) == (100_000, 100_000)
+    assert cal_module.program_capacity(4, 1000, 2000) == (100_000, 250_000)
     assert cal_module.program_capacity(4, 10, 20) == (20_000, 40_000)  # raised burn-in's draws
     # 4,096 chains: traces scaled down to the budget, never below the calibration's own run
     burnin, draws = cal_module.program_capacity(4096, 1000, 2000)
     assert 4 * 4096 * (burnin + draws) <= cal_module.TRACE_BUDGET
-    assert (burnin, draws) == (int(100_000 * 16384 / 200_000), int(100_000 * 16384 / 200_000))
+    assert (burnin, draws) == (int(100_000 * 16384 / 350_000), int(250_000 * 16384 / 350_000))
     assert cal_module.program_capacity(10**6, 1000, 2000) == (1000, 2000)
 
 
@@ -780,9 +780,9 @@ def test_auto_draws_capped_say_what_they_cost_in_precision():
     cells = _line(10.0, 0.0, lam0=0.05, steps=(2e-4, 4e-4))  # needs 256,000 draws for 2.5%
     cal = _recommend(cells, num_burnin=1000, num_draws=1000)
     assert cal.recommended["num_draws"] == cal_module.MAX_DRAWS_FACTOR * 1000
-    # SE 0.02 at 1000 draws = 40% of λ̂, over √20 more draws
+    # SE 0.02 at 1000 draws = 40% of λ̂, over √50 more draws
     assert cal.mc_error == pytest.approx(0.4 / math.sqrt(cal_module.MAX_DRAWS_FACTOR), rel=1e-3)
-    assert "expected Monte-Carlo SE of 8.9% of λ̂ (the aim is 2.5%" in cal.explanation
+    assert "expected Monte-Carlo SE of 5.7% of λ̂ (the aim is 2.5%" in cal.explanation
 
 
 def test_one_healthy_gamma_is_probed_at_three_times_it():
