@@ -772,14 +772,7 @@ def _cell_row(cell, diagnose, eps, gamma, nbeta, h_max, num_burnin) -> dict[str,
             f"burn-in {num_burnin} is {relaxations:.2g} relaxation times 1/(εγ), short of "
             f"{MIN_RELAXATIONS:g}: not equilibrated"
         )
-    healthy = ~np.asarray(cell.diverged)
-    trace = np.asarray(cell.loss_trace, np.float64)[healthy]
-    # within-chain Monte-Carlo SE (defined for one chain too): nβ·sd/√ESS
-    se = (
-        float(cell.nbeta) * float(np.std(trace)) / math.sqrt(diag.ess_bulk)
-        if trace.size and diag.ess_bulk > 0
-        else math.nan
-    )
+    se = diag.llc_se  # within-chain Monte-Carlo SE (defined for one chain too)
     accept = (
         float(np.nanmean(cell.mala_accept)) if not np.isnan(cell.mala_accept).all() else math.nan
     )

@@ -215,6 +215,10 @@ class Diagnostics:
       lowest_excess: the least full-data nβ·(L_n(w_t) − L_n(w*)) over the healthy chains'
         evaluated draws (``LLCResult.lowest_excess``); NaN when none was evaluated.
       llc: λ̂ over the healthy chains.
+      llc_se: its Monte-Carlo standard error, nβ·sd(L)/√ESS over the healthy chains' draws,
+        with ArviZ's ESS for the mean (Vehtari et al. 2021; not the bulk ESS, which is
+        computed on ranks and overstates a skewed trace's worth for its mean: its SE is
+        ~10% low on z² of an AR(1) z). Defined for one chain. NaN when undefined.
       llc_halves: (λ̂ on the first half of the kept draws, λ̂ on the second half).
       trend: (λ̂_second − λ̂_first) / |λ̂|, the relative drift of the estimate.
       trend_z: that difference over its standard error (batch means within chains), a
@@ -250,6 +254,7 @@ class Diagnostics:
     bias_bound: float
     issues: tuple[Issue, ...]
     lowest_excess: float = math.nan
+    llc_se: float = math.nan
     warnings: tuple[str, ...] = dataclasses.field(init=False)
     ok: bool = dataclasses.field(init=False)
 
@@ -268,7 +273,8 @@ class Diagnostics:
         lines = [
             f"LLC diagnostics ({healthy} of {self.num_chains} chains healthy): "
             + ("OK" if self.ok else f"{len(self.warnings)} warning(s)"),
-            f"  λ̂ = {self.llc:.4g}; halves {self.llc_halves[0]:.4g} → {self.llc_halves[1]:.4g} "
+            f"  λ̂ = {self.llc:.4g} ± {self.llc_se:.2g} (Monte-Carlo SE); halves "
+            f"{self.llc_halves[0]:.4g} → {self.llc_halves[1]:.4g} "
             f"(trend {self.trend:+.1%}, z = {self.trend_z:.2f})",
             f"  R-hat {self.rhat:.3f}, ESS bulk {self.ess_bulk:.0f}, tail {self.ess_tail:.0f}; "
             f"draws below L_n(w*): {self.frac_below_init:.1%}"
@@ -298,21 +304,23 @@ class Diagnostics:
 jax.tree_util.register_static(Diagnostics)
 
 
-def _rhat_ess(x: np.ndarray) -> tuple[float, float, float]:
-    """Rank-normalized split R-hat, bulk ESS and tail ESS of a (chains, draws) trace."""
+def _rhat_ess(x: np.ndarray) -> tuple[float, float, float, float]:
+    """Rank-normalized split R-hat, bulk ESS, tail ESS and the ESS for the mean of a
+    (chains, draws) trace."""
     chains, draws = x.shape
     if chains == 0 or draws < 4 or not np.isfinite(x).all():
-        return math.nan, math.nan, math.nan
+        return math.nan, math.nan, math.nan, math.nan
     az = _arviz()
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         ess_bulk = float(az.ess(x, method="bulk"))
         ess_tail = float(az.ess(x, method="tail"))
+        ess_mean = float(az.ess(x, method="mean"))
         # ArviZ needs two chains for R-hat; a lone chain's halves stand in for them (and are
         # split once more inside, so within-chain drift still shows).
         pair = x if chains > 1 else x[:, : 2 * (draws // 2)].reshape(2, -1)
         rhat = float(az.rhat(pair, method="rank")) if pair.shape[-1] >= 4 else math.nan
-    return rhat, ess_bulk, ess_tail
+    return rhat, ess_bulk, ess_tail, ess_mean
 
 
 def _detrended_halves(x: np.ndarray) -> np.ndarray:
@@ -628,7 +636,7 @@ def diagnose(
                 )
             )
 
-    rhat, ess_bulk, ess_tail = _rhat_ess(x)
+    rhat, ess_bulk, ess_tail, ess_mean = _rhat_ess(x)
     if rhat > rhat_max:
         found.append(
             _issue(
@@ -647,8 +655,9 @@ def diagnose(
             )
         )
     # Monte-Carlo standard error of λ̂ from the draws' own spread: the ESS rule assumes a
-    # spread of √λ, but minibatch noise and heavy tails make it far larger
-    mcse = float(nbeta * np.std(x) / math.sqrt(ess_bulk)) if ess_bulk > 0 else math.nan
+    # spread of √λ, but minibatch noise and heavy tails make it far larger. The ESS is the
+    # one for the mean: bulk ESS (on ranks) overstates a skewed trace's worth for its mean
+    mcse = float(nbeta * np.std(x) / math.sqrt(ess_mean)) if ess_mean > 0 else math.nan
     if ess_bulk >= min_ess and mcse > max_rel_se * abs(llc):
         found.append(
             _issue(
@@ -691,6 +700,7 @@ def diagnose(
         bias_bound=bias_bound,
         issues=tuple(found),
         lowest_excess=lowest,
+        llc_se=mcse,
     )
 
 

@@ -446,9 +446,7 @@ def test_auto_with_one_chain_on_a_regular_model_sizes_its_draws():
     target = jaxslt.problems.regular_linear_gaussian(
         8, key=jax.random.key(0), num_examples=5000, localization=gamma
     ).target
-    trace = np.asarray(result.loss_trace, np.float64)
-    mcse = float(result.nbeta) * trace.std() / np.sqrt(report.ess_bulk)
-    assert abs(float(result.llc_mean) - target) <= 3 * mcse + report.bias_bound
+    assert abs(float(result.llc_mean) - target) <= 3 * report.llc_se + report.bias_bound
 
 
 def test_a_localizer_that_moves_the_estimate_is_a_caution():
@@ -471,7 +469,8 @@ def test_auto_warns_when_its_draws_are_capped():
     """The normal crossing (2,2) of devinterp's fixture (t = 1000/log 1000) needs more draws
     than auto allows itself (MAX_DRAWS_FACTOR × the calibration's): the run warns with the SE
     it will reach (Calibration.mc_error) and the num_draws that would reach TARGET_MC_ERROR.
-    Draws the user adds count: twice as many give an SE √2 smaller in the warning."""
+    Draws the user adds count: f times as many (halfway to the aim, in variance: the cap
+    still binds) give an SE √f smaller in the warning."""
     p = jaxslt.problems.normal_crossing((2, 2), t=1000 / math.log(1000))
     kw = dict(key=jax.random.key(4), step_size="auto", nbeta=p.nbeta, progress=False,
               batch_size=2)  # fmt: skip
@@ -485,11 +484,12 @@ def test_auto_warns_when_its_draws_are_capped():
     assert result.calibration.mc_error * math.sqrt(int(draws) / int(needed)) == pytest.approx(
         cal_module.TARGET_MC_ERROR, rel=1e-3
     )
+    more = math.ceil(int(draws) * (1 + (int(needed) / int(draws))) / 2)
     with pytest.warns(jaxslt.LLCWarning, match=pattern) as caught:
-        jaxslt.estimate_llc(p.loss_fn, p.params, p.data, num_draws=2 * int(draws), **kw)
+        jaxslt.estimate_llc(p.loss_fn, p.params, p.data, num_draws=more, **kw)
     (message,) = [str(w.message) for w in caught if "draws (at most" in str(w.message)]
     assert float(re.search(pattern, message).group(2)) == pytest.approx(
-        float(se) / math.sqrt(2), abs=0.06
+        float(se) / math.sqrt(more / int(draws)), abs=0.06
     )
 
 
@@ -498,8 +498,9 @@ def test_auto_reruns_a_final_run_that_fails_its_own_step_check(monkeypatch):
     where the loss is stiffer than the calibration's (normal crossing p = (2, 2): bias bound
     10% of λ̂ against 4% in its cell) fails the step check; auto then reruns once at the step
     that run's own geometry calls healthy, with burn-in ≥ 5/(εγ) and draws scaled by the
-    steps' ratio. Forced here by a stricter warning limit (2% instead of 10%) for the step
-    check and its advice (calibration keeps its own 5% rule for cells)."""
+    steps' ratio. Forced here by a stricter warning limit for the step check and its advice:
+    1.5% instead of 10%, below the 2% bias budget the final run is aimed at (calibration keeps
+    its own 5% rule for cells)."""
     from jaxslt import curvature
 
     kw = dict(key=jax.random.key(2), step_size="auto", localization=10.0, batch_size=64)
@@ -507,7 +508,7 @@ def test_auto_reruns_a_final_run_that_fails_its_own_step_check(monkeypatch):
         warnings.simplefilter("ignore", jaxslt.LLCWarning)  # the γ caution
         plain = jaxslt.estimate_llc(quadratic_loss, quadratic_params(), dummy_data(), **kw)
     assert "failed its own step check" not in plain.calibration.explanation
-    monkeypatch.setattr(curvature, "MAX_RELATIVE_BIAS", 0.02)
+    monkeypatch.setattr(curvature, "MAX_RELATIVE_BIAS", 0.015)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", jaxslt.LLCWarning)
         strict = jaxslt.estimate_llc(quadratic_loss, quadratic_params(), dummy_data(), **kw)
@@ -520,7 +521,7 @@ def test_auto_reruns_a_final_run_that_fails_its_own_step_check(monkeypatch):
     assert strict.burnin_loss_trace.shape[1] == cal.recommended["num_burnin"] >= 5 / (eps * 10)
     assert strict.loss_trace.shape[1] == cal.recommended["num_draws"] >= 2000 * eps0 / eps
     # the rerun passes the (stricter) step check it was rerun for
-    assert strict.diagnostics.bias_bound <= 0.02 * float(strict.llc_mean)
+    assert strict.diagnostics.bias_bound <= 0.015 * float(strict.llc_mean)
 
 
 # --- the recommendation rule on synthetic tables with a known answer ---------------------------
@@ -556,9 +557,11 @@ def _stub_diagnose(wording, bias=0.0):
     def diagnose(cell):
         code = str(cell.code)
         issues = (Issue(code, wording(code), "a remedy"),) if code else ()
+        # the traces' SD is 0.4/nβ, so nβ·sd/√ESS = 0.4/√400 (NaN with no healthy chain)
         return SimpleNamespace(
             issues=issues, codes=tuple(i.code for i in issues), rhat=1.0, ess_bulk=400.0,
             trend=0.0, bias_bound=bias * abs(float(cell.llc_mean)), llc=float(cell.llc_mean),
+            llc_se=0.02 if not np.all(cell.diverged) else math.nan,
         )  # fmt: skip
 
     return diagnose
