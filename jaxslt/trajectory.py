@@ -118,8 +118,8 @@ def llc_trajectory(
       checkpoint_batch_size: 1 (default) runs the checkpoints one after another through one
         compiled program; k > 1 runs them in one program, k vmapped at a time (≈ k times the
         memory of one estimate); ``None`` vmaps them all.
-      diagnostics: diagnose every checkpoint's run (the ``ok``, ``rhat``, ``ess_bulk``
-        columns) and warn for each failed check, as ``estimate_llc`` does.
+      diagnostics: diagnose every checkpoint's run (the ``ok``, ``rhat``, ``ess_bulk``,
+        ``llc_se`` columns) and warn for each failed check, as ``estimate_llc`` does.
       progress: show a progress bar; ``None`` shows one on a terminal only.
       **settings: any sampling setting of ``estimate_llc`` (num_chains, num_draws, nbeta,
         localization, sampler, restrict, observables, ...).
@@ -127,8 +127,9 @@ def llc_trajectory(
     Returns:
       A pandas DataFrame, one row per checkpoint: ``step``, ``llc_mean``, ``llc_std``,
       ``init_loss`` (L_n(w_t)), ``num_diverged``, ``mala_accept``, ``rhat``, ``ess_bulk``,
-      ``ok`` (the diagnostics, when ``diagnostics``), ``warnings`` (every warning of that
-      checkpoint, "; "-joined, "" when none), plus the observables' columns when requested.
+      ``llc_se`` (λ̂'s Monte-Carlo SE, ``Diagnostics.llc_se``), ``ok`` (the diagnostics, when
+      ``diagnostics``), ``warnings`` (every warning of that checkpoint, "; "-joined, "" when
+      none), plus the observables' columns when requested.
       ``df.attrs["results"]`` holds the ``LLCResult`` of every row and
       ``df.attrs["calibration"]`` the calibration of ``"auto"``.
 
@@ -230,7 +231,7 @@ def _row(step: int, result: LLCResult, messages: Sequence[str] = ()) -> dict:
     }
     report = result.diagnostics
     if report is not None:
-        row.update(rhat=report.rhat, ess_bulk=report.ess_bulk, ok=report.ok)
+        row.update(rhat=report.rhat, ess_bulk=report.ess_bulk, llc_se=report.llc_se, ok=report.ok)
     # this checkpoint's warnings: those raised for it and the diagnostics' (each once)
     every = [*messages, *(report.warnings if report is not None else ())]
     row["warnings"] = "; ".join(dict.fromkeys(every))

@@ -45,8 +45,9 @@ def test_rows_equal_estimate_llc_per_checkpoint_and_compile_once(problem, traces
         assert row.llc_mean == float(single.llc_mean)
         assert row.init_loss == float(single.init_loss)
         assert row.rhat == single.diagnostics.rhat
+        assert row.llc_se == single.diagnostics.llc_se
     assert len(table.attrs["results"]) == 3
-    assert {"llc_std", "mala_accept", "ess_bulk", "ok", "warnings"} <= set(table.columns)
+    assert {"llc_std", "mala_accept", "ess_bulk", "llc_se", "ok", "warnings"} <= set(table.columns)
     # the checkpoints differ, so the curve does
     assert table["init_loss"].nunique() == 3
 
