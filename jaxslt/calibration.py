@@ -37,8 +37,8 @@ Recommendation rule (``Calibration.recommended``, explained in ``Calibration.exp
    raises its burn-in, up to ``MAX_CALIBRATION_BURNIN``, so that the largest γ can qualify at
    the pilot's step scale);
 2. for each γ, the healthy estimates are extrapolated linearly to ε → 0 (weighted least squares
-   in ε with within-chain standard errors nβ·sd/√ESS, defined for one chain too; discretisation
-   bias is O(ε)), giving λ̂₀ ± se₀;
+   in ε with within-chain standard errors nβ·sd/√ESS, ESS for the mean, ``Diagnostics.llc_se``,
+   defined for one chain too; discretisation bias is O(ε)), giving λ̂₀ ± se₀;
 3. γ: the smallest localization with a healthy cell (a larger γ pulls the estimate down by
    confining degenerate directions); when the next healthy γ gives a clearly different λ̂, or
    no other γ is healthy, a caution says that λ̂ may still move with γ (``estimate_llc`` warns

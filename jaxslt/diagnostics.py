@@ -464,10 +464,10 @@ def diagnose(
       has mean λ and SD √λ, so the Monte-Carlo SE of λ̂ is ≈ √(λ/ESS), ≤ 10% of λ for λ ≥ 1;
       fewer draws make λ̂ and R-hat unreliable. Raise ``num_draws``. Tail ESS is reported
       only: λ̂ is a mean, not a quantile.
-    - Monte-Carlo standard error nβ·sd(L_B)/√ESS above ``max_rel_se`` = 10% of |λ̂| (with
-      enough ESS): the ESS rule assumes the draws' spread is √λ, but minibatch noise makes it
-      far larger (measured: a 300-step run on a regular model, per-draw SD 26 against √λ = 2,
-      returned 5.7 for 4.0 with ESS 878).
+    - Monte-Carlo standard error ``llc_se`` = nβ·sd(L_B)/√ESS (ArviZ's ESS for the mean)
+      above ``max_rel_se`` = 10% of |λ̂| (with enough ESS): the ESS rule assumes the draws'
+      spread is √λ, but minibatch noise makes it far larger (measured: a 300-step run on a
+      regular model, per-draw SD 26 against √λ = 2, returned 5.7 for 4.0 with ESS 878).
     - Precision: nβ·spacing(L_n(w*)) (one unit in the last place of the loss, in λ̂'s units)
       above ``max_rel_se`` of |λ̂|: the estimate is float rounding (measured: normal crossings
       at γ = 1e4 in float32, a trace of 3 distinct values).
