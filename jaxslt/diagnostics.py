@@ -273,8 +273,9 @@ class Diagnostics:
         lines = [
             f"LLC diagnostics ({healthy} of {self.num_chains} chains healthy): "
             + ("OK" if self.ok else f"{len(self.warnings)} warning(s)"),
-            f"  λ̂ = {self.llc:.4g} ± {self.llc_se:.2g} (Monte-Carlo SE); halves "
-            f"{self.llc_halves[0]:.4g} → {self.llc_halves[1]:.4g} "
+            f"  λ̂ = {self.llc:.4g}"
+            + (f" ± {self.llc_se:.2g} (Monte-Carlo SE)" if math.isfinite(self.llc_se) else "")
+            + f"; halves {self.llc_halves[0]:.4g} → {self.llc_halves[1]:.4g} "
             f"(trend {self.trend:+.1%}, z = {self.trend_z:.2f})",
             f"  R-hat {self.rhat:.3f}, ESS bulk {self.ess_bulk:.0f}, tail {self.ess_tail:.0f}; "
             f"draws below L_n(w*): {self.frac_below_init:.1%}"
