@@ -301,18 +301,30 @@ def test_params_not_finite(value):
         call(p=bad)
 
 
-def test_params_finite_check_names_the_bad_leaf_and_compiles_once(traces):
-    # leaves of distinct shapes and dtypes, the bad one in the middle
+def test_params_finite_check_names_the_bad_leaf_and_compiles_nothing_on_cpu(traces):
+    # leaves of distinct shapes and dtypes, the bad one in the middle; on the CPU backend every
+    # leaf is read where it lies: no program compiles (each new tree of shapes compiled one)
     tree = {"a": jnp.ones((2, 3)), "b": np.ones(5, np.float64), "c": jnp.ones(4, jnp.bfloat16)}
-    before = traces["finite_leaves"]
     validation.check_params(tree)
-    # one program for the whole tree (eagerly, each leaf shape would compile two)
-    assert traces["finite_leaves"] == before + 1
     tree["b"] = tree["b"].copy()
     tree["b"][3] = np.nan
     with pytest.raises(ValueError, match=r"params leaf \['b'\] contains NaN or inf"):
         validation.check_params(tree)
-    assert traces["finite_leaves"] == before + 1
+    assert traces["_finite_on_devices"] == 0
+
+
+def test_accelerator_arrays_are_checked_in_one_program(traces, monkeypatch):
+    # as on a GPU: device arrays reduced on their devices in one program for the whole tree
+    # (leaf by leaf, each distinct shape would compile two); host arrays read on the host
+    monkeypatch.setattr(validation, "_in_host_memory", lambda x: not isinstance(x, jax.Array))
+    bad = jnp.ones(4, jnp.bfloat16).at[2].set(jnp.inf)
+    tree = {"a": jnp.ones((2, 3)), "b": np.ones(5), "c": bad}
+    np.testing.assert_array_equal(validation.finite_flags(list(tree.values())), [1, 1, 0])
+    assert traces["_finite_on_devices"] == 1
+    with pytest.raises(ValueError, match=r"data\['c'\] contains NaN or inf"):
+        validation.check_finite_data({k: v[None] for k, v in tree.items()})
+    with pytest.raises(ValueError, match=r"params leaf \['c'\] contains NaN or inf"):
+        validation.check_params(tree)
 
 
 @pytest.mark.parametrize("empty", [{}, ()])
